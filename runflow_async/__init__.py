@@ -1,5 +1,102 @@
-"""Asyncio SDK for Runflow's FLUX.2 [klein] 9B image API."""
+"""Asyncio SDK for Runflow's FLUX.2 [klein] 9B image API.
 
+Everything public is importable from here; modules starting with ``_`` are private.
+"""
+
+from runflow_async._client import RunflowClient
+from runflow_async._config import PollPolicy, RetryPolicy, Timeouts
+from runflow_async._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    ConflictError,
+    CreateOutcomeUnknownError,
+    InsufficientCreditError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestValidationError,
+    RunCanceledError,
+    RunError,
+    RunFailedError,
+    RunflowError,
+    RunTimeoutError,
+    ServerError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from runflow_async._models import (
+    TERMINAL_STATUSES,
+    CallbackPayload,
+    GenerationResult,
+    ImageOutput,
+    Run,
+    RunOutput,
+    RunPage,
+    RunStatus,
+)
+from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, PricingPolicy
+from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
+from runflow_async._retry import RetryEvent
 from runflow_async._version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "EDIT_MODEL",
+    "GENERATE_MODEL",
+    "PRESET_SIZES",
+    "TERMINAL_STATUSES",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CallbackPayload",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConflictError",
+    "CreateOutcomeUnknownError",
+    "CustomImageSize",
+    "EditRequest",
+    "GenerateRequest",
+    "GenerationResult",
+    "ImageOutput",
+    "InsufficientCreditError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "PricingPolicy",
+    "RateLimitError",
+    "RequestValidationError",
+    "RetryEvent",
+    "RetryPolicy",
+    "Run",
+    "RunCanceledError",
+    "RunError",
+    "RunFailedError",
+    "RunOutput",
+    "RunPage",
+    "RunRequest",
+    "RunStatus",
+    "RunTimeoutError",
+    "RunflowClient",
+    "RunflowError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "Timeouts",
+    "UnprocessableEntityError",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("runflow_async._"):
+        _obj.__module__ = "runflow_async"
+del _name, _obj

@@ -1,0 +1,100 @@
+"""The ``runflow-async`` command. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+
+from runflow_async._version import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runflow-async",
+        description="Runflow FLUX.2 [klein] 9B from the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate a few images on the embedded emulator")
+    demo.add_argument("--out", type=Path, default=Path("runflow-demo"), help="output folder")
+    demo.add_argument("--count", type=int, default=4, help="how many images (1-100)")
+
+    emu = sub.add_parser("emulator", help="serve the local Runflow API emulator")
+    emu.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    emu.add_argument("--port", type=int, default=8787)
+    emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="real seconds per emulated second (0.01 makes runs 100x faster)",
+    )
+    emu.add_argument(
+        "--median-duration", type=float, default=2.0, help="median run duration in emulated seconds"
+    )
+    emu.add_argument("--failure-rate", type=float, default=0.0)
+    emu.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        help="accept only this key (repeatable); default: any key",
+    )
+    return parser
+
+
+def _money(value: Decimal) -> str:
+    return f"${value:.6f}"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from runflow_async._demo import run_demo
+
+    if not 1 <= args.count <= 100:
+        print("runflow-async demo: --count must be between 1 and 100", file=sys.stderr)
+        return 2
+    report = asyncio.run(run_demo(args.out, count=args.count))
+    print(f"Emulator: {report.emulator_url} (in-process, stopped)")
+    for f in report.files:
+        print(f"  {f.path}  {f.size} bytes  sha256 {f.sha256[:12]}")
+    print(f"Runs: {len(report.run_ids)}  images: {len(report.files)}")
+    print(f"Estimated cost: {_money(report.estimated_usd)}")
+    print(f"Billed cost:    {_money(report.billed_usd)}")
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from runflow_async.emulator import EmulatorConfig, serve
+
+    config = EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        median_duration=args.median_duration,
+        failure_rate=args.failure_rate,
+        api_keys=frozenset(args.api_keys) if args.api_keys else None,
+    )
+    print(f"Runflow emulator on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
+        asyncio.run(serve(config))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return _emulator(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""``RunflowClient``: the session's lifecycle and thin public methods that delegate."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiohttp
+import pydantic
+
+from runflow_async._config import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_WAIT_TIMEOUT,
+    PollPolicy,
+    RetryPolicy,
+    Timeouts,
+    resolve_api_key,
+    resolve_base_url,
+)
+from runflow_async._create import create_run
+from runflow_async._download import DownloadedFile, download_to
+from runflow_async._errors import APIResponseError, ConfigurationError
+from runflow_async._http import Transport
+from runflow_async._models import GenerationResult, ImageOutput, Run, RunPage, RunStatus
+from runflow_async._polling import check_outcome, poll_until_terminal
+from runflow_async._requests import EditRequest, GenerateRequest, RunRequest, build_request
+from runflow_async._retry import RetryHook
+
+__all__ = ["RunflowClient"]
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+
+def _new_client_ref() -> str:
+    return f"rfa-{uuid.uuid4().hex}"
+
+
+class RunflowClient:
+    """An asyncio client for Runflow's FLUX.2 [klein] 9B endpoints.
+
+    Use it as an async context manager; it owns one connection pool::
+
+        async with RunflowClient() as client:
+            result = await client.generate("a lighthouse at dawn")
+
+    Args:
+        api_key: Your API key; defaults to ``RUNFLOW_API_KEY``.
+        base_url: API root; defaults to ``RUNFLOW_BASE_URL``, then ``https://api.runflow.io``.
+        organization_id: Sent as ``X-Organization-Id`` (defaults to the key's organisation).
+        timeouts: Per-request time limits.
+        retry: Backoff for retried calls (``RetryPolicy(time_scale=...)`` in tests).
+        poll: Spacing of status reads while waiting.
+        max_connections: Connection pool size; size it to the concurrency you use.
+        session: An ``aiohttp.ClientSession`` to use instead of our own; we never close it.
+        on_retry: A synchronous hook told about each retry.
+
+    Raises:
+        ConfigurationError: No API key, or a malformed key or URL.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        organization_id: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        session: aiohttp.ClientSession | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1.")
+        self.base_url = resolve_base_url(base_url)
+        self.poll_policy = poll or PollPolicy()
+        self._transport = Transport(
+            base_url=self.base_url,
+            api_key=resolve_api_key(api_key),
+            organization_id=organization_id,
+            timeouts=timeouts or Timeouts(),
+            retry=retry or RetryPolicy(),
+            max_connections=max_connections,
+            session=session,
+            on_retry=on_retry,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._transport.closed else "open"
+        return f"<RunflowClient base_url={self.base_url!r} {state}>"
+
+    async def __aenter__(self) -> Self:
+        self._transport.session()  # created here, inside the running loop
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pool (if we created it). Idempotent; the client is unusable after."""
+        await self._transport.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client has been closed."""
+        return self._transport.closed
+
+    async def submit(self, request: RunRequest) -> Run:
+        """Create a run and return it as created (``queued``), without waiting.
+
+        The create carries a fresh ``Idempotency-Key`` and (unless the request
+        sets one) a fresh ``client_ref``, both reused on every retry, so a
+        create is billed at most once.
+
+        Raises:
+            APIError: The create failed (see :class:`CreateOutcomeUnknownError`).
+        """
+        body = request.to_body(client_ref=_new_client_ref())
+        return await create_run(
+            self._transport, request.model, body, idempotency_key=str(uuid.uuid4())
+        )
+
+    async def get_run(self, run_id: str) -> Run:
+        """Fetch a run (fresh signed output URLs on every read)."""
+        _check_run_id(run_id)
+        response = await self._transport.request("GET", f"/v1/runs/{run_id}")
+        return _parse(Run, response.data, f"/v1/runs/{run_id}")
+
+    async def wait(
+        self, run_id: str, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT, check: bool = True
+    ) -> Run:
+        """Poll a run until it is terminal.
+
+        Args:
+            run_id: The run to wait for.
+            timeout: Seconds to wait; ``None`` waits forever.
+            check: Raise for failed and canceled runs (else return them).
+
+        Raises:
+            RunTimeoutError: The deadline passed (the run may still finish).
+            RunFailedError: The run failed (``check=True``).
+            RunCanceledError: The run was canceled (``check=True``).
+        """
+        _check_run_id(run_id)
+        run = await poll_until_terminal(
+            self.get_run, run_id, timeout=timeout, policy=self.poll_policy
+        )
+        return check_outcome(run) if check else run
+
+    async def run(
+        self, request: RunRequest, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT
+    ) -> GenerationResult:
+        """Submit a request and wait for its images.
+
+        Raises:
+            RunFailedError: The run failed; ``failure_code``/``failure_message`` say why.
+            RunTimeoutError: The run did not finish in time (it may still).
+        """
+        created = await self.submit(request)
+        run = await poll_until_terminal(
+            self.get_run, created.id, timeout=timeout, policy=self.poll_policy, last=created
+        )
+        run = check_outcome(run)
+        return GenerationResult(run, partial=run.status is RunStatus.PARTIAL_SUCCEEDED)
+
+    async def generate(
+        self, prompt: str, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT, **fields: Any
+    ) -> GenerationResult:
+        """Generate images from a prompt and wait for them.
+
+        Args:
+            prompt: What to draw.
+            timeout: Seconds to wait for the run.
+            **fields: Any :class:`GenerateRequest` field (``image_size``, ``seed``, ...).
+
+        Raises:
+            RequestValidationError: Invalid fields; nothing was sent.
+        """
+        request = build_request(GenerateRequest, {"prompt": prompt, **fields})
+        return await self.run(request, timeout=timeout)
+
+    async def edit(
+        self,
+        prompt: str,
+        *,
+        image_urls: Sequence[str],
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        **fields: Any,
+    ) -> GenerationResult:
+        """Edit 1-4 images (http(s) URLs) as the prompt says and wait for the result.
+
+        Raises:
+            RequestValidationError: Invalid fields; nothing was sent.
+        """
+        request = build_request(
+            EditRequest, {"prompt": prompt, "image_urls": list(image_urls), **fields}
+        )
+        return await self.run(request, timeout=timeout)
+
+    async def list_runs(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        q: str | None = None,
+        fields: Sequence[str] | None = None,
+        sort_by: str | None = None,
+    ) -> RunPage:
+        """Fetch one page of runs (``GET /v1/runs``).
+
+        Args:
+            limit: Page size, 1-500.
+            cursor: ``next_cursor`` of the previous page.
+            q: A filter such as ``status_code:succeeded AND created_at>2026-04-01``.
+            fields: Only return these fields of each run (``id`` is always added).
+            sort_by: Such as ``created_at:desc``.
+        """
+        if not 1 <= limit <= 500:
+            raise ConfigurationError("limit must be between 1 and 500.")
+        params = {"limit": str(limit)}
+        if cursor:
+            params["pq"] = cursor
+        if q:
+            params["q"] = q
+        if fields:
+            params["fields"] = ",".join(dict.fromkeys(["id", *fields]))
+        if sort_by:
+            params["sort_by"] = sort_by
+        response = await self._transport.request("GET", "/v1/runs", params=params)
+        return _parse(RunPage, response.data, "/v1/runs")
+
+    async def iter_runs(
+        self, *, q: str | None = None, page_size: int = 100, sort_by: str | None = None
+    ) -> AsyncIterator[Run]:
+        """Yield every run matching ``q``, following cursors page by page."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_runs(limit=page_size, cursor=cursor, q=q, sort_by=sort_by)
+            for run in page.items:
+                yield run
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    async def download(
+        self, image: ImageOutput | str, dest: str | os.PathLike[str]
+    ) -> DownloadedFile:
+        """Download one output image to ``dest``, atomically, without the API key.
+
+        Signed output URLs expire; if this raises ``PermissionDeniedError`` (403),
+        read the run again with :meth:`get_run` for fresh URLs.
+
+        Returns:
+            The path written, its SHA-256 and size.
+        """
+        url = image if isinstance(image, str) else image.url
+        return await download_to(
+            self._transport.session(), url, Path(dest), timeout=self._transport.timeout
+        )
+
+    async def health(self) -> dict[str, Any]:
+        """Return ``GET /v1/health``'s body; any 2xx means healthy."""
+        response = await self._transport.request("GET", "/v1/health")
+        return response.data if isinstance(response.data, dict) else {"body": response.data}
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise ConfigurationError(f"Invalid run id {run_id!r}.")
+
+
+def _parse(model: type[_M], data: Any, path: str) -> _M:
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise APIResponseError(
+            f"Unexpected response shape from {path}: {exc.error_count()} problem(s)",
+            method="GET",
+            path=path,
+        ) from exc

@@ -1,0 +1,176 @@
+"""Creating a run without ever paying for it twice.
+
+Part of the HTTP layer (with :mod:`runflow_async._http`). Each logical create
+carries one ``Idempotency-Key`` and one ``client_ref`` on every attempt.
+
+* Provably not created (429, 503 ``MODEL_UNAVAILABLE``, connection refused
+  before sending): wait, then send again.
+* Ambiguous (timeout, connection dropped after sending, any other 5xx, a 409
+  on a repeat): wait, look the run up by ``client_ref`` and adopt it; send again
+  (same key) only when the lookup proves it absent.
+* Created but unreadable (a 2xx we cannot parse): look it up; never resend.
+* Anything else (400/401/402/403/404/422): raise.
+
+Runflow documents ``Idempotency-Key`` only on batches and never says that the
+list filter matches ``client_ref``, so neither is trusted alone: a lookup whose
+answer contains runs with another ``client_ref`` (the filter was ignored), or
+that fails, ends in :class:`CreateOutcomeUnknownError` rather than a blind resend.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import pydantic
+
+from runflow_async._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    ConflictError,
+    CreateOutcomeUnknownError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from runflow_async._http import Transport
+from runflow_async._models import Run, RunPage
+from runflow_async._retry import nominal_wait, report_retry
+
+__all__ = ["client_ref_query", "create_run", "find_by_client_ref"]
+
+logger = logging.getLogger("runflow_async")
+
+_BARE = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def client_ref_query(client_ref: str) -> str:
+    """Return the list-filter ``q`` that matches one ``client_ref`` exactly."""
+    if _BARE.fullmatch(client_ref):
+        return f"client_ref:{client_ref}"
+    escaped = client_ref.replace("\\", "\\\\").replace('"', '\\"')
+    return f'client_ref:"{escaped}"'
+
+
+def _model_path(model: str) -> str:
+    return "/v1/models/" + "/".join(quote(part, safe="") for part in model.split("/")) + "/runs"
+
+
+def _not_created(exc: APIError) -> bool:
+    if isinstance(exc, RateLimitError):
+        return True
+    if isinstance(exc, ServiceUnavailableError) and exc.code == "MODEL_UNAVAILABLE":
+        return True
+    return isinstance(exc, APIConnectionError) and not exc.sent
+
+
+def _ambiguous(exc: APIError, attempt: int) -> bool:
+    if isinstance(exc, APIConnectionError | ServerError):
+        return True
+    # A 409 on a repeat means our own earlier attempt (same key) got there.
+    return isinstance(exc, ConflictError) and attempt > 1
+
+
+async def find_by_client_ref(
+    transport: Transport, client_ref: str, *, idempotency_key: str
+) -> Run | None:
+    """Return the run created with ``client_ref``, or ``None`` if provably absent.
+
+    Raises:
+        CreateOutcomeUnknownError: The lookup failed or the server ignored the filter.
+    """
+    params = {"q": client_ref_query(client_ref), "limit": "20", "sort_by": "created_at:desc"}
+    unknown = {
+        "client_ref": client_ref,
+        "idempotency_key": idempotency_key,
+        "method": "POST",
+        "path": "/v1/runs",
+    }
+    try:
+        response = await transport.request("GET", "/v1/runs", params=params)
+        page = RunPage.model_validate(response.data)
+    except (APIError, pydantic.ValidationError) as exc:
+        raise CreateOutcomeUnknownError(
+            f"A create with client_ref {client_ref} may have been billed and the lookup "
+            "failed; look it up before creating it again",
+            **unknown,
+        ) from exc
+    if any(run.client_ref != client_ref for run in page.items):
+        raise CreateOutcomeUnknownError(
+            f"A create with client_ref {client_ref} may have been billed and the API "
+            "ignored the client_ref filter; look it up before creating it again",
+            **unknown,
+        )
+    # client_refs we generate are unique per logical create; if a caller reused
+    # one, the newest run with it is the best candidate (and no second bill).
+    return page.items[0] if page.items else None
+
+
+async def create_run(
+    transport: Transport,
+    model: str,
+    body: dict[str, Any],
+    *,
+    idempotency_key: str,
+) -> Run:
+    """Create one run; see the module docstring for the retry rules.
+
+    ``body`` must already carry its ``client_ref``.
+
+    Raises:
+        APIError: The create failed and was not billed, or (``CreateOutcomeUnknownError``)
+            whether it was billed could not be established.
+    """
+    policy = transport.retry
+    path = _model_path(model)
+    client_ref: str = body["client_ref"]
+    headers = {"Idempotency-Key": idempotency_key}
+    started = anyio.current_time()
+    check_first = False
+    attempt = 0
+    while True:
+        attempt += 1
+        if check_first:
+            found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
+            if found is not None:
+                logger.info("Adopted run %s after an ambiguous create.", found.id)
+                return found
+        try:
+            response = await transport.send("POST", path, json_body=body, headers=headers)
+            return Run.model_validate(response.data)
+        except (APIResponseError, pydantic.ValidationError) as exc:
+            # A 2xx means the run exists: recover it, never send again.
+            found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
+            if found is None:
+                raise CreateOutcomeUnknownError(
+                    f"The API accepted a create with client_ref {client_ref} but its answer "
+                    "was unreadable and the run could not be found",
+                    client_ref=client_ref,
+                    idempotency_key=idempotency_key,
+                    method="POST",
+                    path=path,
+                ) from exc
+            return found
+        except APIError as exc:
+            ambiguous = _ambiguous(exc, attempt)
+            if not (ambiguous or _not_created(exc)):
+                raise
+            elapsed = anyio.current_time() - started
+            if attempt >= policy.max_attempts or elapsed >= policy.max_time:
+                if not ambiguous:
+                    raise
+                # Last chance to find it; if it is provably absent, the error stands.
+                found = await find_by_client_ref(
+                    transport, client_ref, idempotency_key=idempotency_key
+                )
+                if found is not None:
+                    return found
+                raise
+            check_first = check_first or ambiguous
+            wait = nominal_wait(policy, attempt, exc) * policy.time_scale
+            report_retry(transport.on_retry, policy, "POST", path, attempt, wait, exc)
+            await anyio.sleep(wait)
