@@ -1,0 +1,32 @@
+"""A local Runflow API server for the FLUX.2 [klein] 9B models.
+
+An independent implementation of the documented API contract (runs, listing with the
+``q`` filter, presigned output images, billing, idempotency, error envelopes) with a
+scaled clock and injectable faults. Use it to test pipelines offline::
+
+    async with Emulator(time_scale=0.001, median_duration=2.0, seed=7) as emu:
+        ...  # point a client at emu.url; assert on emu.counters
+
+Run it standalone with ``runflow-async emulator --port 8787``.
+"""
+
+from runflow_async.emulator._config import EmulatorConfig, FaultRates
+from runflow_async.emulator._counters import EmulatorCounters
+from runflow_async.emulator._faults import Fault, FaultScript
+from runflow_async.emulator._server import Emulator, serve
+
+__all__ = [
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorCounters",
+    "Fault",
+    "FaultRates",
+    "FaultScript",
+    "serve",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,52 @@
+"""The emulator's scaled clock: no background task ever ticks, every read asks the clock."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["EPOCH", "EmulatedClock"]
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+"""Emulated wall time of a freshly started emulator, so timestamps are deterministic."""
+
+_EPOCH_SECONDS = EPOCH.timestamp()
+
+
+class EmulatedClock:
+    """Monotonic emulated time: real elapsed seconds divided by ``time_scale``."""
+
+    __slots__ = ("_offset", "_start", "_time_scale")
+
+    def __init__(self, time_scale: float) -> None:
+        self._time_scale = time_scale
+        self._start = time.monotonic()
+        self._offset = 0.0
+
+    def now(self) -> float:
+        """Return emulated seconds since the emulator started."""
+        return (time.monotonic() - self._start) / self._time_scale + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Jump ``seconds`` emulated seconds into the future.
+
+        Raises:
+            ValueError: If ``seconds`` is negative (the clock is monotonic).
+        """
+        if seconds < 0:
+            raise ValueError(f"the clock only moves forward, got {seconds}")
+        self._offset += seconds
+
+    def real_seconds(self, emulated: float) -> float:
+        """Return how many real seconds ``emulated`` seconds last."""
+        return emulated * self._time_scale
+
+    @staticmethod
+    def epoch_seconds(emulated: float) -> float:
+        """Return the Unix time of the emulated instant ``emulated``."""
+        return _EPOCH_SECONDS + emulated
+
+    @staticmethod
+    def iso(emulated: float) -> str:
+        """Return the emulated instant as ISO 8601 (microseconds, ``+00:00`` offset)."""
+        return (EPOCH + timedelta(seconds=emulated)).isoformat(timespec="microseconds")

@@ -1,0 +1,100 @@
+"""What the emulator saw and did: a mutable tally and the frozen snapshot handed out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["ROUTES", "EmulatorCounters", "Tally"]
+
+ROUTES = ("create", "get_run", "list_runs", "health", "file", "counters")
+"""Named routes; any other path is counted as ``"other"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorCounters:
+    """A snapshot of the emulator's counters, computed when asked for.
+
+    Attributes:
+        runs_created: Runs stored (including those whose create response was lost).
+        runs_billed: Runs that have succeeded as of the snapshot.
+        billed_usd: Total cost of those runs.
+        runs_failed: Runs that have failed as of the snapshot.
+        idempotent_replays: Creates answered from the idempotency cache.
+        max_in_flight: Most runs ever between create and terminal state at once.
+        in_flight: Runs between create and terminal state now.
+        requests_by_route: Requests received, by route name.
+        responses_by_status: Responses sent, by HTTP status (dropped ones excluded).
+        faults_injected: Faults injected, by kind (``status_429``, ``drop``, ...).
+    """
+
+    runs_created: int
+    runs_billed: int
+    billed_usd: Decimal
+    runs_failed: int
+    idempotent_replays: int
+    max_in_flight: int
+    in_flight: int
+    requests_by_route: Mapping[str, int]
+    responses_by_status: Mapping[int, int]
+    faults_injected: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
+        return {
+            "runs_created": self.runs_created,
+            "runs_billed": self.runs_billed,
+            "billed_usd": str(self.billed_usd),
+            "runs_failed": self.runs_failed,
+            "idempotent_replays": self.idempotent_replays,
+            "max_in_flight": self.max_in_flight,
+            "in_flight": self.in_flight,
+            "requests_by_route": dict(self.requests_by_route),
+            "responses_by_status": {str(k): v for k, v in self.responses_by_status.items()},
+            "faults_injected": dict(self.faults_injected),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmulatorCounters:
+        """Rebuild a snapshot from :meth:`to_json` output (e.g. ``GET /_emulator/counters``)."""
+        return cls(
+            runs_created=int(data["runs_created"]),
+            runs_billed=int(data["runs_billed"]),
+            billed_usd=Decimal(data["billed_usd"]),
+            runs_failed=int(data["runs_failed"]),
+            idempotent_replays=int(data["idempotent_replays"]),
+            max_in_flight=int(data["max_in_flight"]),
+            in_flight=int(data["in_flight"]),
+            requests_by_route=MappingProxyType(dict(data["requests_by_route"])),
+            responses_by_status=MappingProxyType(
+                {int(k): int(v) for k, v in data["responses_by_status"].items()}
+            ),
+            faults_injected=MappingProxyType(dict(data["faults_injected"])),
+        )
+
+
+class Tally:
+    """Mutable request, response, fault and replay counts, owned by the server state."""
+
+    __slots__ = ("faults", "idempotent_replays", "requests", "responses")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = dict.fromkeys(ROUTES, 0)
+        self.responses: dict[int, int] = {}
+        self.faults: dict[str, int] = {}
+        self.idempotent_replays = 0
+
+    def request(self, route: str) -> None:
+        """Count one request of ``route``."""
+        self.requests[route] = self.requests.get(route, 0) + 1
+
+    def response(self, status: int) -> None:
+        """Count one response of ``status``."""
+        self.responses[status] = self.responses.get(status, 0) + 1
+
+    def fault(self, key: str) -> None:
+        """Count one injected fault of kind ``key``."""
+        self.faults[key] = self.faults.get(key, 0) + 1

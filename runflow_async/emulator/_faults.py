@@ -1,0 +1,213 @@
+"""Faults: what can go wrong (``Fault``), the scripted queue and the seeded dice."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from runflow_async.emulator._config import FAULTABLE_ROUTES, FaultRates
+
+__all__ = ["Fault", "FaultDice", "FaultKind", "FaultScript"]
+
+FaultKind = Literal["status", "drop", "slow", "lost_response", "fail_run"]
+
+_CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One injected misbehaviour; build it with the classmethods, not the constructor.
+
+    Attributes:
+        kind: What happens.
+        http_status: Status answered (``status``, ``lost_response``); ``None`` drops.
+        code: Error ``code`` of a JSON answer, or the failure code of ``fail_run``.
+        message: Failure message of ``fail_run``.
+        retry_after: ``Retry-After`` header value, verbatim.
+        html: Answer an HTML error page instead of the JSON envelope.
+        seconds: Emulated delay of ``slow``.
+    """
+
+    kind: FaultKind
+    http_status: int | None = None
+    code: str | None = None
+    message: str | None = None
+    retry_after: str | None = None
+    html: bool = False
+    seconds: float = 0.0
+
+    @classmethod
+    def status(
+        cls,
+        status: int,
+        code: str | None = None,
+        *,
+        retry_after: float | str | None = None,
+        html: bool = False,
+    ) -> Fault:
+        """Answer ``status`` with the error envelope (or an HTML page) instead of serving.
+
+        Args:
+            status: HTTP status to answer, 400-599.
+            code: Envelope ``code``; defaults to the usual code for the status.
+            retry_after: ``Retry-After`` value: seconds, or a string sent verbatim
+                (an HTTP-date, or garbage to test a parser).
+            html: Answer an nginx-style HTML page with ``text/html``.
+
+        Raises:
+            ValueError: If ``status`` is not an error status.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError(f"a fault status must be 400-599, got {status}")
+        header = (
+            retry_after if isinstance(retry_after, str | None) else _format_seconds(retry_after)
+        )
+        return cls("status", http_status=status, code=code, retry_after=header, html=html)
+
+    @classmethod
+    def drop(cls) -> Fault:
+        """Close the connection without answering; nothing is done."""
+        return cls("drop")
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Delay the answer by ``seconds`` emulated seconds, then serve normally.
+
+        Raises:
+            ValueError: If ``seconds`` is negative.
+        """
+        if seconds < 0:
+            raise ValueError(f"a delay must not be negative, got {seconds}")
+        return cls("slow", seconds=seconds)
+
+    @classmethod
+    def lost_response(cls, status: int | None = 502, *, html: bool = True) -> Fault:
+        """Create the run for real, then lose the answer (create only).
+
+        Args:
+            status: Status answered instead of the 201; ``None`` drops the connection.
+            html: Answer an HTML gateway page rather than the JSON envelope.
+        """
+        return cls("lost_response", http_status=status, html=html)
+
+    @classmethod
+    def fail_run(
+        cls,
+        code: str = "PROVIDER_ERROR",
+        message: str = "The provider failed to generate the image.",
+    ) -> Fault:
+        """Create the run normally, but make it end ``failed`` (create only).
+
+        Args:
+            code: The run's ``failure_code``.
+            message: The run's ``failure_message``.
+        """
+        return cls("fail_run", code=code, message=message)
+
+    @property
+    def create_only(self) -> bool:
+        """Return whether the fault only makes sense on the create route."""
+        return self.kind in _CREATE_ONLY
+
+    @property
+    def counter_key(self) -> str:
+        """Return the ``faults_injected`` key this fault is counted under."""
+        return f"status_{self.http_status}" if self.kind == "status" else self.kind
+
+
+class _Queued:
+    __slots__ = ("fault", "left")
+
+    def __init__(self, fault: Fault, left: int) -> None:
+        self.fault = fault
+        self.left = left
+
+
+class FaultScript:
+    """Faults queued for the next requests of a route, consumed in order."""
+
+    __slots__ = ("_queues",)
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[_Queued]] = {}
+
+    def next(self, route: str, fault: Fault, times: int = 1) -> None:
+        """Inject ``fault`` into the next ``times`` requests of ``route``.
+
+        Route-specific faults are consumed before ``"any"`` ones.
+
+        Args:
+            route: ``"create"``, ``"get_run"``, ``"list_runs"``, ``"file"``,
+                ``"health"`` or ``"any"``.
+            fault: What to inject.
+            times: How many requests it applies to.
+
+        Raises:
+            ValueError: For an unknown route, a create-only fault on another route,
+                or a ``times`` below 1.
+        """
+        if route != "any" and route not in FAULTABLE_ROUTES:
+            raise ValueError(f"unknown route {route!r}")
+        if fault.create_only and route != "create":
+            raise ValueError(f"a {fault.kind} fault only applies to the create route")
+        if times < 1:
+            raise ValueError(f"times must be at least 1, got {times}")
+        self._queues.setdefault(route, deque()).append(_Queued(fault, times))
+
+    def clear(self) -> None:
+        """Forget every queued fault."""
+        self._queues.clear()
+
+    def pending(self) -> int:
+        """Return how many injections are still queued, over all routes."""
+        return sum(queued.left for queue in self._queues.values() for queued in queue)
+
+    def take(self, route: str) -> Fault | None:
+        """Consume and return the fault for one request of ``route``, if any."""
+        for key in (route, "any"):
+            queue = self._queues.get(key)
+            if queue:
+                queued = queue[0]
+                queued.left -= 1
+                if queued.left == 0:
+                    queue.popleft()
+                return queued.fault
+        return None
+
+
+class FaultDice:
+    """Seeded random faults: one draw per request of an applicable route."""
+
+    __slots__ = ("_rates", "_rng")
+
+    def __init__(self, rates: FaultRates, seed: int) -> None:
+        self._rates = rates
+        self._rng = random.Random(f"runflow-emulator-faults:{seed}")
+
+    def roll(self, route: str) -> Fault | None:
+        """Draw the fault (or none) for one request of ``route``."""
+        rates = self._rates
+        if route not in rates.applies_to or rates.total == 0:
+            return None
+        draw = self._rng.random()
+        if draw < (edge := rates.rate_429):
+            without = self._rng.random() < rates.rate_429_without_retry_after
+            after = None if without else rates.retry_after_seconds
+            return Fault.status(429, retry_after=after)
+        if draw < (edge := edge + rates.rate_5xx):
+            if self._rng.random() < rates.rate_5xx_html:
+                return Fault.status(502, html=True)
+            return Fault.status(503)
+        if draw < (edge := edge + rates.rate_drop):
+            return Fault.drop()
+        if draw < (edge := edge + rates.rate_lost_create):
+            return Fault.lost_response() if route == "create" else None
+        if draw < edge + rates.rate_slow:
+            return Fault.slow(rates.slow_seconds)
+        return None

@@ -1,0 +1,143 @@
+"""Route handlers of the emulated API; faults and bookkeeping live in the middlewares."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from runflow_async.emulator._images import PillowMissingError
+from runflow_async.emulator._listing import parse_list_params, walk
+from runflow_async.emulator._middleware import FORCED_FAILURE, REQUEST_ID
+from runflow_async.emulator._query import QuerySyntaxError
+from runflow_async.emulator._responses import error_response, json_response
+from runflow_async.emulator._state import STATE, EmulatorState, fingerprint
+from runflow_async.emulator._validation import validate_create
+
+__all__ = ["counters", "create_run", "get_file", "get_run", "health", "list_runs"]
+
+_IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _unauthorized(request: web.Request, state: EmulatorState) -> web.Response | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    keys = state.config.api_keys
+    if scheme.lower() != "bearer" or not token:
+        message = "Missing or malformed bearer token."
+    elif keys is not None and token not in keys:
+        message = "Invalid API key."
+    else:
+        return None
+    return error_response(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def create_run(request: web.Request) -> web.Response:
+    """``POST /v1/models/{model_id}/runs``: validate, bill-check and store a run (201)."""
+    state = request.app[STATE]
+    if (denied := _unauthorized(request, state)) is not None:
+        return denied
+    model = request.match_info["model_id"]
+    if model not in state.model_ids:
+        return error_response(404, "MODEL_NOT_FOUND", f"Model {model!r} does not exist.")
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return error_response(400, "BAD_REQUEST", "The request body is not valid JSON.")
+    store = state.store
+    key = request.headers.get("Idempotency-Key") if state.config.honour_idempotency_key else None
+    digest = fingerprint(model, body) if key else b""
+    if key and key in store.idempotency:
+        seen, seq = store.idempotency[key]
+        if seen != digest:
+            message = "This Idempotency-Key was used with a different request body."
+            return error_response(409, "CONFLICT", message)
+        state.tally.idempotent_replays += 1
+        run = store.runs[seq]
+        replay = state.render(run, _base_url(request), run.created)
+        return json_response(replay, 201, {"Idempotent-Replayed": "true"})
+    valid, errors = validate_create(body, model)
+    if valid is None:
+        count = len(errors)
+        message = f"The request has {count} invalid field{'s' if count > 1 else ''}."
+        return error_response(422, "VALIDATION_ERROR", message, errors)
+    credit = state.config.credit_usd
+    store.settle(state.clock.now())
+    if credit is not None and store.billed_usd >= credit:
+        message = f"Billed ${store.billed_usd} of ${credit} credit; top up to run more."
+        return error_response(402, "INSUFFICIENT_CREDIT", message)
+    run = state.create_run(valid, REQUEST_ID.get(), FORCED_FAILURE.get())
+    if key:
+        store.idempotency[key] = (digest, run.seq)
+    return json_response(state.render(run, _base_url(request), run.created), 201)
+
+
+async def get_run(request: web.Request) -> web.Response:
+    """``GET /v1/runs/{run_id}``: the run as of now, with freshly signed URLs."""
+    state = request.app[STATE]
+    if (denied := _unauthorized(request, state)) is not None:
+        return denied
+    run_id = request.match_info["run_id"]
+    run = state.store.by_id.get(run_id)
+    if run is None:
+        return error_response(404, "RUN_NOT_FOUND", f"Run {run_id!r} does not exist.")
+    return json_response(state.render(run, _base_url(request), state.clock.now()))
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """``GET /v1/runs``: a page of runs, filtered, sorted and projected."""
+    state = request.app[STATE]
+    if (denied := _unauthorized(request, state)) is not None:
+        return denied
+    try:
+        params, errors = parse_list_params(request.query)
+    except QuerySyntaxError as exc:
+        return error_response(400, "INVALID_QUERY", f"Invalid q: {exc}.")
+    if params is None:
+        return error_response(422, "VALIDATION_ERROR", "Invalid list parameters.", errors)
+    now = state.clock.now()
+    url_for = state.url_for(_base_url(request), now)
+    page = walk(state.store, params, now, url_for)
+    items = [run.to_api(now, url_for, params.fields) for run in page.runs]
+    return json_response({"items": items, "next_pq": page.next_pq, "prev_pq": page.prev_pq})
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /v1/health``: always healthy, no auth (both documented body shapes at once)."""
+    return json_response({"ok": True, "status": "ok"})
+
+
+async def counters(request: web.Request) -> web.Response:
+    """``GET /_emulator/counters``: the counters snapshot as JSON, no auth."""
+    return json_response(request.app[STATE].counters().to_json())
+
+
+async def get_file(request: web.Request) -> web.Response:
+    """``GET /files/{run_id}/{index}.{ext}``: a presigned output image, no auth header."""
+    state = request.app[STATE]
+    expires = request.query.get("exp", "")
+    if not state.signer.verify(request.path, expires, request.query.get("sig", "")):
+        return error_response(403, "SIGNATURE_MISMATCH", "The URL signature is invalid.")
+    now = state.clock.now()
+    if state.clock.epoch_seconds(now) > int(expires):
+        return error_response(403, "URL_EXPIRED", "The URL has expired; fetch the run again.")
+    run = state.store.by_id.get(request.match_info["run_id"])
+    index, _, extension = request.match_info["filename"].partition(".")
+    if (
+        run is None
+        or run.status(now) != "succeeded"
+        or not index.isdigit()
+        or int(index) >= run.request.num_images
+        or extension != run.extension
+    ):
+        return error_response(404, "FILE_NOT_FOUND", "No such output file.")
+    output_format = run.request.output_format
+    try:
+        data = await state.images.render(run.id, int(index), output_format, run.size)
+    except PillowMissingError as exc:
+        return error_response(500, "PILLOW_MISSING", str(exc))
+    return web.Response(body=data, content_type=_IMAGE_TYPES[output_format])

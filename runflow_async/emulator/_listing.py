@@ -1,0 +1,178 @@
+"""``GET /v1/runs``: query parameters, keyset cursors and the page walk.
+
+https://docs.runflow.io/concepts/requests: ``limit`` (max 500), ``pq`` cursor, ``q``
+filter, ``fields`` projection, ``sort_by``. Runs are created in ``created_at`` order,
+so both sort orders walk the insertion list; a cursor is the ``seq`` of the page's
+edge item plus a direction, so pages stay stable while runs are being created. A
+query that is only ``id:``/``client_ref:`` equalities joined by ``OR`` is answered
+from the indexes instead of a scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from runflow_async.emulator._query import Query, equality_terms, parse_query
+from runflow_async.emulator._runs import RunRecord, UrlFor
+from runflow_async.emulator._store import RunStore
+from runflow_async.emulator._validation import FieldError, field_error
+
+__all__ = ["Cursor", "ListParams", "Page", "parse_list_params", "walk"]
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+_SORT_FIELDS = frozenset({"created_at", "id"})  # ids are time-ordered too
+_INDEXED = frozenset({"id", "client_ref"})
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Position of a page edge: items after (``forward``) or before ``seq``, in list order."""
+
+    seq: int
+    forward: bool
+
+    def encode(self) -> str:
+        """Return the opaque ``pq`` string."""
+        raw = f"{'n' if self.forward else 'p'}{self.seq}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor | None:
+        """Parse a ``pq`` string; ``None`` if it is not one of ours."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if len(raw) < 2 or raw[0] not in "np" or not raw[1:].isdigit():
+            return None
+        return cls(int(raw[1:]), raw[0] == "n")
+
+
+@dataclass(frozen=True, slots=True)
+class ListParams:
+    """The validated query of a list request.
+
+    Attributes:
+        limit: Page size.
+        cursor: Where the page starts, if not at an end.
+        query: The ``q`` filter, if any.
+        fields: Keys to keep in each item, if projected.
+        ascending: ``created_at:asc`` rather than the default ``desc``.
+    """
+
+    limit: int
+    cursor: Cursor | None
+    query: Query | None
+    fields: frozenset[str] | None
+    ascending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of runs, in the requested order, with its neighbour cursors."""
+
+    runs: list[RunRecord]
+    next_pq: str | None
+    prev_pq: str | None
+
+
+def _parse_sort(text: str, errors: list[FieldError]) -> bool:
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    directions: list[bool] = []
+    for key in keys:
+        name, _, direction = key.partition(":")
+        if name not in _SORT_FIELDS or direction not in ("", "asc", "desc"):
+            errors.append(field_error("sort_by", f"cannot sort by {key!r}", "invalid_choice"))
+        directions.append(direction != "desc")
+    return directions[0] if directions else False
+
+
+def parse_list_params(query: Mapping[str, str]) -> tuple[ListParams | None, list[FieldError]]:
+    """Validate the list query string.
+
+    Returns:
+        The parameters and no errors, or ``None`` and every bad parameter.
+
+    Raises:
+        QuerySyntaxError: If ``q`` does not parse.
+    """
+    errors: list[FieldError] = []
+    limit_text = query.get("limit", str(DEFAULT_LIMIT))
+    limit = int(limit_text) if limit_text.strip().isdigit() else -1
+    if not 1 <= limit <= MAX_LIMIT:
+        errors.append(field_error("limit", "must be an integer in 1..500", "out_of_range"))
+    cursor = None
+    if query.get("pq"):
+        cursor = Cursor.decode(query["pq"])
+        if cursor is None:
+            errors.append(field_error("pq", "is not a valid cursor", "invalid_cursor"))
+    ascending = _parse_sort(query.get("sort_by", "created_at:desc"), errors)
+    fields = frozenset(f.strip() for f in query.get("fields", "").split(",") if f.strip())
+    parsed = parse_query(query.get("q", ""))
+    if errors:
+        return None, errors
+    return ListParams(limit, cursor, parsed, fields or None, ascending), []
+
+
+def _candidates(store: RunStore, query: Query | None) -> list[int] | None:
+    """Return the sorted seqs an index-friendly query can match, or ``None`` to scan."""
+    terms = None if query is None else equality_terms(query, _INDEXED)
+    if terms is None:
+        return None
+    seqs: set[int] = set()
+    for field, value in terms:
+        if field == "id":
+            run = store.by_id.get(value)
+            if run is not None:
+                seqs.add(run.seq)
+        else:
+            seqs.update(store.with_client_ref(value))
+    return sorted(seqs)
+
+
+def _getter(run: RunRecord, now: float, url_for: UrlFor) -> Callable[[str], Any]:
+    return lambda name: run.field(name, now, url_for)
+
+
+def _seqs(candidates: list[int] | None, total: int, start: int, step: int) -> Iterable[int]:
+    """Yield seqs from ``start`` (inclusive) moving by ``step`` (+1 or -1)."""
+    if candidates is None:
+        # min(): a cursor may point past runs that exist (forged, or another emulator's).
+        return range(start, total) if step > 0 else range(min(start, total - 1), -1, -1)
+    if step > 0:
+        return candidates[bisect_left(candidates, start) :]
+    return reversed(candidates[: bisect_right(candidates, start)])
+
+
+def walk(store: RunStore, params: ListParams, now: float, url_for: UrlFor) -> Page:
+    """Return the page of runs ``params`` asks for, as of emulated time ``now``."""
+    cursor = params.cursor
+    order = 1 if params.ascending else -1
+    forward = cursor is None or cursor.forward
+    step = order if forward else -order
+    edge = 0 if params.ascending else len(store) - 1
+    start = edge if cursor is None else cursor.seq + step
+    candidates = _candidates(store, params.query)
+    seqs: Iterator[int] = iter(_seqs(candidates, len(store), start, step))
+    runs = (store.runs[seq] for seq in seqs)
+    query = params.query
+    if query is not None and candidates is None:
+        runs = (run for run in runs if query.matches(_getter(run, now, url_for)))
+    found = list(islice(runs, params.limit + 1))
+    more = len(found) > params.limit
+    found = found[: params.limit]
+    if not forward:
+        found.reverse()
+    if not found:
+        return Page(found, None, None)
+    first, last = Cursor(found[0].seq, False), Cursor(found[-1].seq, True)
+    if forward:
+        return Page(found, last.encode() if more else None, first.encode() if cursor else None)
+    return Page(found, last.encode(), first.encode() if more else None)

@@ -1,0 +1,114 @@
+"""Middlewares: request ids and counting (outer), fault injection (inner).
+
+Per-request facts reach the handlers through context variables, because aiohttp runs
+every request in its own task (and string request keys warn in recent aiohttp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+
+from aiohttp import web
+
+from runflow_async.emulator._config import FAULTABLE_ROUTES
+from runflow_async.emulator._faults import Fault
+from runflow_async.emulator._responses import error_response, html_error
+from runflow_async.emulator._state import STATE
+
+__all__ = ["FORCED_FAILURE", "REQUEST_ID", "inject_faults", "observe", "route_name"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID: ContextVar[str] = ContextVar("runflow_emulator_request_id", default="")
+"""``X-Request-Id`` of the request being handled."""
+
+FORCED_FAILURE: ContextVar[tuple[str, str] | None] = ContextVar(
+    "runflow_emulator_forced_failure", default=None
+)
+"""``(code, message)`` a ``fail_run`` fault imposes on the run being created."""
+
+_NO_RESPONSE = 444  # nginx's "closed without response"; never reaches the client
+
+
+class _Dropped(Exception):
+    """Raised by the fault layer to make ``observe`` close the connection."""
+
+
+def route_name(request: web.Request) -> str:
+    """Return the name of the route ``request`` matched, or ``"other"``."""
+    return request.match_info.route.name or "other"
+
+
+def _fault_response(fault: Fault) -> web.Response:
+    status = fault.http_status or 502
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+    if fault.html:
+        return html_error(status, headers)
+    return error_response(status, fault.code, headers=headers)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request, tag the response with ``X-Request-Id`` and count its status.
+
+    Also turns aiohttp's own errors (unknown path, wrong method, body too large) into
+    the JSON envelope, and performs connection drops.
+    """
+    state = request.app[STATE]
+    state.tally.request(route_name(request))
+    request_id = state.next_request_id()
+    token = REQUEST_ID.set(request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        allow = exc.headers.get("Allow")
+        response = error_response(
+            exc.status, message=exc.reason, headers={"Allow": allow} if allow else None
+        )
+    except _Dropped:
+        transport = request.transport
+        # None only when the client has already gone: there is nothing left to close.
+        if transport is not None:  # pragma: no branch
+            transport.close()
+        # aiohttp fails to write this to the closed transport and treats that as a
+        # premature client disconnection: no error is logged, nothing is sent.
+        return web.Response(status=_NO_RESPONSE)
+    finally:
+        REQUEST_ID.reset(token)
+    response.headers["X-Request-Id"] = request_id
+    state.tally.response(response.status)
+    return response
+
+
+@web.middleware
+async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply the scripted fault or the seeded random one, if any, to this request."""
+    route = route_name(request)
+    if route not in FAULTABLE_ROUTES:
+        return await handler(request)
+    state = request.app[STATE]
+    scripted = state.script.take(route)
+    rolled = state.dice.roll(route)
+    fault = scripted or rolled
+    if fault is None:
+        return await handler(request)
+    state.tally.fault(fault.counter_key)
+    if fault.kind == "status":
+        return _fault_response(fault)
+    if fault.kind == "drop":
+        raise _Dropped
+    if fault.kind == "slow":
+        await asyncio.sleep(state.clock.real_seconds(fault.seconds))
+        return await handler(request)
+    if fault.kind == "lost_response":
+        await handler(request)
+        if fault.http_status is None:
+            raise _Dropped
+        return _fault_response(fault)
+    token = FORCED_FAILURE.set((fault.code or "PROVIDER_ERROR", fault.message or ""))
+    try:
+        return await handler(request)
+    finally:
+        FORCED_FAILURE.reset(token)

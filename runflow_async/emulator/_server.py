@@ -1,0 +1,176 @@
+"""The ``Emulator``: builds the aiohttp application and runs it on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from runflow_async.emulator import _handlers
+from runflow_async.emulator._config import EmulatorConfig
+from runflow_async.emulator._counters import EmulatorCounters
+from runflow_async.emulator._faults import FaultScript
+from runflow_async.emulator._middleware import inject_faults, observe
+from runflow_async.emulator._state import STATE, EmulatorState
+
+__all__ = ["Emulator", "build_app", "serve"]
+
+logger = logging.getLogger("runflow_async.emulator")
+
+_SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for handlers still running at close
+# aiohttp's default 8 KiB request line is too short for a batch poller's
+# ``q=id:... OR id:...`` with 200 ids; a real gateway may well be as strict as 8 KiB.
+_MAX_LINE_SIZE = 64 * 1024
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def build_app(state: EmulatorState) -> web.Application:
+    """Return an aiohttp application serving the emulated API from ``state``."""
+    app = web.Application(middlewares=[observe, inject_faults])
+    app[STATE] = state
+    router = app.router
+    router.add_post("/v1/models/{model_id:.+}/runs", _handlers.create_run, name="create")
+    router.add_get("/v1/runs", _handlers.list_runs, name="list_runs")
+    router.add_get("/v1/runs/{run_id}", _handlers.get_run, name="get_run")
+    router.add_get("/v1/health", _handlers.health, name="health")
+    router.add_get("/files/{run_id}/{filename}", _handlers.get_file, name="file")
+    router.add_get("/_emulator/counters", _handlers.counters, name="counters")
+    return app
+
+
+class Emulator:
+    """A local Runflow API for the FLUX.2 [klein] 9B models, as an async context manager.
+
+    Example::
+
+        async with Emulator(time_scale=0.001, seed=1) as emu:
+            client = RunflowClient(api_key="test", base_url=emu.url)
+
+    Args:
+        config: Base configuration (defaults to ``EmulatorConfig()``).
+        **overrides: ``EmulatorConfig`` fields replacing those of ``config``.
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+        self.config = dataclasses.replace(config or EmulatorConfig(), **overrides)
+        self._state = EmulatorState(self.config)
+        self._app = build_app(self._state)
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start listening on ``config.host``:``config.port``.
+
+        Raises:
+            RuntimeError: If the emulator was already started.
+        """
+        if self._runner is not None or self._closed:
+            raise RuntimeError("an Emulator can be started only once")
+        runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            max_line_size=_MAX_LINE_SIZE,
+        )
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        await site.start()
+        self._port = int(runner.addresses[0][1])
+        logger.info("Runflow emulator listening on %s", self.url)
+
+    async def aclose(self) -> None:
+        """Stop the server; calling it again does nothing."""
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def port(self) -> int:
+        """Return the TCP port the emulator listens on.
+
+        Raises:
+            RuntimeError: If the emulator has not been started.
+        """
+        if self._port is None:
+            raise RuntimeError("the Emulator has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, e.g. ``http://127.0.0.1:8787``."""
+        return _base_url(self.config.host, self.port)
+
+    @property
+    def counters(self) -> EmulatorCounters:
+        """Return a fresh snapshot of the counters."""
+        return self._state.counters()
+
+    @property
+    def faults(self) -> FaultScript:
+        """Return the script of faults to inject into the next requests."""
+        return self._state.script
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulated clock ``seconds`` forward at once (no real waiting).
+
+        Runs progress, URLs expire and bills settle as if the time had passed.
+
+        Raises:
+            ValueError: If ``seconds`` is negative.
+        """
+        self._state.clock.advance(seconds)
+
+    def app(self) -> web.Application:
+        """Return the aiohttp application, e.g. to mount it or run it with ``web.run_app``.
+
+        Pass ``max_line_size=65536`` to ``run_app``/``AppRunner`` to accept
+        long ``q`` filters as :meth:`start` does.
+        """
+        return self._app
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Return every stored run as ``GET /v1/runs/{id}`` would show it now, oldest first."""
+        state = self._state
+        base = _base_url(self.config.host, self._port or self.config.port)
+        now = state.clock.now()
+        url_for = state.url_for(base, now)
+        return [run.to_api(now, url_for) for run in state.store.runs]
+
+
+async def serve(
+    config: EmulatorConfig, *, on_ready: Callable[[Emulator], None] | None = None
+) -> None:
+    """Run an emulator until the calling task is cancelled.
+
+    Args:
+        config: The configuration.
+        on_ready: Called once the emulator listens (the CLI prints ``emu.url`` here).
+    """
+    async with Emulator(config) as emu:
+        if on_ready is not None:
+            on_ready(emu)
+        await asyncio.Event().wait()

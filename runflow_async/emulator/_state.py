@@ -1,0 +1,180 @@
+"""The emulator's state: config, clock, store, tallies, faults, and the seeded draws."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+import uuid
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+
+from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
+from runflow_async.emulator._clock import EPOCH, EmulatedClock
+from runflow_async.emulator._config import EmulatorConfig
+from runflow_async.emulator._counters import EmulatorCounters, Tally
+from runflow_async.emulator._faults import FaultDice, FaultScript
+from runflow_async.emulator._images import ImageRenderer
+from runflow_async.emulator._runs import RunRecord, UrlFor
+from runflow_async.emulator._signing import UrlSigner
+from runflow_async.emulator._store import RunStore
+from runflow_async.emulator._validation import CreateRequest
+
+__all__ = ["STATE", "EmulatorState", "fingerprint"]
+
+_ORG_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://api.runflow.io/emulator/org"))
+_EPOCH_MS = int(EPOCH.timestamp() * 1000)
+# The text-to-image default of fal and of Runflow's 4B page; also PricingPolicy's.
+_DEFAULT_GENERATE_SIZE = PRESET_SIZES["landscape_4_3"]
+_MAX_PRICES = 4096  # distinct (model, size, images, inputs) shapes memoized
+_DEFAULT_FAILURE = ("PROVIDER_ERROR", "The provider failed to generate the image.")
+
+
+def _model_uuid(model: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://api.runflow.io/v1/models/{model}"))
+
+
+def _uuid7(millis: int, rand: int) -> str:
+    # RFC 9562 layout: 48-bit time, version 7, 12 random bits, variant 0b10, 62 random.
+    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & (2**62 - 1)
+    return str(uuid.UUID(int=value))
+
+
+def fingerprint(model: str, body: Any) -> bytes:
+    """Return a digest of a create body, to compare bodies sent with one idempotency key."""
+    canonical = json.dumps([model, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+class EmulatorState:
+    """Everything one emulator instance remembers; the app reaches it via ``STATE``.
+
+    Attributes:
+        config: The configuration.
+        clock: The scaled clock.
+        store: The runs.
+        tally: Request, response and fault counts.
+        script: Scripted faults.
+        dice: Seeded random faults.
+        signer: Output URL signer.
+        images: Image renderer and cache.
+        model_ids: UUID of each served model, by slug.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.clock = EmulatedClock(config.time_scale)
+        self.store = RunStore()
+        self.tally = Tally()
+        self.script = FaultScript()
+        self.dice = FaultDice(config.faults, config.seed)
+        self.signer = UrlSigner(config.seed)
+        self.images = ImageRenderer()
+        self.model_ids = {model: _model_uuid(model) for model in (GENERATE_MODEL, EDIT_MODEL)}
+        self._rng = random.Random(config.seed)
+        self._prices: dict[tuple[str, Size | None, int, int], tuple[Size, Decimal]] = {}
+        prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
+        self._request_ids = (f"req_{prefix:06x}{n:010x}" for n in itertools.count(1))
+
+    def next_request_id(self) -> str:
+        """Return a new unique ``X-Request-Id``."""
+        return next(self._request_ids)
+
+    def create_run(
+        self,
+        request: CreateRequest,
+        request_id: str,
+        forced_failure: tuple[str, str] | None = None,
+    ) -> RunRecord:
+        """Draw a run's fate from the seeded RNG, store it, and return it."""
+        config = self.config
+        rng = self._rng
+        # Always draw the same four numbers, so one run's inputs never shift another's.
+        duration = config.median_duration * math.exp(config.duration_sigma * rng.gauss(0.0, 1.0))
+        fails = rng.random() < config.failure_rate
+        seq = len(self.store)
+        run_id = _uuid7(_EPOCH_MS + seq, rng.getrandbits(74))
+        drawn_seed = rng.randrange(2**31)
+        size, cost = self._price(request)
+        now = self.clock.now()
+        run = RunRecord(
+            seq=seq,
+            id=run_id,
+            model_id=self.model_ids[request.model],
+            org_id=_ORG_ID,
+            request=request,
+            request_id=request_id,
+            created=now,
+            duration=max(duration, 1e-6),
+            failure=forced_failure or (_DEFAULT_FAILURE if fails else None),
+            seed=drawn_seed if request.seed is None else request.seed,
+            size=size,
+            cost=cost,
+        )
+        self.store.add(run, now)
+        return run
+
+    def _price(self, request: CreateRequest) -> tuple[Size, Decimal]:
+        """Return the output size and billed cost of ``request``, memoized.
+
+        The cache keeps one ``Decimal`` per distinct shape instead of one per run.
+        """
+        key = (request.model, request.size, request.num_images, request.num_inputs)
+        cached = self._prices.get(key)
+        if cached is not None:
+            return cached
+        policy = self.config.pricing
+        if request.model == EDIT_MODEL:
+            size = request.size or policy.default_edit_output_size(None)
+            price = policy.edit_cost([None] * request.num_inputs, size, request.num_images)
+        else:
+            size = request.size or _DEFAULT_GENERATE_SIZE
+            price = policy.generate_cost(size, request.num_images)
+        result = (size, policy.quantize(price * self.config.cost_multiplier))
+        if len(self._prices) < _MAX_PRICES:
+            self._prices[key] = result
+        return result
+
+    def url_for(self, base: str, now: float) -> UrlFor:
+        """Return a signer of file paths under ``base`` valid for ``url_ttl`` from ``now``."""
+        expires_at = self.clock.epoch_seconds(now + self.config.url_ttl)
+        signer = self.signer
+        return lambda path: signer.sign(base, path, expires_at)
+
+    def render(
+        self,
+        run: RunRecord,
+        base: str,
+        now: float,
+        fields: frozenset[str] | None = None,
+    ) -> dict[str, Any]:
+        """Return ``run`` as the API shows it at ``now``."""
+        return run.to_api(now, self.url_for(base, now), fields)
+
+    def counters(self) -> EmulatorCounters:
+        """Return a fresh snapshot of the counters."""
+        store = self.store
+        in_flight = store.in_flight(self.clock.now())
+        tally = self.tally
+        return EmulatorCounters(
+            runs_created=len(store),
+            runs_billed=store.runs_billed,
+            billed_usd=store.billed_usd,
+            runs_failed=store.runs_failed,
+            idempotent_replays=tally.idempotent_replays,
+            max_in_flight=store.max_in_flight,
+            in_flight=in_flight,
+            requests_by_route=MappingProxyType(dict(tally.requests)),
+            responses_by_status=MappingProxyType(dict(tally.responses)),
+            faults_injected=MappingProxyType(dict(tally.faults)),
+        )
+
+
+STATE = web.AppKey("runflow_emulator_state", EmulatorState)
+"""Where the application keeps its ``EmulatorState``."""
