@@ -69,6 +69,8 @@ def _not_created(exc: APIError) -> bool:
 
 
 def _ambiguous(exc: APIError, attempt: int) -> bool:
+    if _not_created(exc):
+        return False
     if isinstance(exc, APIConnectionError | ServerError):
         return True
     # A 409 on a repeat means our own earlier attempt (same key) got there.
