@@ -6,8 +6,8 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import aiohttp
 import pytest
@@ -16,6 +16,7 @@ from aiohttp import web
 from runflow_async import (
     APIConnectionError,
     APIResponseError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     ClientClosedError,
@@ -60,15 +61,19 @@ class Script:
 
 def status(code: int, body: object = None, **headers: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return json_response(code, body if body is not None else {"code": "X", "message": "m"},
-                             **headers)
+        return json_response(
+            code, body if body is not None else {"code": "X", "message": "m"}, **headers
+        )
 
     return handler
 
 
 async def html_502(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=502, text="<html><body><h1>502 Bad Gateway</h1></body></html>",
-                        content_type="text/html")
+    return web.Response(
+        status=502,
+        text="<html><body><h1>502 Bad Gateway</h1></body></html>",
+        content_type="text/html",
+    )
 
 
 async def drop(request: web.Request) -> web.StreamResponse:
@@ -110,7 +115,7 @@ async def test_get_survives_repeated_dropped_connections(inline_server: Start) -
     [(401, AuthenticationError), (404, NotFoundError), (422, UnprocessableEntityError)],
 )
 async def test_client_errors_are_not_retried_and_carry_details(
-    inline_server: Start, code: int, error_type: type[Exception]
+    inline_server: Start, code: int, error_type: type[APIStatusError]
 ) -> None:
     body = {"code": "SOME_CODE", "message": "Nope.", "errors": [{"field": "input.prompt"}]}
     script = Script(status(code, body, **{"X-Request-Id": "req_abc"}))
@@ -120,12 +125,12 @@ async def test_client_errors_are_not_retried_and_carry_details(
             await client.get_run("run-1")
     err = info.value
     assert len(script.seen) == 1
-    assert err.status == code  # type: ignore[attr-defined]
-    assert err.code == "SOME_CODE"  # type: ignore[attr-defined]
-    assert err.message == "HTTP %d SOME_CODE: Nope." % code  # type: ignore[attr-defined]
-    assert err.errors == [{"field": "input.prompt"}]  # type: ignore[attr-defined]
-    assert err.request_id == "req_abc"  # type: ignore[attr-defined]
-    assert err.retryable is False  # type: ignore[attr-defined]
+    assert err.status == code
+    assert err.code == "SOME_CODE"
+    assert err.message == f"HTTP {code} SOME_CODE: Nope."
+    assert err.errors == [{"field": "input.prompt"}]
+    assert err.request_id == "req_abc"
+    assert err.retryable is False
     assert "GET /v1/runs/run-1" in str(err)
     assert "req_abc" in str(err)
 
@@ -151,8 +156,9 @@ async def test_retries_stop_after_max_attempts(inline_server: Start) -> None:
 
 
 async def test_retry_after_seconds_is_honoured_and_capped(inline_server: Start) -> None:
-    script = Script(status(429, None, **{"Retry-After": "7"}),
-                    status(429, None, **{"Retry-After": "9999"}))
+    script = Script(
+        status(429, None, **{"Retry-After": "7"}), status(429, None, **{"Retry-After": "9999"})
+    )
     url = await inline_server(script)
     events: list[RetryEvent] = []
     async with make_client(url, on_retry=events.append) as client:
@@ -175,8 +181,12 @@ def test_retry_after_parses_http_dates_and_rejects_garbage() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     later = format_datetime(now + timedelta(seconds=30), usegmt=True)
     assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
-    assert parse_retry_after(format_datetime(now - timedelta(seconds=5), usegmt=True),
-                             now=now.timestamp()) == 0.0
+    assert (
+        parse_retry_after(
+            format_datetime(now - timedelta(seconds=5), usegmt=True), now=now.timestamp()
+        )
+        == 0.0
+    )
     assert parse_retry_after("1.5") == 1.5
     assert parse_retry_after("-3") == 0.0
     assert parse_retry_after(None) is None
@@ -228,8 +238,9 @@ def unused_port() -> int:
 async def test_connection_refused_is_retried_then_raised_as_not_sent() -> None:
     events: list[RetryEvent] = []
     policy = RetryPolicy(max_attempts=2, time_scale=TIME_SCALE)
-    async with make_client(f"http://127.0.0.1:{unused_port()}", retry=policy,
-                           on_retry=events.append) as client:
+    async with make_client(
+        f"http://127.0.0.1:{unused_port()}", retry=policy, on_retry=events.append
+    ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.get_run("x")
     assert info.value.sent is False

@@ -61,8 +61,13 @@ def test_invalid_generate_fields_are_named(fields: dict[str, Any], bad: str) -> 
 
 @pytest.mark.parametrize(
     ("urls", "bad"),
-    [([], "image_urls"), (["https://a/1"] * 5, "image_urls"), (["file:///x.png"], "image_urls"),
-     (["https://"], "image_urls"), ("https://a/1", "image_urls")],
+    [
+        ([], "image_urls"),
+        (["https://a/1"] * 5, "image_urls"),
+        (["file:///x.png"], "image_urls"),
+        (["https://"], "image_urls"),
+        ("https://a/1", "image_urls"),
+    ],
 )
 def test_invalid_edit_urls_are_named(urls: Any, bad: str) -> None:
     with pytest.raises(RequestValidationError) as info:
@@ -112,12 +117,19 @@ def test_generate_body_is_the_documented_json() -> None:
 def test_edit_body_with_custom_size_and_own_client_ref() -> None:
     request = build_request(
         EditRequest,
-        {"prompt": "p", "image_urls": ("https://a/1.png",), "image_size": (512, 768),
-         "client_ref": "mine"},
+        {
+            "prompt": "p",
+            "image_urls": ("https://a/1.png",),
+            "image_size": (512, 768),
+            "client_ref": "mine",
+        },
     )
     assert request.to_body(client_ref="ignored") == {
-        "input": {"prompt": "p", "image_urls": ["https://a/1.png"],
-                  "image_size": {"width": 512, "height": 768}},
+        "input": {
+            "prompt": "p",
+            "image_urls": ["https://a/1.png"],
+            "image_size": {"width": 512, "height": 768},
+        },
         "client_ref": "mine",
     }
     assert request.image_size == CustomImageSize(width=512, height=768)
@@ -164,7 +176,9 @@ def test_legacy_run_shapes_are_mapped() -> None:
     )
     assert run.id == "r2"
     assert (run.failure_code, run.failure_message, run.failure_stage) == (
-        "BOOM", "it broke", "dispatch",
+        "BOOM",
+        "it broke",
+        "dispatch",
     )
     assert run.output is None
 
@@ -186,13 +200,25 @@ def test_generation_result_exposes_the_run() -> None:
             "id": "r3",
             "status_code": "succeeded",
             "cost": "0.006",
-            "output": {"outputs": [{"url": "https://x/1.png", "width": 1024, "height": 1024,
-                                    "content_type": "image/png"}], "seed": 9},
+            "output": {
+                "outputs": [
+                    {
+                        "url": "https://x/1.png",
+                        "width": 1024,
+                        "height": 1024,
+                        "content_type": "image/png",
+                    }
+                ],
+                "seed": 9,
+            },
         }
     )
     result = GenerationResult(run)
     assert (result.run_id, result.cost_usd, result.seed, result.partial) == (
-        "r3", Decimal("0.006"), 9, False,
+        "r3",
+        Decimal("0.006"),
+        9,
+        False,
     )
     assert result.images[0].height == 1024
     assert GenerationResult(Run(id="r4")).seed is None
