@@ -68,7 +68,7 @@ async def run_demo(out_dir: Path, *, count: int = 4, time_scale: float = 0.01) -
                 report.run_ids.append(result.run_id)
                 report.billed_usd += result.cost_usd or Decimal(0)
                 for n, image in enumerate(result.images):
-                    dest = out_dir / f"{index:03d}-{n}-{result.run_id[:8]}.png"
+                    dest = out_dir / f"{index:03d}-{n}-{result.run_id[-12:]}.png"
                     report.files.append(await client.download(image, dest))
 
             async with anyio.create_task_group() as tg:
