@@ -3,8 +3,10 @@
 Everything public is importable from here; modules starting with ``_`` are private.
 """
 
+from runflow_async._batch import Batch
 from runflow_async._client import RunflowClient
 from runflow_async._config import PollPolicy, RetryPolicy, Timeouts
+from runflow_async._download import DownloadedFile
 from runflow_async._errors import (
     APIConnectionError,
     APIError,
@@ -13,15 +15,18 @@ from runflow_async._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientClosedError,
     ConfigurationError,
     ConflictError,
     CreateOutcomeUnknownError,
     InsufficientCreditError,
     NotFoundError,
+    NotSubmittedError,
     PermissionDeniedError,
     RateLimitError,
     RequestValidationError,
+    RunAbandonedError,
     RunCanceledError,
     RunError,
     RunFailedError,
@@ -31,6 +36,9 @@ from runflow_async._errors import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+from runflow_async._estimate import Estimate, ItemEstimate
+from runflow_async._imagesize import image_size_from_bytes, image_size_from_path
+from runflow_async._map import MapRun
 from runflow_async._models import (
     TERMINAL_STATUSES,
     CallbackPayload,
@@ -41,6 +49,8 @@ from runflow_async._models import (
     RunPage,
     RunStatus,
 )
+from runflow_async._observe import BatchEvent, BatchObserver, ProgressBarObserver
+from runflow_async._outcomes import CostReport, ItemCost, Outcome, RunFuture
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, PricingPolicy
 from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
 from runflow_async._retry import RetryEvent
@@ -58,29 +68,44 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
+    "BatchEvent",
+    "BatchObserver",
+    "BudgetExceededError",
     "CallbackPayload",
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "CostReport",
     "CreateOutcomeUnknownError",
     "CustomImageSize",
+    "DownloadedFile",
     "EditRequest",
+    "Estimate",
     "GenerateRequest",
     "GenerationResult",
     "ImageOutput",
     "InsufficientCreditError",
+    "ItemCost",
+    "ItemEstimate",
+    "MapRun",
     "NotFoundError",
+    "NotSubmittedError",
+    "Outcome",
     "PermissionDeniedError",
     "PollPolicy",
     "PricingPolicy",
+    "ProgressBarObserver",
     "RateLimitError",
     "RequestValidationError",
     "RetryEvent",
     "RetryPolicy",
     "Run",
+    "RunAbandonedError",
     "RunCanceledError",
     "RunError",
     "RunFailedError",
+    "RunFuture",
     "RunOutput",
     "RunPage",
     "RunRequest",
@@ -93,6 +118,8 @@ __all__ = [
     "Timeouts",
     "UnprocessableEntityError",
     "__version__",
+    "image_size_from_bytes",
+    "image_size_from_path",
 ]
 
 for _name in __all__:

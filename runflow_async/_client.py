@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, Self, TypeVar
 import aiohttp
 import pydantic
 
+from runflow_async._batch import Batch
 from runflow_async._config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_WAIT_TIMEOUT,
@@ -23,12 +25,18 @@ from runflow_async._config import (
 )
 from runflow_async._create import create_run
 from runflow_async._download import DownloadedFile, download_to
+from runflow_async._engine import Engine, EngineOptions
 from runflow_async._errors import APIResponseError, ConfigurationError
+from runflow_async._estimate import Estimate, estimate_requests, probe_input_sizes
 from runflow_async._http import Transport
+from runflow_async._map import MapRun, RequestSource
 from runflow_async._models import GenerationResult, ImageOutput, Run, RunPage, RunStatus
+from runflow_async._observe import BatchObserver
 from runflow_async._polling import check_outcome, poll_until_terminal
+from runflow_async._pricing import PricingPolicy
 from runflow_async._requests import EditRequest, GenerateRequest, RunRequest, build_request
 from runflow_async._retry import RetryHook
+from runflow_async._waiting import DurationStats, WaitStrategy
 
 __all__ = ["RunflowClient"]
 
@@ -57,6 +65,10 @@ class RunflowClient:
         max_connections: Connection pool size; size it to the concurrency you use.
         session: An ``aiohttp.ClientSession`` to use instead of our own; we never close it.
         on_retry: A synchronous hook told about each retry.
+        pricing: The megapixel price rules used for estimates and budgets.
+        wait_strategy: How batches notice finished runs: ``"auto"`` (a shared
+            list poller, verified on first use, falling back to per-run polling),
+            ``"list"`` or ``"per_run"``.
 
     Raises:
         ConfigurationError: No API key, or a malformed key or URL.
@@ -74,11 +86,18 @@ class RunflowClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
+        pricing: PricingPolicy | None = None,
+        wait_strategy: WaitStrategy = "auto",
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1.")
         self.base_url = resolve_base_url(base_url)
         self.poll_policy = poll or PollPolicy()
+        self.pricing = pricing or PricingPolicy()
+        if wait_strategy not in ("auto", "list", "per_run"):
+            raise ConfigurationError(f"Unknown wait_strategy {wait_strategy!r}.")
+        self.wait_strategy: WaitStrategy = wait_strategy
+        self._durations = DurationStats()
         self._transport = Transport(
             base_url=self.base_url,
             api_key=resolve_api_key(api_key),
@@ -266,6 +285,94 @@ class RunflowClient:
         url = image if isinstance(image, str) else image.url
         return await download_to(
             self._transport.session(), url, Path(dest), timeout=self._transport.timeout
+        )
+
+    async def estimate(
+        self, requests: Iterable[RunRequest], *, probe_inputs: bool = True
+    ) -> Estimate:
+        """Estimate what ``requests`` will cost, before anything is submitted.
+
+        Args:
+            requests: Generate and edit requests.
+            probe_inputs: Read each edit input's size from its header with a small
+                ranged GET (never carrying the API key); unknown sizes are
+                assumed per the pricing policy and listed in ``assumptions``.
+        """
+        requests = list(requests)
+        sizes = None
+        if probe_inputs:
+            urls = [u for r in requests if isinstance(r, EditRequest) for u in r.image_urls]
+            if urls:
+                sizes = await probe_input_sizes(
+                    self._transport.session(), urls, timeout=self._transport.timeout
+                )
+        return estimate_requests(requests, policy=self.pricing, input_sizes=sizes)
+
+    def batch(
+        self,
+        *,
+        max_concurrency: int = 16,
+        max_cost_usd: Decimal | float | str | None = None,
+        submits_per_second: float | None = None,
+        adaptive: bool = True,
+        fail_fast: bool = False,
+        timeout: float | None = 600.0,
+        observer: BatchObserver | None = None,
+    ) -> Batch:
+        """Open a batch: futures for many runs under one window, rate and budget.
+
+        Args:
+            max_concurrency: Runs in flight at most (create until the end is noticed).
+            max_cost_usd: Budget; ``submit_many`` refuses a list over it before
+                sending anything, and no run starts that could push spending past it.
+            submits_per_second: Pace creates evenly (no burst at start-up).
+            adaptive: Shrink the window on 429s and grow it back (AIMD).
+            fail_fast: Stop everything at the first failure (default: failures
+                never affect their siblings).
+            timeout: Seconds to wait for each run before ``RunTimeoutError``.
+            observer: Called with each :class:`BatchEvent`.
+        """
+        return Batch(self._engine(locals()))
+
+    def map(
+        self,
+        requests: RequestSource,
+        *,
+        max_concurrency: int = 16,
+        max_cost_usd: Decimal | float | str | None = None,
+        submits_per_second: float | None = None,
+        adaptive: bool = True,
+        fail_fast: bool = False,
+        timeout: float | None = 600.0,
+        observer: BatchObserver | None = None,
+    ) -> MapRun:
+        """Run a lazy (even endless) stream of requests; outcomes arrive as they finish.
+
+        Use it as ``async with client.map(requests) as outcomes: async for o in outcomes``.
+        Memory stays bounded by ``max_concurrency``. Arguments as for :meth:`batch`.
+        """
+        options = {k: v for k, v in locals().items() if k != "requests"}
+        return MapRun(self._engine(options), requests)
+
+    def _engine(self, options: dict[str, Any]) -> Engine:
+        if options["max_concurrency"] < 1:
+            raise ConfigurationError("max_concurrency must be at least 1.")
+        cap = options["max_cost_usd"]
+        return Engine(
+            self._transport,
+            pricing=self.pricing,
+            poll=self.poll_policy,
+            stats=self._durations,
+            options=EngineOptions(
+                max_concurrency=options["max_concurrency"],
+                max_cost_usd=None if cap is None else Decimal(str(cap)),
+                submits_per_second=options["submits_per_second"],
+                adaptive=options["adaptive"],
+                fail_fast=options["fail_fast"],
+                timeout=options["timeout"],
+                wait_strategy=self.wait_strategy,
+                observer=options["observer"],
+            ),
         )
 
     async def health(self) -> dict[str, Any]:

@@ -20,8 +20,7 @@ that fails, ends in :class:`CreateOutcomeUnknownError` rather than a blind resen
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import anyio
@@ -37,23 +36,39 @@ from runflow_async._errors import (
     ServerError,
     ServiceUnavailableError,
 )
+from runflow_async._filters import term
 from runflow_async._http import Transport
 from runflow_async._models import Run, RunPage
-from runflow_async._retry import nominal_wait, report_retry
+from runflow_async._retry import RetryEvent, RetryHook, nominal_wait, report_retry
 
-__all__ = ["client_ref_query", "create_run", "find_by_client_ref"]
+__all__ = ["CreateGate", "client_ref_query", "create_run", "find_by_client_ref"]
+
+# A safety bound on 429s retried through a gate (each waits a shared cool-down).
+MAX_GATED_THROTTLES = 100
+
+
+class CreateGate(Protocol):
+    """Lets a batch coordinate the rate-limit retries of its creates.
+
+    With a gate, a 429 is reported to ``throttled`` and the retry waits in
+    ``wait_to_retry`` (the batch's shared cool-down and concurrency window)
+    instead of this create's own backoff; such retries do not use up
+    ``max_attempts`` (a 429 proves nothing was created).
+    """
+
+    def throttled(self, retry_after: float | None) -> None:
+        """A create was answered 429."""
+
+    async def wait_to_retry(self) -> None:
+        """Return when this create may try again."""
+
 
 logger = logging.getLogger("runflow_async")
-
-_BARE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def client_ref_query(client_ref: str) -> str:
     """Return the list-filter ``q`` that matches one ``client_ref`` exactly."""
-    if _BARE.fullmatch(client_ref):
-        return f"client_ref:{client_ref}"
-    escaped = client_ref.replace("\\", "\\\\").replace('"', '\\"')
-    return f'client_ref:"{escaped}"'
+    return term("client_ref", client_ref)
 
 
 def _model_path(model: str) -> str:
@@ -118,10 +133,13 @@ async def create_run(
     body: dict[str, Any],
     *,
     idempotency_key: str,
+    on_retry: RetryHook | None = None,
+    gate: CreateGate | None = None,
 ) -> Run:
     """Create one run; see the module docstring for the retry rules.
 
-    ``body`` must already carry its ``client_ref``.
+    ``body`` must already carry its ``client_ref``. ``on_retry`` is told about
+    each retry of this create; ``gate`` coordinates 429 retries across a batch.
 
     Raises:
         APIError: The create failed and was not billed, or (``CreateOutcomeUnknownError``)
@@ -134,6 +152,7 @@ async def create_run(
     started = anyio.current_time()
     check_first = False
     attempt = 0
+    throttles = 0
     while True:
         attempt += 1
         if check_first:
@@ -142,7 +161,10 @@ async def create_run(
                 logger.info("Adopted run %s after an ambiguous create.", found.id)
                 return found
         try:
-            response = await transport.send("POST", path, json_body=body, headers=headers)
+            # A create that was sent is always read to the end, even if the caller
+            # is cancelled meanwhile: its run id must never be lost (it is billed).
+            with anyio.CancelScope(shield=True):
+                response = await transport.send("POST", path, json_body=body, headers=headers)
             return Run.model_validate(response.data)
         except (APIResponseError, pydantic.ValidationError) as exc:
             # A 2xx means the run exists: recover it, never send again.
@@ -158,6 +180,14 @@ async def create_run(
                 ) from exc
             return found
         except APIError as exc:
+            if isinstance(exc, RateLimitError) and gate and throttles < MAX_GATED_THROTTLES:
+                throttles += 1
+                attempt -= 1  # a 429 proves nothing was created: not an attempt used up
+                gate.throttled(exc.retry_after)
+                if on_retry is not None:
+                    on_retry(RetryEvent("POST", path, attempt + 1, exc.retry_after or 0.0, exc))
+                await gate.wait_to_retry()
+                continue
             ambiguous = _ambiguous(exc, attempt)
             if not (ambiguous or _not_created(exc)):
                 raise
@@ -173,6 +203,10 @@ async def create_run(
                     return found
                 raise
             check_first = check_first or ambiguous
-            wait = nominal_wait(policy, attempt, exc) * policy.time_scale
-            report_retry(transport.on_retry, policy, "POST", path, attempt, wait, exc)
-            await anyio.sleep(wait)
+            nominal = nominal_wait(policy, attempt, exc)
+            report_retry(
+                transport.on_retry, policy, "POST", path, attempt, nominal * policy.time_scale, exc
+            )
+            if on_retry is not None:
+                on_retry(RetryEvent("POST", path, attempt, nominal, exc))
+            await anyio.sleep(nominal * policy.time_scale)

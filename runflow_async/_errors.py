@@ -22,10 +22,13 @@
     │       ├── RateLimitError                   429
     │       └── ServerError                      5xx
     │           └── ServiceUnavailableError      503
-    └── RunError                                 the run itself did not succeed
-        ├── RunFailedError
-        ├── RunCanceledError
-        └── RunTimeoutError (TimeoutError)       the wait ended; the run may still finish
+    ├── RunError                                 the run itself did not succeed
+    │   ├── RunFailedError
+    │   ├── RunCanceledError
+    │   ├── RunTimeoutError (TimeoutError)       the wait ended; the run may still finish
+    │   └── RunAbandonedError                    the batch stopped watching a created run
+    ├── BudgetExceededError                      over max_cost_usd; nothing was submitted
+    └── NotSubmittedError                        a batch item that was never created
 
 Every ``APIError`` carries ``request_id``, ``retryable`` and ``retry_after``;
 every ``RunError`` carries the :class:`~runflow_async.Run`.
@@ -37,6 +40,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
+    from runflow_async._estimate import Estimate
     from runflow_async._models import Run
 
 __all__ = [
@@ -47,15 +53,18 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "CreateOutcomeUnknownError",
     "InsufficientCreditError",
     "NotFoundError",
+    "NotSubmittedError",
     "PermissionDeniedError",
     "RateLimitError",
     "RequestValidationError",
+    "RunAbandonedError",
     "RunCanceledError",
     "RunError",
     "RunFailedError",
@@ -289,3 +298,42 @@ class RunTimeoutError(RunError, TimeoutError):
 
     Fetch it later with :meth:`RunflowClient.get_run` using ``run_id``.
     """
+
+
+class RunAbandonedError(RunError):
+    """A batch stopped (cancelled or ``fail_fast``) while this run was in flight.
+
+    The run keeps going on Runflow and may be billed (there is no public cancel);
+    collect it later with :meth:`RunflowClient.wait` using ``run_id``.
+    """
+
+
+class BudgetExceededError(RunflowError):
+    """Submitting would exceed ``max_cost_usd``; nothing of it was submitted.
+
+    Attributes:
+        estimate: The estimate of what was refused.
+        max_cost_usd: The cap.
+        committed_usd: Already spent or reserved by the batch.
+    """
+
+    def __init__(
+        self, message: str, *, estimate: Estimate, max_cost_usd: Decimal, committed_usd: Decimal
+    ) -> None:
+        super().__init__(message)
+        self.estimate = estimate
+        self.max_cost_usd = max_cost_usd
+        self.committed_usd = committed_usd
+
+
+class NotSubmittedError(RunflowError):
+    """A batch item was never created, so nothing was billed for it.
+
+    Attributes:
+        reason: ``"budget"``, ``"insufficient_credit"``, ``"fail_fast"``,
+            or ``"cancelled"``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,335 @@
+"""The batch engine against the emulator: limits, budget, credit, 429 storms, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import anyio
+import pytest
+
+from runflow_async import (
+    BatchEvent,
+    BudgetExceededError,
+    EditRequest,
+    GenerateRequest,
+    NotSubmittedError,
+    Outcome,
+    PollPolicy,
+    ProgressBarObserver,
+    RetryPolicy,
+    RunAbandonedError,
+    RunFailedError,
+    RunflowClient,
+    RunTimeoutError,
+)
+from runflow_async._limits import Pacer
+from runflow_async._waiting import WaitStrategy
+from runflow_async.emulator import Emulator, Fault
+from tests.conftest import API_KEY
+
+SCALE = 0.005  # a "10 s" run takes 50 ms
+
+
+def requests(n: int, size: str = "square") -> list[GenerateRequest]:
+    return [GenerateRequest(prompt=f"prompt {i}", image_size=size) for i in range(n)]  # type: ignore[arg-type]
+
+
+def client_tasks() -> int:
+    """Tasks alive now, leaving out the in-process emulator's connection handlers."""
+    return sum(
+        "RequestHandler" not in t.get_coro().__qualname__  # type: ignore[union-attr]
+        for t in asyncio.all_tasks()
+    )
+
+
+def scaled_client(url: str, *, wait_strategy: WaitStrategy = "auto") -> RunflowClient:
+    return RunflowClient(
+        API_KEY,
+        base_url=url,
+        retry=RetryPolicy(time_scale=SCALE),
+        poll=PollPolicy(time_scale=SCALE),
+        wait_strategy=wait_strategy,
+        max_connections=64,
+    )
+
+
+def emulator(**overrides: object) -> Emulator:
+    options: dict[str, object] = {"time_scale": SCALE, "median_duration": 10.0, "seed": 3}
+    options.update(overrides)
+    return Emulator(**options)
+
+
+async def test_max_in_flight_is_exactly_the_concurrency_limit() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        async with client.batch(max_concurrency=50) as batch:
+            batch.submit_many(requests(1000))
+        outcomes = await batch.gather()
+        counters = emu.counters
+    assert all(o.ok for o in outcomes)
+    assert counters.runs_created == 1000
+    assert counters.max_in_flight == 50
+
+
+async def test_over_budget_submit_many_sends_nothing() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        async with client.batch(max_cost_usd="0.05") as batch:
+            with pytest.raises(BudgetExceededError) as info:
+                batch.submit_many(requests(10, "square_hd"))  # 10 x $0.006
+        assert sum(emu.counters.requests_by_route.values()) == 0
+    err = info.value
+    assert err.estimate.total_usd == Decimal("0.060000")
+    assert err.max_cost_usd == Decimal("0.05")
+    assert "nothing was submitted" in str(err)
+
+
+async def test_billing_above_the_estimate_never_breaks_the_cap() -> None:
+    cap = Decimal("0.05")
+    async with emulator(cost_multiplier=Decimal("1.3")) as emu, scaled_client(emu.url) as client:
+        async with client.batch(max_concurrency=10, max_cost_usd=cap) as batch:
+            for request in requests(60):  # $0.0015 estimated, $0.00195 billed each
+                batch.submit(request)
+        outcomes = await batch.gather()
+        billed = emu.counters.billed_usd
+    report = batch.cost_report()
+    assert billed <= cap
+    assert report.billed_usd == billed
+    assert report.estimated_usd < report.billed_usd
+    skipped = [o for o in outcomes if isinstance(o.error, NotSubmittedError)]
+    assert skipped
+    assert {o.error.reason for o in skipped} == {"budget"}  # type: ignore[union-attr]
+    assert sum(o.ok for o in outcomes) == emu.counters.runs_created
+
+
+async def test_insufficient_credit_stops_submitting_and_lets_in_flight_runs_finish() -> None:
+    async with emulator(credit_usd=Decimal("0.012")) as emu, scaled_client(emu.url) as client:
+        async with client.batch(max_concurrency=4) as batch:
+            batch.submit_many(requests(40))
+        outcomes = await batch.gather()
+        counters = emu.counters
+    ok = [o for o in outcomes if o.ok]
+    refused = [o for o in outcomes if not o.ok]
+    assert len(ok) == counters.runs_created == counters.runs_billed  # every created run finished
+    assert refused
+    for outcome in refused:
+        assert isinstance(outcome.error, NotSubmittedError)
+        assert outcome.error.reason == "insufficient_credit"
+    # Only creates already on the wire when the first 402 came back can see one.
+    assert counters.responses_by_status[402] <= 4
+
+
+async def storm(adaptive: bool) -> tuple[list[Outcome], int]:
+    async with emulator(max_in_flight_runs=8) as emu, scaled_client(emu.url) as client:
+        async with client.batch(max_concurrency=40, adaptive=adaptive) as batch:
+            batch.submit_many(requests(120))
+        outcomes = await batch.gather()
+        return outcomes, emu.counters.rate_limited
+
+
+async def test_adaptive_window_takes_fewer_429s_in_a_storm() -> None:
+    adaptive, adaptive_429s = await storm(adaptive=True)
+    _, fixed_429s = await storm(adaptive=False)
+    assert all(o.ok for o in adaptive)
+    assert adaptive_429s < fixed_429s
+
+
+async def test_cancelling_a_batch_leaves_no_task_and_lists_every_created_run() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        before = client_tasks()
+        seen = 0
+        with anyio.move_on_after(10):  # a safety net only; we cancel much earlier
+            with anyio.CancelScope() as scope:
+                async with client.batch(max_concurrency=20) as batch:
+                    batch.submit_many(requests(200))
+                    async for _ in batch.as_completed():
+                        seen += 1
+                        if seen == 30:
+                            scope.cancel()
+        assert client_tasks() == before
+        created = {run["id"]: run["client_ref"] for run in emu.runs()}
+    exposed = set(batch.run_ids)
+    uncertain = set(batch.uncertain_client_refs)
+    assert 30 <= len(created) < 200
+    for run_id, client_ref in created.items():
+        assert run_id in exposed or client_ref in uncertain
+    outcomes = [f.outcome for f in batch.futures]
+    assert all(o is not None for o in outcomes)
+    abandoned = [o for o in outcomes if o and isinstance(o.error, RunAbandonedError)]
+    assert {o.run_id for o in abandoned} <= set(batch.unfinished_run_ids)
+    assert all(o.run_id for o in abandoned)
+
+
+async def test_one_failure_never_cancels_its_siblings() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.fail_run(code="NSFW", message="Blocked."))
+        async with client.batch(max_concurrency=5) as batch:
+            futures = batch.submit_many(requests(10))
+        outcomes = await batch.gather()
+    failed = [o for o in outcomes if not o.ok]
+    assert len(failed) == 1
+    assert isinstance(failed[0].error, RunFailedError)
+    assert failed[0].run_id is not None
+    with pytest.raises(RunFailedError):
+        await futures[failed[0].index]
+    assert (await futures[(failed[0].index + 1) % 10]).run_id
+
+
+async def test_fail_fast_stops_everything_at_the_first_failure() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.fail_run())
+        async with client.batch(max_concurrency=5, fail_fast=True) as batch:
+            batch.submit_many(requests(50))
+        outcomes = await batch.gather()
+        created = {run["id"] for run in emu.runs()}
+    kinds = {type(o.error).__name__ for o in outcomes if o.error is not None}
+    assert "RunFailedError" in kinds
+    assert "NotSubmittedError" in kinds
+    assert len(created) < 50
+    assert created <= set(batch.run_ids)
+
+
+async def test_outcomes_arrive_as_completed_and_gather_keeps_order() -> None:
+    async with (
+        emulator() as emu,
+        scaled_client(emu.url) as client,
+        client.batch(max_concurrency=8) as batch,
+    ):
+        futures = batch.submit_many(requests(30))
+        streamed = [o.index async for o in batch.as_completed()]
+        gathered = await batch.gather()
+    assert sorted(streamed) == list(range(30))
+    assert [o.index for o in gathered] == list(range(30))
+    assert [f.run_id for f in futures] == [o.run_id for o in gathered]
+    assert "ok" in repr(futures[0])
+
+
+@pytest.mark.parametrize("strategy", ["auto", "list", "per_run"])
+async def test_every_wait_strategy_completes_every_run(strategy: WaitStrategy) -> None:
+    async with emulator() as emu, scaled_client(emu.url, wait_strategy=strategy) as client:
+        async with client.batch(max_concurrency=20) as batch:
+            batch.submit_many(requests(60))
+        outcomes = await batch.gather()
+        routes = emu.counters.requests_by_route
+    assert all(o.ok for o in outcomes)
+    if strategy == "per_run":
+        assert routes["list_runs"] == 0
+        assert routes["get_run"] >= 60
+    else:
+        assert routes["get_run"] == 0  # the list answers carry the full runs
+        assert routes["list_runs"] < 60
+
+
+async def test_run_timeouts_keep_the_run_listed_as_unfinished() -> None:
+    async with (
+        emulator(median_duration=10_000, duration_sigma=0.0) as emu,
+        scaled_client(emu.url) as client,
+    ):
+        async with client.batch(timeout=0.05) as batch:
+            future = batch.submit(GenerateRequest(prompt="slow"))
+        outcome = await future.wait()
+    assert isinstance(outcome.error, RunTimeoutError)
+    assert batch.unfinished_run_ids == [outcome.run_id]
+    assert batch.cost_report().unsettled_run_ids == (outcome.run_id,)
+
+
+class Bar:
+    def __init__(self) -> None:
+        self.n = 0
+        self.postfix = ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, s: str) -> None:
+        self.postfix = s
+
+
+async def test_observers_see_every_event_and_drive_a_progress_bar() -> None:
+    events: list[BatchEvent] = []
+    bar = Bar()
+    progress = ProgressBarObserver(bar)
+
+    def observe(event: BatchEvent) -> None:
+        events.append(event)
+        progress(event)
+
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.status(429, code="RATE_LIMITED", retry_after=1))
+        emu.faults.next("create", Fault.fail_run())
+        async with client.batch(max_concurrency=3, observer=observe) as batch:
+            batch.submit_many(requests(6))
+    kinds = [e.kind for e in events]
+    assert kinds.count("submitted") == 6
+    assert kinds.count("succeeded") == 5
+    assert kinds.count("failed") == 1
+    assert kinds.count("cost_settled") == 6
+    assert "throttled" in kinds
+    assert "retried" in kinds
+    assert bar.n == 6
+    assert "done=5 failed=1 in_flight=0" in bar.postfix
+
+
+async def test_pacer_spaces_starts_with_no_burst() -> None:
+    pacer = Pacer(1000.0)  # one start per millisecond
+    starts: list[float] = []
+
+    async def one() -> None:
+        await pacer.wait_turn()
+        starts.append(anyio.current_time())
+
+    t0 = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(one)
+    # The n-th start never comes before n intervals have passed: no burst.
+    for n, start in enumerate(sorted(starts)):
+        assert start >= t0 + n * 0.001
+
+
+async def test_map_pulls_lazily_and_stops_pulling_when_left_early() -> None:
+    pulled = 0
+
+    def endless() -> object:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield f"prompt {pulled}"
+
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        before = client_tasks()
+        got = 0
+        async with client.map(endless(), max_concurrency=10) as outcomes:  # type: ignore[arg-type]
+            async for outcome in outcomes:
+                assert outcome.ok
+                got += 1
+                if got == 100:
+                    break
+        assert client_tasks() == before
+    assert pulled <= 100 + 10 + 1
+    assert set(outcomes.unfinished_run_ids) <= {r["id"] for r in emu.runs()}
+
+
+async def test_map_over_an_async_iterable_yields_every_outcome() -> None:
+    async def source() -> AsyncIterator[GenerateRequest]:
+        for request in requests(25):
+            yield request
+
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        async with client.map(source(), max_concurrency=5) as outcomes:
+            indexes = sorted([o.index async for o in outcomes])
+        assert outcomes.billed_usd == emu.counters.billed_usd
+    assert indexes == list(range(25))
+    assert outcomes.submitted == 25
+
+
+async def test_client_estimate_probes_inputs_and_matches_the_bill() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        first = await client.generate("a cat", image_size=(512, 384))
+        edit = EditRequest(prompt="make it night", image_urls=[first.images[0].url])
+        estimate = await client.estimate([edit])
+        assert estimate.items[0].input_sizes == ((512, 384),)
+        blind = await client.estimate([edit], probe_inputs=False)
+        assert blind.total_usd > estimate.total_usd  # unknown inputs are assumed 1 MP
+        result = await client.run(edit)
+    assert result.cost_usd == estimate.total_usd
