@@ -92,8 +92,8 @@ class ListPoller:
 
     Args:
         transport: The HTTP layer (reads are retried there).
-        stats: Learned durations; the tick is a tenth of the median run, so the
-            median notice delay stays near 5% of a run.
+        stats: Learned durations; the tick is a fifteenth of the median run, so
+            the median notice delay stays near 4% of a run.
         policy: Its ``time_scale`` scales the tick (tests).
         allow_fallback: On rejection, hand waiters back to per-run polling
             (``auto``); otherwise keep trying the list (``list``).
@@ -129,7 +129,7 @@ class ListPoller:
     @property
     def tick(self) -> float:
         """Seconds between polls (before ``time_scale``)."""
-        return min(self._max_tick, max(self._min_tick, self._stats.median / 10))
+        return min(self._max_tick, max(self._min_tick, self._stats.median / 15))
 
     async def wait(self, run_id: str) -> Run | None:
         """Wait until ``run_id`` is terminal; ``None`` means "poll it yourself" (fallback)."""
@@ -243,9 +243,12 @@ async def poll_run(
     while True:
         await anyio.sleep(delay * policy.time_scale)
         response = await transport.request("GET", f"/v1/runs/{run_id}")
-        run = Run.model_validate(response.data)
-        if run.is_terminal:
-            stats.add(run)
-            return run
+        data = response.data
+        # Only a finished run is worth a full parse.
+        if not isinstance(data, dict) or data.get("status_code") in _TERMINAL:
+            run = Run.model_validate(data)
+            if run.is_terminal:
+                stats.add(run)
+                return run
         delay = interval
         interval = min(policy.max_interval, interval * 1.25)

@@ -90,3 +90,16 @@ async def test_generate_one_example_runs_against_the_emulator(
         assert await example.main(tmp_path, make_client(emu.url, api_key="example-key")) == 0
     assert len([p async for p in anyio.Path(tmp_path).glob("*.png")]) == 1
     assert "billed $" in capsys.readouterr().out
+
+
+async def test_batch_example_runs_against_the_emulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = load_example("batch_with_budget")
+    async with Emulator(time_scale=TIME_SCALE) as emu:
+        assert await example.main(tmp_path, make_client(emu.url)) == 0
+        billed = emu.counters.billed_usd
+    out = capsys.readouterr().out
+    assert len([p async for p in anyio.Path(tmp_path).glob("*.png")]) == 12
+    assert f"billed ${billed}" in out
+    assert "12 runs, 12 images" in out
