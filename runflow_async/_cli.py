@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runflow-demo"), help="output folder")
     demo.add_argument("--count", type=int, default=4, help="how many images (1-100)")
 
+    def amount(text: str) -> Decimal:
+        try:
+            return Decimal(text)
+        except ArithmeticError as exc:  # decimal.InvalidOperation: argparse would not catch it
+            raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from exc
+
     emu = sub.add_parser("emulator", help="serve the local Runflow API emulator")
     emu.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     emu.add_argument("--port", type=int, default=8787)
@@ -40,12 +46,48 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument(
         "--median-duration", type=float, default=2.0, help="median run duration in emulated seconds"
     )
+    emu.add_argument(
+        "--duration-sigma", type=float, default=0.5, help="sigma of the log-normal run duration"
+    )
     emu.add_argument("--failure-rate", type=float, default=0.0)
     emu.add_argument(
         "--api-key",
         action="append",
         dest="api_keys",
         help="accept only this key (repeatable); default: any key",
+    )
+    emu.add_argument(
+        "--cost-multiplier", type=amount, default=Decimal(1), help="bill this times the price"
+    )
+    emu.add_argument(
+        "--credit-usd", type=amount, default=None, help="answer 402 once this much is billed"
+    )
+    emu.add_argument(
+        "--max-in-flight-runs",
+        type=int,
+        default=None,
+        help="answer creates 429 while this many runs are not finished",
+    )
+    emu.add_argument(
+        "--create-rate",
+        type=float,
+        default=None,
+        help="token bucket on creates: creates per emulated second (429 beyond)",
+    )
+    emu.add_argument(
+        "--create-burst", type=int, default=1, help="token bucket capacity (default 1)"
+    )
+    emu.add_argument(
+        "--rate-limit-retry-after",
+        type=float,
+        default=None,
+        help="Retry-After seconds sent with rate-limit 429s (default: no header)",
+    )
+    emu.add_argument(
+        "--retain-runs",
+        type=int,
+        default=None,
+        help="keep only this many finished runs (bounded memory for millions of runs)",
     )
     return parser
 
@@ -71,20 +113,35 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from runflow_async.emulator import EmulatorConfig, serve
+    from runflow_async.emulator import Emulator, EmulatorConfig, serve
 
-    config = EmulatorConfig(
-        host=args.host,
-        port=args.port,
-        seed=args.seed,
-        time_scale=args.time_scale,
-        median_duration=args.median_duration,
-        failure_rate=args.failure_rate,
-        api_keys=frozenset(args.api_keys) if args.api_keys else None,
-    )
-    print(f"Runflow emulator on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        config = EmulatorConfig(
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            time_scale=args.time_scale,
+            median_duration=args.median_duration,
+            duration_sigma=args.duration_sigma,
+            failure_rate=args.failure_rate,
+            api_keys=frozenset(args.api_keys) if args.api_keys else None,
+            cost_multiplier=args.cost_multiplier,
+            credit_usd=args.credit_usd,
+            max_in_flight_runs=args.max_in_flight_runs,
+            create_rate_per_second=args.create_rate,
+            create_burst=args.create_burst,
+            rate_limit_retry_after=args.rate_limit_retry_after,
+            retain_runs=args.retain_runs,
+        )
+    except ValueError as exc:
+        print(f"runflow-async emulator: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(emu: Emulator) -> None:  # the bound port, even with --port 0
+        print(f"Runflow emulator on {emu.url} (Ctrl-C stops it)", flush=True)
+
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_ready=ready))
     return 0
 
 

@@ -7,7 +7,13 @@ scaled clock and injectable faults. Use it to test pipelines offline::
     async with Emulator(time_scale=0.001, median_duration=2.0, seed=7) as emu:
         ...  # point a client at emu.url; assert on emu.counters
 
-Run it standalone with ``runflow-async emulator --port 8787``.
+For load tests it can rate-limit creates like an organization's quota
+(``max_in_flight_runs``, ``create_rate_per_second``), forget old finished runs to
+stay small (``retain_runs``), and report when each run ended and when a client
+first saw it ended (``Emulator.report()``, ``GET /_emulator/report``).
+
+Run it standalone with ``runflow-async emulator --port 8787`` (``--help`` lists
+the limits); ``--port 0`` picks a free port and prints the URL.
 """
 
 from runflow_async.emulator._config import EmulatorConfig, FaultRates

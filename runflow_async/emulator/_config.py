@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -16,6 +17,12 @@ FAULTABLE_ROUTES: frozenset[str] = frozenset({"create", "get_run", "list_runs", 
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+
+
+def _check_money(name: str, value: Decimal) -> None:
+    amount = Decimal(value)  # also takes an int
+    if not (amount.is_finite() and amount >= 0):
+        raise ValueError(f"{name} must be a finite amount, not negative, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,16 @@ class EmulatorConfig:
         cost_multiplier: The emulator bills this times the policy price.
         credit_usd: Once the billed total reaches this, creates answer 402.
         faults: Seeded random fault rates.
+        max_in_flight_runs: Per-organization concurrency cap: a create is answered
+            ``429 RATE_LIMITED`` while this many runs are not terminal.
+        create_rate_per_second: Refill rate of a token bucket on creates, in emulated
+            time; a create finding no token is answered ``429 RATE_LIMITED``.
+        create_burst: Capacity of that bucket (creates allowed at once); it starts full.
+        rate_limit_retry_after: ``Retry-After`` seconds sent with those 429s (rounded
+            up to an integer, not scaled by ``time_scale``); ``None`` sends no header.
+        retain_runs: Keep at most this many terminal runs; older ones (in the order
+            they ended) are forgotten: 404, gone from lists. Counters stay exact and
+            :meth:`~runflow_async.emulator.Emulator.report` keeps every run.
     """
 
     host: str = "127.0.0.1"
@@ -114,16 +131,39 @@ class EmulatorConfig:
     cost_multiplier: Decimal = Decimal(1)
     credit_usd: Decimal | None = None
     faults: FaultRates = field(default_factory=FaultRates)
+    max_in_flight_runs: int | None = None
+    create_rate_per_second: float | None = None
+    create_burst: int = 1
+    rate_limit_retry_after: float | None = None
+    retain_runs: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port!r}")
-        if self.time_scale <= 0:
+        # Written as "not (x > 0)" so that NaN is refused too.
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
             raise ValueError(f"time_scale must be positive, got {self.time_scale!r}")
-        if self.median_duration <= 0 or self.duration_sigma < 0:
+        if not (self.median_duration > 0 and self.duration_sigma >= 0):
             raise ValueError("median_duration must be positive and duration_sigma not negative")
         _check_fraction("failure_rate", self.failure_rate)
-        if self.url_ttl < 0:
+        if not self.url_ttl >= 0:
             raise ValueError(f"url_ttl must not be negative, got {self.url_ttl!r}")
-        if self.cost_multiplier < 0:
-            raise ValueError(f"cost_multiplier must not be negative, got {self.cost_multiplier}")
+        _check_money("cost_multiplier", self.cost_multiplier)
+        if self.credit_usd is not None:
+            _check_money("credit_usd", self.credit_usd)
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        for name in ("max_in_flight_runs", "retain_runs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        if self.create_rate_per_second is not None and not self.create_rate_per_second > 0:
+            raise ValueError(
+                f"create_rate_per_second must be positive, got {self.create_rate_per_second!r}"
+            )
+        if self.create_burst < 1:
+            raise ValueError(f"create_burst must be at least 1, got {self.create_burst!r}")
+        after = self.rate_limit_retry_after
+        if after is not None and not (math.isfinite(after) and after >= 0):
+            raise ValueError(f"rate_limit_retry_after must be finite, not negative, got {after!r}")

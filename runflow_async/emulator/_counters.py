@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["ROUTES", "EmulatorCounters", "Tally"]
 
-ROUTES = ("create", "get_run", "list_runs", "health", "file", "counters")
+ROUTES = ("create", "get_run", "list_runs", "health", "file", "counters", "report")
 """Named routes; any other path is counted as ``"other"``."""
 
 
@@ -29,6 +29,9 @@ class EmulatorCounters:
         requests_by_route: Requests received, by route name.
         responses_by_status: Responses sent, by HTTP status (dropped ones excluded).
         faults_injected: Faults injected, by kind (``status_429``, ``drop``, ...).
+        rate_limited: Creates refused ``429`` by the configured rate limits
+            (``max_in_flight_runs``, ``create_rate_per_second``); injected 429
+            faults are counted in ``faults_injected`` instead.
     """
 
     runs_created: int
@@ -41,6 +44,7 @@ class EmulatorCounters:
     requests_by_route: Mapping[str, int]
     responses_by_status: Mapping[int, int]
     faults_injected: Mapping[str, int]
+    rate_limited: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
@@ -55,6 +59,7 @@ class EmulatorCounters:
             "requests_by_route": dict(self.requests_by_route),
             "responses_by_status": {str(k): v for k, v in self.responses_by_status.items()},
             "faults_injected": dict(self.faults_injected),
+            "rate_limited": self.rate_limited,
         }
 
     @classmethod
@@ -73,19 +78,22 @@ class EmulatorCounters:
                 {int(k): int(v) for k, v in data["responses_by_status"].items()}
             ),
             faults_injected=MappingProxyType(dict(data["faults_injected"])),
+            # Absent from the output of emulators older than the field.
+            rate_limited=int(data.get("rate_limited", 0)),
         )
 
 
 class Tally:
-    """Mutable request, response, fault and replay counts, owned by the server state."""
+    """Mutable request, response, fault, replay and rate-limit counts, owned by the state."""
 
-    __slots__ = ("faults", "idempotent_replays", "requests", "responses")
+    __slots__ = ("faults", "idempotent_replays", "rate_limited", "requests", "responses")
 
     def __init__(self) -> None:
         self.requests: dict[str, int] = dict.fromkeys(ROUTES, 0)
         self.responses: dict[int, int] = {}
         self.faults: dict[str, int] = {}
         self.idempotent_replays = 0
+        self.rate_limited = 0
 
     def request(self, route: str) -> None:
         """Count one request of ``route``."""

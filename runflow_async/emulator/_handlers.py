@@ -7,14 +7,15 @@ import json
 from aiohttp import web
 
 from runflow_async.emulator._images import PillowMissingError
+from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import parse_list_params, walk
 from runflow_async.emulator._middleware import FORCED_FAILURE, REQUEST_ID
 from runflow_async.emulator._query import QuerySyntaxError
 from runflow_async.emulator._responses import error_response, json_response
 from runflow_async.emulator._state import STATE, EmulatorState, fingerprint
-from runflow_async.emulator._validation import validate_create
+from runflow_async.emulator._validation import field_error, validate_create
 
-__all__ = ["counters", "create_run", "get_file", "get_run", "health", "list_runs"]
+__all__ = ["counters", "create_run", "get_file", "get_run", "health", "list_runs", "report"]
 
 _IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -36,8 +37,23 @@ def _unauthorized(request: web.Request, state: EmulatorState) -> web.Response | 
     return error_response(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _admission(state: EmulatorState, now: float) -> web.Response | None:
+    """Refuse a valid create for lack of credit (402) or by rate limit (429), or admit it."""
+    store = state.store
+    in_flight = store.in_flight(now)  # settles, so the billed total is current
+    credit = state.config.credit_usd
+    if credit is not None and store.billed_usd >= credit:
+        message = f"Billed ${store.billed_usd} of ${credit} credit; top up to run more."
+        return error_response(402, "INSUFFICIENT_CREDIT", message)
+    refusal = state.limiter.refusal(in_flight, now)
+    if refusal is None:
+        return None
+    state.tally.rate_limited += 1
+    return error_response(429, "RATE_LIMITED", refusal, headers=state.limiter.headers)
+
+
 async def create_run(request: web.Request) -> web.Response:
-    """``POST /v1/models/{model_id}/runs``: validate, bill-check and store a run (201)."""
+    """``POST /v1/models/{model_id}/runs``: validate, admit and store a run (201)."""
     state = request.app[STATE]
     if (denied := _unauthorized(request, state)) is not None:
         return denied
@@ -52,12 +68,11 @@ async def create_run(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key") if state.config.honour_idempotency_key else None
     digest = fingerprint(model, body) if key else b""
     if key and key in store.idempotency:
-        seen, seq = store.idempotency[key]
+        seen, run = store.idempotency[key]
         if seen != digest:
             message = "This Idempotency-Key was used with a different request body."
             return error_response(409, "CONFLICT", message)
         state.tally.idempotent_replays += 1
-        run = store.runs[seq]
         replay = state.render(run, _base_url(request), run.created)
         return json_response(replay, 201, {"Idempotent-Replayed": "true"})
     valid, errors = validate_create(body, model)
@@ -65,14 +80,15 @@ async def create_run(request: web.Request) -> web.Response:
         count = len(errors)
         message = f"The request has {count} invalid field{'s' if count > 1 else ''}."
         return error_response(422, "VALIDATION_ERROR", message, errors)
-    credit = state.config.credit_usd
-    store.settle(state.clock.now())
-    if credit is not None and store.billed_usd >= credit:
-        message = f"Billed ${store.billed_usd} of ${credit} credit; top up to run more."
-        return error_response(402, "INSUFFICIENT_CREDIT", message)
-    run = state.create_run(valid, REQUEST_ID.get(), FORCED_FAILURE.get())
-    if key:
-        store.idempotency[key] = (digest, run.seq)
+    if (refused := _admission(state, state.clock.now())) is not None:
+        return refused
+    run = state.create_run(
+        valid,
+        REQUEST_ID.get(),
+        forced_failure=FORCED_FAILURE.get(),
+        inputs=edit_input_sizes(valid, request.host, store.by_id.get),
+        idempotency=(key, digest) if key else None,
+    )
     return json_response(state.render(run, _base_url(request), run.created), 201)
 
 
@@ -81,11 +97,16 @@ async def get_run(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if (denied := _unauthorized(request, state)) is not None:
         return denied
+    now = state.clock.now()
+    store = state.store
+    store.settle(now)  # evicts what has to go before answering
     run_id = request.match_info["run_id"]
-    run = state.store.by_id.get(run_id)
+    run = store.by_id.get(run_id)
     if run is None:
         return error_response(404, "RUN_NOT_FOUND", f"Run {run_id!r} does not exist.")
-    return json_response(state.render(run, _base_url(request), state.clock.now()))
+    if now >= run.end:
+        store.ledger.notice(run.seq, now)
+    return json_response(state.render(run, _base_url(request), now))
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -100,9 +121,16 @@ async def list_runs(request: web.Request) -> web.Response:
     if params is None:
         return error_response(422, "VALIDATION_ERROR", "Invalid list parameters.", errors)
     now = state.clock.now()
+    store = state.store
+    store.settle(now)
     url_for = state.url_for(_base_url(request), now)
-    page = walk(state.store, params, now, url_for)
+    page = walk(store, params, now, url_for)
     items = [run.to_api(now, url_for, params.fields) for run in page.runs]
+    if params.fields is None or "status_code" in params.fields:
+        ledger = store.ledger
+        for run in page.runs:
+            if now >= run.end:
+                ledger.notice(run.seq, now)
     return json_response({"items": items, "next_pq": page.next_pq, "prev_pq": page.prev_pq})
 
 
@@ -114,6 +142,23 @@ async def health(request: web.Request) -> web.Response:
 async def counters(request: web.Request) -> web.Response:
     """``GET /_emulator/counters``: the counters snapshot as JSON, no auth."""
     return json_response(request.app[STATE].counters().to_json())
+
+
+async def report(request: web.Request) -> web.Response:
+    """``GET /_emulator/report[?since=N][&limit=M]``: the per-run timing report, no auth."""
+    values: dict[str, int] = {}
+    errors = []
+    for name in ("since", "limit"):
+        text = request.query.get(name)
+        if text is None:
+            continue
+        if text.isascii() and text.isdigit():
+            values[name] = int(text)
+        else:
+            errors.append(field_error(name, "must be a non-negative integer", "invalid_type"))
+    if errors:
+        return error_response(422, "VALIDATION_ERROR", "Invalid report parameters.", errors)
+    return json_response(request.app[STATE].report(**values))
 
 
 async def get_file(request: web.Request) -> web.Response:

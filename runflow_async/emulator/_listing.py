@@ -4,8 +4,9 @@ https://docs.runflow.io/concepts/requests: ``limit`` (max 500), ``pq`` cursor, `
 filter, ``fields`` projection, ``sort_by``. Runs are created in ``created_at`` order,
 so both sort orders walk the insertion list; a cursor is the ``seq`` of the page's
 edge item plus a direction, so pages stay stable while runs are being created. A
-query that is only ``id:``/``client_ref:`` equalities joined by ``OR`` is answered
-from the indexes instead of a scan.
+query that is only ``id:``/``client_ref:`` equalities joined by ``OR``, or an
+``AND`` with such an operand (a batch poller's ``(id:a OR id:b) AND (status...)``),
+is answered from the indexes instead of a scan.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from runflow_async.emulator._query import Query, equality_terms, parse_query
+from runflow_async.emulator._query import Query, parse_query, required_equalities
 from runflow_async.emulator._runs import RunRecord, UrlFor
 from runflow_async.emulator._store import RunStore
 from runflow_async.emulator._validation import FieldError, field_error
@@ -50,7 +51,7 @@ class Cursor:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
-        if len(raw) < 2 or raw[0] not in "np" or not raw[1:].isdigit():
+        if len(raw) < 2 or raw[0] not in "np" or not (raw[1:].isascii() and raw[1:].isdigit()):
             return None
         return cls(int(raw[1:]), raw[0] == "n")
 
@@ -105,7 +106,8 @@ def parse_list_params(query: Mapping[str, str]) -> tuple[ListParams | None, list
     """
     errors: list[FieldError] = []
     limit_text = query.get("limit", str(DEFAULT_LIMIT))
-    limit = int(limit_text) if limit_text.strip().isdigit() else -1
+    limit_text = limit_text.strip()
+    limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else -1
     if not 1 <= limit <= MAX_LIMIT:
         errors.append(field_error("limit", "must be an integer in 1..500", "out_of_range"))
     cursor = None
@@ -121,34 +123,40 @@ def parse_list_params(query: Mapping[str, str]) -> tuple[ListParams | None, list
     return ListParams(limit, cursor, parsed, fields or None, ascending), []
 
 
-def _candidates(store: RunStore, query: Query | None) -> list[int] | None:
-    """Return the sorted seqs an index-friendly query can match, or ``None`` to scan."""
-    terms = None if query is None else equality_terms(query, _INDEXED)
-    if terms is None:
+def _candidates(
+    store: RunStore, query: Query | None
+) -> tuple[list[RunRecord], Query | None] | None:
+    """Return the runs an index-friendly query can match, by ``seq``, or ``None`` to scan.
+
+    Also returns what the runs must still be checked against (``None``: nothing).
+    """
+    required = None if query is None else required_equalities(query, _INDEXED)
+    if required is None:
         return None
-    seqs: set[int] = set()
+    terms, rest = required
+    runs: dict[int, RunRecord] = {}
     for field, value in terms:
         if field == "id":
             run = store.by_id.get(value)
             if run is not None:
-                seqs.add(run.seq)
+                runs[run.seq] = run
+        elif value == "null":  # also matches every run without a client_ref: scan
+            return None
         else:
-            seqs.update(store.with_client_ref(value))
-    return sorted(seqs)
+            runs.update((run.seq, run) for run in store.with_client_ref(value))
+    return [runs[seq] for seq in sorted(runs)], rest
 
 
 def _getter(run: RunRecord, now: float, url_for: UrlFor) -> Callable[[str], Any]:
     return lambda name: run.field(name, now, url_for)
 
 
-def _seqs(candidates: list[int] | None, total: int, start: int, step: int) -> Iterable[int]:
-    """Yield seqs from ``start`` (inclusive) moving by ``step`` (+1 or -1)."""
-    if candidates is None:
-        # min(): a cursor may point past runs that exist (forged, or another emulator's).
-        return range(start, total) if step > 0 else range(min(start, total - 1), -1, -1)
+def _from(candidates: list[RunRecord], start: int, step: int) -> Iterable[RunRecord]:
+    """Yield candidates from ``seq`` ``start`` (inclusive) moving by ``step`` (+1 or -1)."""
+    seqs = [run.seq for run in candidates]
     if step > 0:
-        return candidates[bisect_left(candidates, start) :]
-    return reversed(candidates[: bisect_right(candidates, start)])
+        return candidates[bisect_left(seqs, start) :]
+    return reversed(candidates[: bisect_right(seqs, start)])
 
 
 def walk(store: RunStore, params: ListParams, now: float, url_for: UrlFor) -> Page:
@@ -157,14 +165,17 @@ def walk(store: RunStore, params: ListParams, now: float, url_for: UrlFor) -> Pa
     order = 1 if params.ascending else -1
     forward = cursor is None or cursor.forward
     step = order if forward else -order
-    edge = 0 if params.ascending else len(store) - 1
+    edge = 0 if params.ascending else store.created - 1
     start = edge if cursor is None else cursor.seq + step
-    candidates = _candidates(store, params.query)
-    seqs: Iterator[int] = iter(_seqs(candidates, len(store), start, step))
-    runs = (store.runs[seq] for seq in seqs)
     query = params.query
-    if query is not None and candidates is None:
-        runs = (run for run in runs if query.matches(_getter(run, now, url_for)))
+    indexed = _candidates(store, query)
+    runs: Iterator[RunRecord]
+    if indexed is None:
+        runs, check = store.scan(start, step), query
+    else:
+        runs, check = iter(_from(indexed[0], start, step)), indexed[1]
+    if check is not None:
+        runs = (run for run in runs if check.matches(_getter(run, now, url_for)))
     found = list(islice(runs, params.limit + 1))
     more = len(found) > params.limit
     found = found[: params.limit]

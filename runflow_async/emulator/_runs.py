@@ -18,7 +18,7 @@ from runflow_async.emulator._clock import EmulatedClock
 from runflow_async.emulator._query import MISSING
 from runflow_async.emulator._validation import CreateRequest
 
-__all__ = ["EXTENSIONS", "RUN_FIELDS", "RunRecord", "UrlFor"]
+__all__ = ["EXTENSIONS", "RUN_FIELDS", "RunRecord", "UrlFor", "phase"]
 
 UrlFor = Callable[[str], str]
 """Turns a file path (``/files/...``) into a freshly signed absolute URL."""
@@ -81,6 +81,21 @@ _STORED = (
 )
 RUN_FIELDS: frozenset[str] = frozenset(_CONSTANTS) | frozenset(_DERIVED) | frozenset(_STORED)
 """Every top-level key of a rendered run."""
+_CONSTANT_KEYS = frozenset(_CONSTANTS)
+_DERIVED_KEYS = frozenset(_DERIVED)
+_STORED_KEYS = frozenset(_STORED) - {"id"}
+_STATUS_ONLY = frozenset({"status_code"})
+
+
+def phase(created: float, duration: float, failed: bool, now: float) -> str:
+    """Return the ``status_code`` at ``now`` of a run created at ``created``."""
+    # ``created + duration`` is the exact expression of ``RunRecord.end`` and of the
+    # settlement heap, so billing and status agree on the instant a run finishes.
+    if now >= created + duration:
+        return "failed" if failed else "succeeded"
+    if now >= created + duration * _RUNNING_AT:
+        return "running"
+    return "dispatching" if now >= created + duration * _DISPATCH_AT else "queued"
 
 
 @dataclass(slots=True, eq=False)
@@ -100,6 +115,7 @@ class RunRecord:
         seed: Seed reported in the output.
         size: Size of every output image.
         cost: What a success bills.
+        idempotency_key: The ``Idempotency-Key`` it was created with, if any.
     """
 
     seq: int
@@ -114,6 +130,7 @@ class RunRecord:
     seed: int
     size: Size
     cost: Decimal
+    idempotency_key: str | None = None
 
     @property
     def end(self) -> float:
@@ -127,13 +144,7 @@ class RunRecord:
 
     def status(self, now: float) -> str:
         """Return ``status_code`` at emulated time ``now``."""
-        # Compare against ``end`` exactly as the settlement heap does, so billing and
-        # status agree on the instant a run finishes.
-        if now >= self.end:
-            return "succeeded" if self.failure is None else "failed"
-        if now >= self.created + self.duration * _RUNNING_AT:
-            return "running"
-        return "dispatching" if now >= self.created + self.duration * _DISPATCH_AT else "queued"
+        return phase(self.created, self.duration, self.failure is not None, now)
 
     def file_path(self, index: int) -> str:
         """Return the unsigned path of output image ``index``."""
@@ -160,14 +171,14 @@ class RunRecord:
             "timing": {"inference_ms": round(self.duration * (1 - _RUNNING_AT) * 1000)},
         }
 
-    def _derived(self, now: float, url_for: UrlFor) -> dict[str, Any]:
+    def _derived(self, now: float, url_for: UrlFor, output: bool = True) -> dict[str, Any]:
         status = self.status(now)
         done = status in ("succeeded", "failed")
         started = now >= self.created + self.duration * _RUNNING_AT
         failure = self.failure if done else None
         return {
             "status_code": status,
-            "output": self._output(url_for) if status == "succeeded" else None,
+            "output": self._output(url_for) if output and status == "succeeded" else None,
             "duration_ms": round(self.duration * 1000) if done else None,
             "cost": (str(self.cost) if failure is None else "0") if done else None,
             "started_at": (
@@ -196,10 +207,23 @@ class RunRecord:
     def to_api(
         self, now: float, url_for: UrlFor, fields: frozenset[str] | None = None
     ) -> dict[str, Any]:
-        """Return the run as the API shows it at ``now``, optionally only ``fields`` and ``id``."""
-        full = {**self._stored(), **_CONSTANTS, **self._derived(now, url_for)}
+        """Return the run as the API shows it at ``now``, optionally only ``fields`` and ``id``.
+
+        A projection only computes the groups of fields it keeps (a poller asking for
+        ``id,status_code`` signs no URL and formats no timestamp).
+        """
         if fields is None:
-            return full
+            return {**self._stored(), **_CONSTANTS, **self._derived(now, url_for)}
+        full: dict[str, Any] = {"id": self.id}
+        if not fields.isdisjoint(_STORED_KEYS):
+            full.update(self._stored())
+        if not fields.isdisjoint(_CONSTANT_KEYS):
+            full.update(_CONSTANTS)
+        derived = fields & _DERIVED_KEYS
+        if derived == _STATUS_ONLY:  # a poller's projection: no timestamp, no URL
+            full["status_code"] = self.status(now)
+        elif derived:
+            full.update(self._derived(now, url_for, output="output" in derived))
         return {key: value for key, value in full.items() if key in fields or key == "id"}
 
     def field(self, name: str, now: float, url_for: UrlFor) -> Any:
@@ -213,5 +237,5 @@ class RunRecord:
         if name in _CONSTANTS:
             return _CONSTANTS[name]
         if name in _DERIVED:
-            return self._derived(now, url_for)[name]
+            return self._derived(now, url_for, output=name == "output")[name]
         return self._stored().get(name, MISSING)

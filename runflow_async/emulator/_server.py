@@ -43,6 +43,7 @@ def build_app(state: EmulatorState) -> web.Application:
     router.add_get("/v1/health", _handlers.health, name="health")
     router.add_get("/files/{run_id}/{filename}", _handlers.get_file, name="file")
     router.add_get("/_emulator/counters", _handlers.counters, name="counters")
+    router.add_get("/_emulator/report", _handlers.report, name="report")
     return app
 
 
@@ -59,7 +60,7 @@ class Emulator:
         **overrides: ``EmulatorConfig`` fields replacing those of ``config``.
     """
 
-    def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: EmulatorConfig | None = None, /, **overrides: Any) -> None:
         self.config = dataclasses.replace(config or EmulatorConfig(), **overrides)
         self._state = EmulatorState(self.config)
         self._app = build_app(self._state)
@@ -153,12 +154,43 @@ class Emulator:
         return self._app
 
     def runs(self) -> list[dict[str, Any]]:
-        """Return every stored run as ``GET /v1/runs/{id}`` would show it now, oldest first."""
+        """Return every kept run as ``GET /v1/runs/{id}`` would show it now, oldest first.
+
+        Unlike a read through the API, this does not mark any run as noticed.
+        """
         state = self._state
         base = _base_url(self.config.host, self._port or self.config.port)
         now = state.clock.now()
+        state.store.settle(now)  # evicts what ``retain_runs`` no longer keeps
         url_for = state.url_for(base, now)
-        return [run.to_api(now, url_for) for run in state.store.runs]
+        return [run.to_api(now, url_for) for run in state.store.scan(0, 1)]
+
+    def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """Return when every run was created, ended, and was first seen ended by a client.
+
+        The same data as ``GET /_emulator/report?since=N&limit=M``, computed from flat
+        arrays (evicted runs included): about 2 µs per run, plus as much again to
+        encode it as JSON, so page through a million runs with ``since``/``limit``.
+
+        A run is *noticed* the first time a response carries it in a terminal state:
+        ``GET /v1/runs/{id}``, or a ``GET /v1/runs`` item that includes ``status_code``
+        (an unprojected one, or one whose ``fields`` list it). Times are emulated
+        seconds since the start; multiply a difference by ``time_scale`` to get real
+        seconds.
+
+        Args:
+            since: Creation index of the first run to include (0 = the first run);
+                the previous report's ``total`` gives only the runs created since.
+            limit: Include at most this many runs (``None``: all of them).
+
+        Returns:
+            ``{"time_scale", "now", "since", "total", "runs"}`` where ``total`` is the
+            number of runs ever created and ``runs`` lists, in creation order, one
+            ``{"id", "created", "duration", "end", "status", "noticed"}`` per run:
+            ``end = created + duration``, ``status`` is the terminal status or the
+            current one, ``noticed`` is ``None`` until noticed.
+        """
+        return self._state.report(since, limit)
 
 
 async def serve(

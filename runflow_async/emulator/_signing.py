@@ -23,8 +23,7 @@ class UrlSigner:
 
     def signature(self, path: str, expires: int) -> str:
         """Return the hex HMAC-SHA256 of ``path`` valid until ``expires``."""
-        message = f"{path}\n{expires}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, f"{path}\n{expires}".encode(), "sha256").hex()
 
     def sign(self, base: str, path: str, expires_at: float) -> str:
         """Return the absolute URL of ``path`` under ``base``, valid until ``expires_at``.
@@ -39,6 +38,6 @@ class UrlSigner:
 
     def verify(self, path: str, expires: str, signature: str) -> bool:
         """Return whether ``signature`` is the one this signer gives ``path`` and ``expires``."""
-        if not expires.isdigit():
+        if not (expires.isascii() and expires.isdigit()):
             return False
         return hmac.compare_digest(self.signature(path, int(expires)), signature)

@@ -20,6 +20,7 @@ from runflow_async.emulator._config import EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters, Tally
 from runflow_async.emulator._faults import FaultDice, FaultScript
 from runflow_async.emulator._images import ImageRenderer
+from runflow_async.emulator._ratelimit import RateLimiter
 from runflow_async.emulator._runs import RunRecord, UrlFor
 from runflow_async.emulator._signing import UrlSigner
 from runflow_async.emulator._store import RunStore
@@ -31,8 +32,11 @@ _ORG_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "https://api.runflow.io/emulator/or
 _EPOCH_MS = int(EPOCH.timestamp() * 1000)
 # The text-to-image default of fal and of Runflow's 4B page; also PricingPolicy's.
 _DEFAULT_GENERATE_SIZE = PRESET_SIZES["landscape_4_3"]
-_MAX_PRICES = 4096  # distinct (model, size, images, inputs) shapes memoized
+_MAX_PRICES = 4096  # distinct (model, size, images, input sizes) shapes memoized
 _DEFAULT_FAILURE = ("PROVIDER_ERROR", "The provider failed to generate the image.")
+
+
+_PriceKey = tuple[str, Size | None, int, tuple[Size | None, ...]]
 
 
 def _model_uuid(model: str) -> str:
@@ -59,7 +63,8 @@ class EmulatorState:
         config: The configuration.
         clock: The scaled clock.
         store: The runs.
-        tally: Request, response and fault counts.
+        tally: Request, response, fault and rate-limit counts.
+        limiter: Rate limits on creates.
         script: Scripted faults.
         dice: Seeded random faults.
         signer: Output URL signer.
@@ -70,15 +75,16 @@ class EmulatorState:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.clock = EmulatedClock(config.time_scale)
-        self.store = RunStore()
+        self.store = RunStore(config.retain_runs)
         self.tally = Tally()
+        self.limiter = RateLimiter(config)
         self.script = FaultScript()
         self.dice = FaultDice(config.faults, config.seed)
         self.signer = UrlSigner(config.seed)
         self.images = ImageRenderer()
         self.model_ids = {model: _model_uuid(model) for model in (GENERATE_MODEL, EDIT_MODEL)}
         self._rng = random.Random(config.seed)
-        self._prices: dict[tuple[str, Size | None, int, int], tuple[Size, Decimal]] = {}
+        self._prices: dict[_PriceKey, tuple[Size, Decimal]] = {}
         prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
         self._request_ids = (f"req_{prefix:06x}{n:010x}" for n in itertools.count(1))
 
@@ -90,19 +96,31 @@ class EmulatorState:
         self,
         request: CreateRequest,
         request_id: str,
+        *,
         forced_failure: tuple[str, str] | None = None,
+        inputs: tuple[Size | None, ...] = (),
+        idempotency: tuple[str, bytes] | None = None,
     ) -> RunRecord:
-        """Draw a run's fate from the seeded RNG, store it, and return it."""
+        """Draw a run's fate from the seeded RNG, store it, and return it.
+
+        Args:
+            request: The validated create.
+            request_id: ``X-Request-Id`` of the create.
+            forced_failure: ``(code, message)`` the run must fail with, if any.
+            inputs: Known size (or ``None``) of each edit input.
+            idempotency: ``(Idempotency-Key, body fingerprint)`` to remember, if any.
+        """
         config = self.config
         rng = self._rng
         # Always draw the same four numbers, so one run's inputs never shift another's.
         duration = config.median_duration * math.exp(config.duration_sigma * rng.gauss(0.0, 1.0))
         fails = rng.random() < config.failure_rate
-        seq = len(self.store)
+        seq = self.store.created
         run_id = _uuid7(_EPOCH_MS + seq, rng.getrandbits(74))
         drawn_seed = rng.randrange(2**31)
-        size, cost = self._price(request)
+        size, cost = self._price(request, inputs)
         now = self.clock.now()
+        key, digest = idempotency or (None, b"")
         run = RunRecord(
             seq=seq,
             id=run_id,
@@ -116,23 +134,27 @@ class EmulatorState:
             seed=drawn_seed if request.seed is None else request.seed,
             size=size,
             cost=cost,
+            idempotency_key=key,
         )
-        self.store.add(run, now)
+        self.store.add(run, now, digest)
         return run
 
-    def _price(self, request: CreateRequest) -> tuple[Size, Decimal]:
+    def _price(
+        self, request: CreateRequest, inputs: tuple[Size | None, ...]
+    ) -> tuple[Size, Decimal]:
         """Return the output size and billed cost of ``request``, memoized.
 
         The cache keeps one ``Decimal`` per distinct shape instead of one per run.
         """
-        key = (request.model, request.size, request.num_images, request.num_inputs)
+        inputs = inputs or (None,) * request.num_inputs  # unknown sizes unless told
+        key = (request.model, request.size, request.num_images, inputs)
         cached = self._prices.get(key)
         if cached is not None:
             return cached
         policy = self.config.pricing
         if request.model == EDIT_MODEL:
-            size = request.size or policy.default_edit_output_size(None)
-            price = policy.edit_cost([None] * request.num_inputs, size, request.num_images)
+            size = request.size or policy.default_edit_output_size(inputs[0])
+            price = policy.edit_cost(inputs, size, request.num_images)
         else:
             size = request.size or _DEFAULT_GENERATE_SIZE
             price = policy.generate_cost(size, request.num_images)
@@ -163,7 +185,7 @@ class EmulatorState:
         in_flight = store.in_flight(self.clock.now())
         tally = self.tally
         return EmulatorCounters(
-            runs_created=len(store),
+            runs_created=store.created,
             runs_billed=store.runs_billed,
             billed_usd=store.billed_usd,
             runs_failed=store.runs_failed,
@@ -173,7 +195,23 @@ class EmulatorState:
             requests_by_route=MappingProxyType(dict(tally.requests)),
             responses_by_status=MappingProxyType(dict(tally.responses)),
             faults_injected=MappingProxyType(dict(tally.faults)),
+            rate_limited=tally.rate_limited,
         )
+
+    def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """Return the benchmark report: runs from creation index ``since`` on.
+
+        See :meth:`runflow_async.emulator.Emulator.report` for the format.
+        """
+        now = self.clock.now()
+        self.store.settle(now)
+        return {
+            "time_scale": self.config.time_scale,
+            "now": now,
+            "since": max(since, 0),
+            "total": self.store.created,
+            "runs": self.store.ledger.rows(now, since, limit),
+        }
 
 
 STATE = web.AppKey("runflow_emulator_state", EmulatorState)

@@ -1,30 +1,44 @@
 """Run storage with the indexes and the settlement heap that keep every request cheap.
 
-Runs are kept in insertion order (a list indexed by ``seq``) plus dicts by id and by
-``client_ref``. A min-heap of terminal times settles runs lazily: whenever the
-emulator looks at the time, runs that have ended are popped and billed (or counted
-failed). The heap's length is then the exact number of runs in flight.
+Runs are kept in creation order (parallel arrays of ``seq`` and run, so a cursor is
+found by bisection) plus dicts by id, by ``client_ref`` and by ``Idempotency-Key``.
+A min-heap of terminal times settles runs lazily: whenever the emulator looks at
+the time, runs that have ended are popped and billed (or counted failed). The
+heap's length is then the exact number of runs in flight.
+
+With ``retain`` set, only the ``retain`` most recently ended runs are kept once
+terminal; older ones are evicted from every index (their slot becomes a hole,
+and holes are compacted away once they outnumber the runs). The money and
+concurrency tallies, and the ledger, are never touched by eviction.
 """
 
 from __future__ import annotations
 
 import heapq
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterator
 from decimal import Decimal
 
+from runflow_async.emulator._ledger import RunLedger
 from runflow_async.emulator._runs import RunRecord
 
 __all__ = ["RunStore"]
 
+_MIN_COMPACTION = 1024  # holes tolerated before any compaction
+
 
 class RunStore:
-    """Every run the emulator created, and the money and concurrency they add up to.
+    """Every run the emulator keeps, and the money and concurrency they add up to.
 
     Attributes:
-        runs: Runs in creation order; ``runs[r.seq] is r``.
         by_id: Runs by id.
-        by_client_ref: ``seq`` of the run carrying each ``client_ref``, or the ascending
-            list of them when several do (one int per run keeps a million runs small).
-        idempotency: ``Idempotency-Key`` -> (body fingerprint, ``seq`` of the run).
+        by_client_ref: The run carrying each ``client_ref``, or the list of them
+            (oldest first) when several do.
+        idempotency: ``Idempotency-Key`` -> (body fingerprint, the run it created).
+        ledger: A few bytes about every run ever created, evicted or not.
+        created: Runs ever created.
         runs_billed: Runs that have succeeded so far.
         billed_usd: Their total cost.
         runs_failed: Runs that have failed so far.
@@ -32,68 +46,128 @@ class RunStore:
     """
 
     __slots__ = (
+        "_ended",
+        "_holes",
         "_pending",
+        "_retain",
+        "_runs",
+        "_seqs",
         "billed_usd",
         "by_client_ref",
         "by_id",
+        "created",
         "idempotency",
+        "ledger",
         "max_in_flight",
-        "runs",
         "runs_billed",
         "runs_failed",
     )
 
-    def __init__(self) -> None:
-        self.runs: list[RunRecord] = []
+    def __init__(self, retain: int | None = None) -> None:
+        self._retain = retain
+        self._seqs = array("q")
+        self._runs: list[RunRecord | None] = []
+        self._holes = 0
+        self._ended: deque[RunRecord] = deque()
+        self._pending: list[tuple[float, int, RunRecord]] = []
         self.by_id: dict[str, RunRecord] = {}
-        self.by_client_ref: dict[str, int | list[int]] = {}
-        self.idempotency: dict[str, tuple[bytes, int]] = {}
-        self._pending: list[tuple[float, int]] = []
+        self.by_client_ref: dict[str, RunRecord | list[RunRecord]] = {}
+        self.idempotency: dict[str, tuple[bytes, RunRecord]] = {}
+        self.ledger = RunLedger()
+        self.created = 0
         self.runs_billed = 0
         self.billed_usd = Decimal(0)
         self.runs_failed = 0
         self.max_in_flight = 0
 
-    def __len__(self) -> int:
-        return len(self.runs)
+    def add(self, run: RunRecord, now: float, fingerprint: bytes = b"") -> None:
+        """Store a run created at ``now`` (its ``seq`` is ``created``) and index it.
 
-    def add(self, run: RunRecord, now: float) -> None:
-        """Store a run created at ``now`` and update the in-flight maximum."""
+        Args:
+            run: The new run.
+            now: Emulated creation time.
+            fingerprint: Digest of the create body, kept with ``run.idempotency_key``.
+        """
         self.settle(now)
-        self.runs.append(run)
+        self.created += 1
+        self._seqs.append(run.seq)
+        self._runs.append(run)
         self.by_id[run.id] = run
+        self.ledger.add(run)
         client_ref = run.request.client_ref
         if client_ref is not None:
             seen = self.by_client_ref.get(client_ref)
             if seen is None:
-                self.by_client_ref[client_ref] = run.seq
-            elif isinstance(seen, int):
-                self.by_client_ref[client_ref] = [seen, run.seq]
+                self.by_client_ref[client_ref] = run
+            elif isinstance(seen, RunRecord):
+                self.by_client_ref[client_ref] = [seen, run]
             else:
-                seen.append(run.seq)
-        heapq.heappush(self._pending, (run.end, run.seq))
+                seen.append(run)
+        if run.idempotency_key is not None:
+            self.idempotency[run.idempotency_key] = (fingerprint, run)
+        heapq.heappush(self._pending, (run.end, run.seq, run))
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
 
-    def with_client_ref(self, client_ref: str) -> list[int]:
-        """Return the ``seq`` of every run created with ``client_ref``, ascending."""
+    def with_client_ref(self, client_ref: str) -> list[RunRecord]:
+        """Return every kept run created with ``client_ref``, oldest first."""
         seen = self.by_client_ref.get(client_ref)
         if seen is None:
             return []
-        return [seen] if isinstance(seen, int) else seen
+        return [seen] if isinstance(seen, RunRecord) else seen
+
+    def scan(self, start: int, step: int) -> Iterator[RunRecord]:
+        """Yield kept runs from ``seq`` ``start`` (inclusive) on, ``step`` +1 or -1."""
+        seqs, runs = self._seqs, self._runs
+        if step > 0:
+            positions = range(bisect_left(seqs, start), len(runs))
+        else:
+            positions = range(bisect_right(seqs, start) - 1, -1, -1)
+        for position in positions:
+            run = runs[position]
+            if run is not None:
+                yield run
 
     def settle(self, now: float) -> None:
         """Bill or count as failed every run that has reached its terminal state by ``now``."""
         pending = self._pending
+        retain = self._retain
         while pending and pending[0][0] <= now:
-            _, seq = heapq.heappop(pending)
-            run = self.runs[seq]
+            run = heapq.heappop(pending)[2]
             if run.failure is None:
                 self.runs_billed += 1
                 self.billed_usd += run.cost
             else:
                 self.runs_failed += 1
+            if retain is not None:
+                self._ended.append(run)
+                if len(self._ended) > retain:
+                    self._evict(self._ended.popleft())
 
     def in_flight(self, now: float) -> int:
         """Return the number of runs created and not yet terminal at ``now``."""
         self.settle(now)
         return len(self._pending)
+
+    def _evict(self, run: RunRecord) -> None:
+        del self.by_id[run.id]
+        client_ref = run.request.client_ref
+        if client_ref is not None:
+            seen = self.by_client_ref[client_ref]
+            if isinstance(seen, RunRecord):
+                del self.by_client_ref[client_ref]
+            else:
+                seen.remove(run)
+                if len(seen) == 1:
+                    self.by_client_ref[client_ref] = seen[0]
+        if run.idempotency_key is not None:
+            # A key maps to one run until that run is evicted, so this is ours.
+            del self.idempotency[run.idempotency_key]
+        self._runs[bisect_left(self._seqs, run.seq)] = None
+        self._holes += 1
+        if self._holes > max(_MIN_COMPACTION, len(self.by_id)):
+            self._compact()
+
+    def _compact(self) -> None:
+        self._runs = [run for run in self._runs if run is not None]
+        self._seqs = array("q", [run.seq for run in self._runs if run is not None])
+        self._holes = 0

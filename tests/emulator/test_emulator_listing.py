@@ -93,14 +93,32 @@ async def test_fields_projects_items_and_always_keeps_the_id() -> None:
 
 
 @pytest.mark.parametrize(
+    "fields",
+    ["target_type,has_logs", "status_code,started_at,completed_at", "created_at,cost", "id"],
+)
+async def test_a_projection_shows_exactly_what_the_full_item_shows(fields: str) -> None:
+    async with running(**FROZEN) as h:
+        await h.create()
+        h.emu.advance(1000.0)
+        await h.create()
+        full = await h.get("/v1/runs")
+        page = await h.get("/v1/runs", params={"fields": fields})
+    wanted = {*fields.split(","), "id"}
+    expected = [{k: v for k, v in item.items() if k in wanted} for item in full["items"]]
+    assert page["items"] == expected
+
+
+@pytest.mark.parametrize(
     ("params", "field"),
     [
         ({"limit": "0"}, "limit"),
         ({"limit": "501"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),
         ({"pq": "not-a-cursor!"}, "pq"),
         ({"pq": "eDE"}, "pq"),
         ({"pq": "_w"}, "pq"),
+        ({"pq": "bsKy"}, "pq"),  # "n" and a superscript two
         ({"sort_by": "cost:asc"}, "sort_by"),
         ({"sort_by": "created_at:up"}, "sort_by"),
     ],
@@ -198,3 +216,25 @@ async def test_a_client_ref_shared_by_several_runs_finds_them_all() -> None:
         await h.create("other", client_ref="solo")
         found = await _ids(h, q="client_ref:shared OR client_ref:nobody", sort_by="id")
     assert found == [r["id"] for r in runs]
+
+
+async def test_a_pollers_ids_and_terminal_filter_is_answered_from_the_index() -> None:
+    terminal = "status_code:succeeded OR status_code:failed OR status_code:canceled"
+    async with running(**FROZEN) as h:
+        early = await _make(h, 3)
+        h.emu.advance(600.0)
+        late = [await h.create(f"late{i}", client_ref=f"late-{i}") for i in range(2)]
+        h.emu.advance(600.0)  # the early runs have ended, the late ones have not
+        asked = [early[0], early[2], late[1]]
+        ids = " OR ".join(f"id:{run['id']}" for run in asked)
+        polled = await _ids(h, q=f"({ids}) AND ({terminal})", sort_by="created_at:asc")
+        by_ref = await _ids(h, q="client_ref:late-1 AND status_code:running")
+        scanned = await _ids(h, q=f"({terminal}) AND NOT client_ref:rfa-1", sort_by="id")
+        three = await _ids(h, q=f"NOT client_ref:rfa-0 AND ({ids}) AND ({terminal})")
+        unref = await h.create("no client_ref")
+        nulls = await _ids(h, q="client_ref:null OR client_ref:rfa-1", sort_by="id")
+    assert polled == [early[0]["id"], early[2]["id"]]
+    assert by_ref == [late[1]["id"]]
+    assert scanned == [early[0]["id"], early[2]["id"]]
+    assert three == [early[2]["id"]]
+    assert nulls == [early[1]["id"], unref["id"]]  # null also means "has none"

@@ -131,3 +131,55 @@ def test_a_200_term_query_parses_in_milliseconds() -> None:
     assert time.perf_counter() - started < 0.05
     assert query is not None
     assert matches(q, {"id": "0190b4c2-0199-7000-8000-000000000000"})
+
+
+def _shape(query: Any) -> Any:
+    """A comparable picture of a parsed tree: its class and its terms, recursively."""
+    children = getattr(query, "children", None)
+    if children is not None:
+        return (type(query).__name__, [_shape(child) for child in children])
+    return (type(query).__name__, repr(query), getattr(query, "number", None))
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "id:a",
+        "id:a OR id:b OR client_ref=c",
+        "  id:a  OR id:b ",
+        "id=>x OR NOT:b OR x.y:z-1.5",
+        "cost:1e3 OR id:AND",
+        "(id:a OR id:b)",
+        "( id:a OR id:b ) AND (status_code:succeeded OR status_code:failed)",
+        "(id:a) AND status_code:failed AND (x:1 OR y:2)",
+    ],
+)
+def test_the_fast_path_for_a_pollers_filter_builds_the_full_parsers_tree(q: str) -> None:
+    from runflow_async.emulator import _query
+
+    fast = _query._simple(q)
+    full = _query._Parser(_query._tokenize(q)).parse_or()
+    assert fast is not None
+    assert _shape(fast) == _shape(full)
+    assert _shape(parse_query(q)) == _shape(full)
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "id:a OR OR id:b",
+        "id:a or id:b",
+        'id:"a b" OR id:c',
+        "id>=a OR id:b",
+        "(id:a) OR id:b",
+        "",
+        "id:a OR id:b AND x:y",  # AND binds tighter than OR
+        "((id:a)) AND x:y",
+        "id:a AND",
+        "NOT (id:a) AND x:y",
+    ],
+)
+def test_other_shapes_take_the_full_parser(q: str) -> None:
+    from runflow_async.emulator import _query
+
+    assert _query._simple(q) is None

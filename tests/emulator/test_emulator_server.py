@@ -42,6 +42,13 @@ def test_the_public_namespace_is_sorted_and_shows_the_public_module() -> None:
         ({"failure_rate": 1.5}, "failure_rate"),
         ({"url_ttl": -1.0}, "url_ttl"),
         ({"cost_multiplier": Decimal(-1)}, "cost_multiplier"),
+        ({"cost_multiplier": Decimal("NaN")}, "cost_multiplier"),
+        ({"credit_usd": Decimal("-0.01")}, "credit_usd"),
+        ({"credit_usd": Decimal("Infinity")}, "credit_usd"),
+        ({"time_scale": float("nan")}, "time_scale"),
+        ({"time_scale": float("inf")}, "time_scale"),
+        ({"median_duration": float("nan")}, "median_duration"),
+        ({"url_ttl": float("nan")}, "url_ttl"),
     ],
 )
 def test_invalid_configuration_is_refused(overrides: dict[str, Any], match: str) -> None:

@@ -1,0 +1,76 @@
+"""The ledger: 41 bytes per run ever created, kept when the run itself is forgotten.
+
+It answers ``GET /_emulator/report``: when each run was created, how long it was
+drawn to last, and when a response first showed it terminal ("noticed"), which is
+what a benchmark needs to measure how late a client learns that runs finished.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+from runflow_async.emulator._runs import RunRecord, phase
+
+__all__ = ["RunLedger"]
+
+_UNSEEN = -1.0  # emulated times are never negative
+_ID_BYTES = 16
+
+
+class RunLedger:
+    """Per-run times in flat arrays indexed by ``seq``."""
+
+    __slots__ = ("_created", "_duration", "_failed", "_ids", "_noticed")
+
+    def __init__(self) -> None:
+        self._ids = bytearray()
+        self._created = array("d")
+        self._duration = array("d")
+        self._noticed = array("d")
+        self._failed = bytearray()
+
+    def add(self, run: RunRecord) -> None:
+        """Record a new run; its ``seq`` must be the number of runs recorded so far."""
+        self._ids += bytes.fromhex(run.id.replace("-", ""))
+        self._created.append(run.created)
+        self._duration.append(run.duration)
+        self._noticed.append(_UNSEEN)
+        self._failed.append(run.failure is not None)
+
+    def notice(self, seq: int, now: float) -> None:
+        """Note that a response showed run ``seq`` terminal at ``now``; the first one counts."""
+        if self._noticed[seq] == _UNSEEN:
+            self._noticed[seq] = now
+
+    def rows(self, now: float, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return runs from creation index ``since`` on (``limit`` at most), as of ``now``.
+
+        Each row holds ``id``, ``created``, ``duration``, ``end`` and ``noticed``
+        (emulated seconds, ``noticed`` ``None`` until a response showed the run
+        terminal) and ``status`` (the terminal status, or the current one).
+        """
+        ids, created, duration, noticed, failed = (
+            self._ids,
+            self._created,
+            self._duration,
+            self._noticed,
+            self._failed,
+        )
+        rows: list[dict[str, Any]] = []
+        first = max(since, 0)
+        stop = len(created) if limit is None else min(len(created), first + max(limit, 0))
+        for seq in range(first, stop):
+            start, length, seen = created[seq], duration[seq], noticed[seq]
+            h = ids[seq * _ID_BYTES : (seq + 1) * _ID_BYTES].hex()
+            rows.append(
+                {
+                    "id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+                    "created": start,
+                    "duration": length,
+                    "end": start + length,
+                    "status": phase(start, length, bool(failed[seq]), now),
+                    "noticed": None if seen == _UNSEEN else seen,
+                }
+            )
+        return rows
