@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import anyio
@@ -12,8 +12,10 @@ import pytest
 from runflow_async import (
     BatchEvent,
     BudgetExceededError,
+    CreateOutcomeUnknownError,
     EditRequest,
     GenerateRequest,
+    InsufficientCreditError,
     NotSubmittedError,
     Outcome,
     PollPolicy,
@@ -23,6 +25,7 @@ from runflow_async import (
     RunFailedError,
     RunflowClient,
     RunTimeoutError,
+    UnprocessableEntityError,
 )
 from runflow_async._limits import Pacer
 from runflow_async._waiting import WaitStrategy
@@ -335,3 +338,61 @@ async def test_client_estimate_probes_inputs_and_matches_the_bill() -> None:
         assert blind.total_usd > estimate.total_usd  # unknown inputs are assumed 1 MP
         result = await client.run(edit)
     assert result.cost_usd == estimate.total_usd
+
+
+async def test_map_stops_pulling_an_endless_input_when_credit_runs_out() -> None:
+    def endless() -> Iterator[str]:
+        n = 0
+        while True:
+            n += 1
+            yield f"prompt {n}"
+
+    async with emulator(credit_usd=Decimal("0.01")) as emu, scaled_client(emu.url) as client:
+        async with client.map(endless(), max_concurrency=3) as outcomes:
+            results = [o async for o in outcomes]
+        created = emu.counters.runs_created
+    refused = [o for o in results if not o.ok]
+    assert refused
+    assert all(isinstance(o.error, NotSubmittedError) for o in refused)
+    assert sum(o.ok for o in results) == created
+
+
+async def test_items_submitted_after_a_stop_are_refused_at_once() -> None:
+    async with (
+        emulator(credit_usd=Decimal("0")) as emu,
+        scaled_client(emu.url) as client,
+        client.batch(max_concurrency=2) as batch,
+    ):
+        first = batch.submit(GenerateRequest(prompt="a"))
+        outcome = await first.wait()
+        late = batch.submit(GenerateRequest(prompt="b"))
+        assert late.done()
+        assert batch.window == 2
+    assert isinstance(outcome.error, NotSubmittedError)
+    assert outcome.error.reason == "insufficient_credit"
+    assert isinstance(outcome.error.__cause__, InsufficientCreditError)
+    assert emu.counters.requests_by_route["create"] == 1
+
+
+async def test_a_refused_create_is_the_items_typed_error_and_fail_fast_stops() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.status(422, code="VALIDATION_ERROR"))
+        async with client.batch(max_concurrency=1, fail_fast=True) as batch:
+            batch.submit_many(requests(5))
+        outcomes = await batch.gather()
+    assert isinstance(outcomes[0].error, UnprocessableEntityError)
+    assert outcomes[0].run_id is None
+    assert {o.error.reason for o in outcomes[1:]} == {"fail_fast"}  # type: ignore[union-attr]
+    assert batch.cost_report().items == ()
+
+
+async def test_an_unknown_create_outcome_is_listed_for_reconciliation() -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.lost_response(502))
+        emu.faults.next("list_runs", Fault.status(400), times=5)
+        async with client.batch() as batch:
+            future = batch.submit(GenerateRequest(prompt="a", client_ref="mine-1"))
+        outcome = await future.wait()
+    assert isinstance(outcome.error, CreateOutcomeUnknownError)
+    assert batch.uncertain_client_refs == ["mine-1"]
+    assert emu.runs()[0]["client_ref"] == "mine-1"
