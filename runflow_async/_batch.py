@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from runflow_async._engine import Engine
+from runflow_async._engine import Engine, EngineView
 from runflow_async._errors import BudgetExceededError, ClientClosedError
 from runflow_async._estimate import Estimate, estimate_requests
 from runflow_async._limits import Slot
@@ -34,7 +34,7 @@ from runflow_async._requests import RunRequest
 __all__ = ["Batch"]
 
 
-class Batch:
+class Batch(EngineView):
     """A batch of runs under one concurrency window, rate, budget and wait strategy.
 
     Create it with :meth:`RunflowClient.batch`; use it as an async context manager.
@@ -201,17 +201,6 @@ class Batch:
         ids = {f.index: f.run_id for f in self._futures if f.run_id is not None}
         ids.update(self._engine.unfinished)
         return [ids[i] for i in sorted(ids)]
-
-    @property
-    def unfinished_run_ids(self) -> list[str]:
-        """Runs created but not seen to finish (abandoned or timed out): collect them later."""
-        merged = {**self._engine.unsettled, **self._engine.unfinished}
-        return [merged[i] for i in sorted(merged)]
-
-    @property
-    def uncertain_client_refs(self) -> list[str]:
-        """``client_ref`` of creates whose outcome is unknown; look them up before resubmitting."""
-        return list(self._engine.uncertain.values())
 
     @property
     def window(self) -> int:

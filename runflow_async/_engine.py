@@ -42,7 +42,7 @@ from runflow_async._requests import RunRequest
 from runflow_async._retry import RetryEvent
 from runflow_async._waiting import DurationStats, ListPoller, WaitStrategy, poll_run
 
-__all__ = ["Engine", "EngineOptions"]
+__all__ = ["Engine", "EngineOptions", "EngineView"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -310,6 +310,28 @@ class Engine:
             run=Run(id=run_id),
         )
         return Outcome(index, request, error=error, run_id=run_id, estimated_usd=est)
+
+
+class EngineView:
+    """What ``Batch`` and ``map`` both expose about the runs their engine created."""
+
+    _engine: Engine
+
+    @property
+    def billed_usd(self) -> Decimal:
+        """What the API billed so far."""
+        return self._engine.billed_total
+
+    @property
+    def unfinished_run_ids(self) -> list[str]:
+        """Runs created but not seen to finish (abandoned or timed out): collect them later."""
+        merged = {**self._engine.unsettled, **self._engine.unfinished}
+        return [merged[i] for i in sorted(merged)]
+
+    @property
+    def uncertain_client_refs(self) -> list[str]:
+        """``client_ref`` of creates whose outcome is unknown; look them up before resubmitting."""
+        return list(self._engine.uncertain.values())
 
 
 class _ItemGate:

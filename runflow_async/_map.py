@@ -13,7 +13,6 @@ submission instead of piling outcomes up)::
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from decimal import Decimal
 from types import TracebackType
 from typing import Self
 
@@ -21,7 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from runflow_async._engine import Engine
+from runflow_async._engine import Engine, EngineView
 from runflow_async._limits import Slot
 from runflow_async._outcomes import Outcome
 from runflow_async._requests import GenerateRequest, RunRequest
@@ -41,7 +40,7 @@ async def _aiter(source: RequestSource) -> AsyncIterator[RunRequest]:
             yield GenerateRequest(prompt=item) if isinstance(item, str) else item
 
 
-class MapRun:
+class MapRun(EngineView):
     """The running map: an async context manager whose value iterates outcomes."""
 
     def __init__(self, engine: Engine, source: RequestSource) -> None:
@@ -110,19 +109,3 @@ class MapRun:
             await self._send.send(outcome)
         finally:
             slot.release()
-
-    @property
-    def billed_usd(self) -> Decimal:
-        """What the API billed so far."""
-        return self._engine.billed_total
-
-    @property
-    def unfinished_run_ids(self) -> list[str]:
-        """Runs created but not seen to finish (abandoned or timed out): collect them later."""
-        merged = {**self._engine.unsettled, **self._engine.unfinished}
-        return [merged[i] for i in sorted(merged)]
-
-    @property
-    def uncertain_client_refs(self) -> list[str]:
-        """``client_ref`` of creates whose outcome is unknown."""
-        return list(self._engine.uncertain.values())
