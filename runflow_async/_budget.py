@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
+
 __all__ = ["BudgetLedger"]
 
 
@@ -26,9 +28,11 @@ class BudgetLedger:
         self.cap = cap
         self.spent = Decimal(0)
         self.reserved = Decimal(0)
+        self.held = Decimal(0)
         self.estimated_total = Decimal(0)
         self._factor = initial_margin
         self._observed: Decimal | None = None
+        self._changed = anyio.Event()
 
     @property
     def factor(self) -> Decimal:
@@ -37,8 +41,8 @@ class BudgetLedger:
 
     @property
     def committed(self) -> Decimal:
-        """Spent plus reserved at the current factor."""
-        return self.spent + self.reserved * self._factor
+        """Spent, plus reserved and held at the current factor."""
+        return self.spent + (self.reserved + self.held) * self._factor
 
     def fits(self, estimate: Decimal) -> bool:
         """Whether ``estimate`` could start now without risking the cap."""
@@ -47,12 +51,28 @@ class BudgetLedger:
         return self.committed + estimate * self._factor <= self.cap
 
     def try_reserve(self, estimate: Decimal) -> bool:
-        """Reserve ``estimate`` if it fits; return whether it did."""
+        """Reserve ``estimate`` if it fits now; return whether it did."""
         if not self.fits(estimate):
             return False
         self.reserved += estimate
         self.estimated_total += estimate
         return True
+
+    async def reserve(self, estimate: Decimal) -> bool:
+        """Reserve ``estimate``, waiting while runs in flight may still settle cheaper.
+
+        Returns ``False`` only when it cannot fit and nothing in flight could
+        free room (held reservations of timed-out runs never do).
+        """
+        while not self.try_reserve(estimate):
+            if self.reserved <= 0:
+                return False
+            await self._changed.wait()
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def settle(self, estimate: Decimal, billed: Decimal | None) -> Decimal:
         """Replace a reservation by what was billed; return the amount counted as spent.
@@ -68,8 +88,16 @@ class BudgetLedger:
             self._observed = ratio if self._observed is None else max(self._observed, ratio)
             self._factor = max(Decimal(1), self._observed)
         self.spent += billed
+        self._notify()
         return billed
 
     def release(self, estimate: Decimal) -> None:
         """Drop a reservation that will never be billed (a failed run is not billed)."""
         self.reserved -= estimate
+        self._notify()
+
+    def hold(self, estimate: Decimal) -> None:
+        """Keep a reservation for a run whose bill may never be seen (timed out, abandoned)."""
+        self.reserved -= estimate
+        self.held += estimate
+        self._notify()

@@ -174,8 +174,11 @@ class Engine:
                     await self.pacer.wait_turn()
             if self.stop_reason is not None:
                 return self.not_submitted(index, request, est, self.stop_reason)
-            if not self.ledger.try_reserve(est):
+            if not await self.ledger.reserve(est):
                 return self.not_submitted(index, request, est, "budget")
+            if self.stop_reason is not None:  # stopped while waiting for money
+                self.ledger.release(est)
+                return self.not_submitted(index, request, est, self.stop_reason)
             created = await self._create(index, request, est, slot)
             if isinstance(created, Outcome):
                 return created
@@ -230,7 +233,8 @@ class Engine:
                 final = await self._wait(run)
             except RunTimeoutError as exc:
                 del self.unfinished[index]
-                self.unsettled[index] = run.id  # may still be billed: keep the reservation
+                self.unsettled[index] = run.id
+                self.ledger.hold(est)  # it may still be billed
                 self.emit(BatchEvent("failed", index=index, run_id=run.id, error=exc))
                 return Outcome(index, request, error=exc, run_id=run.id, estimated_usd=est)
             finally:
@@ -302,7 +306,8 @@ class Engine:
             reason = self.stop_reason or "cancelled"
             return self.not_submitted(index, request, est, reason)
         # The run goes on (no public cancel): keep its reservation and its id.
-        self.unfinished.pop(index, None)
+        if self.unfinished.pop(index, None) is not None:
+            self.ledger.hold(est)
         self.unsettled[index] = run_id
         error = RunAbandonedError(
             f"Run {run_id} was still running when the batch stopped; it may still be "

@@ -396,3 +396,16 @@ async def test_an_unknown_create_outcome_is_listed_for_reconciliation() -> None:
     assert isinstance(outcome.error, CreateOutcomeUnknownError)
     assert batch.uncertain_client_refs == ["mine-1"]
     assert emu.runs()[0]["client_ref"] == "mine-1"
+
+
+async def test_items_wait_for_in_flight_runs_to_settle_instead_of_being_refused() -> None:
+    # Ten runs at $0.0015 fit a $0.016 cap exactly as estimated, but until one
+    # settles every reservation counts at the 1.5 safety factor: later items
+    # must wait for the first bills, not be refused.
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        async with client.batch(max_concurrency=10, max_cost_usd="0.016") as batch:
+            batch.submit_many(requests(10))
+        outcomes = await batch.gather()
+        billed = emu.counters.billed_usd
+    assert all(o.ok for o in outcomes)
+    assert billed == Decimal("0.015")

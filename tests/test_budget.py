@@ -29,3 +29,23 @@ def test_unknown_bills_count_the_scaled_estimate_and_releases_free_money() -> No
     assert ledger.reserved == 0
     assert ledger.committed == D("1.5")
     assert ledger.estimated_total == D("3")
+
+
+async def test_reserve_waits_for_settlement_and_gives_up_when_nothing_can_free_room() -> None:
+    import anyio
+
+    ledger = BudgetLedger(D("1.0"))
+    assert await ledger.reserve(D("0.5"))  # 0.75 committed
+    got: list[bool] = []
+
+    async def second() -> None:
+        got.append(await ledger.reserve(D("0.4")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second)
+        await anyio.lowlevel.checkpoint()
+        assert got == []  # waiting: 0.75 + 0.6 > 1.0
+        ledger.settle(D("0.5"), D("0.5"))  # factor 1.0, spent 0.5
+    assert got == [True]
+    ledger.hold(D("0.4"))  # timed out: kept, but never frees room
+    assert not await ledger.reserve(D("0.2"))
