@@ -65,7 +65,12 @@ def emulator(**overrides: object) -> Emulator:
 
 
 async def test_max_in_flight_is_exactly_the_concurrency_limit() -> None:
-    async with emulator() as emu, scaled_client(emu.url) as client:
+    # Every run lasts 100 ms, far longer than 50 creates take even on a busy
+    # machine, so the first wave is fully in flight together.
+    async with (
+        emulator(median_duration=20.0, duration_sigma=0.0) as emu,
+        scaled_client(emu.url) as client,
+    ):
         async with client.batch(max_concurrency=50) as batch:
             batch.submit_many(requests(1000))
         outcomes = await batch.gather()
