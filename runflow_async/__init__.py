@@ -50,6 +50,7 @@ from runflow_async._models import (
     RunStatus,
 )
 from runflow_async._observe import BatchEvent, BatchObserver, ProgressBarObserver
+from runflow_async._options import BatchOptions
 from runflow_async._outcomes import CostReport, ItemCost, Outcome, RunFuture
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, PricingPolicy
 from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
@@ -71,6 +72,7 @@ __all__ = [
     "Batch",
     "BatchEvent",
     "BatchObserver",
+    "BatchOptions",
     "BudgetExceededError",
     "CallbackPayload",
     "ClientClosedError",

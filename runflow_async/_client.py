@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import aiohttp
 import pydantic
@@ -25,13 +24,13 @@ from runflow_async._config import (
 )
 from runflow_async._create import create_run
 from runflow_async._download import DownloadedFile, download_to
-from runflow_async._engine import Engine, EngineOptions
+from runflow_async._engine import Engine
 from runflow_async._errors import APIResponseError, ConfigurationError
 from runflow_async._estimate import Estimate, estimate_requests, probe_input_sizes
 from runflow_async._http import Transport
 from runflow_async._map import MapRun, RequestSource
 from runflow_async._models import GenerationResult, ImageOutput, Run, RunPage, RunStatus
-from runflow_async._observe import BatchObserver
+from runflow_async._options import BatchOptions, EngineOptions
 from runflow_async._polling import check_outcome, poll_until_terminal
 from runflow_async._pricing import PricingPolicy
 from runflow_async._requests import EditRequest, GenerateRequest, RunRequest, build_request
@@ -308,71 +307,34 @@ class RunflowClient:
                 )
         return estimate_requests(requests, policy=self.pricing, input_sizes=sizes)
 
-    def batch(
-        self,
-        *,
-        max_concurrency: int = 16,
-        max_cost_usd: Decimal | float | str | None = None,
-        submits_per_second: float | None = None,
-        adaptive: bool = True,
-        fail_fast: bool = False,
-        timeout: float | None = 600.0,
-        observer: BatchObserver | None = None,
-    ) -> Batch:
+    def batch(self, **options: Unpack[BatchOptions]) -> Batch:
         """Open a batch: futures for many runs under one window, rate and budget.
 
-        Args:
-            max_concurrency: Runs in flight at most (create until the end is noticed).
-            max_cost_usd: Budget; ``submit_many`` refuses a list over it before
-                sending anything, and no run starts that could push spending past it.
-            submits_per_second: Pace creates evenly (no burst at start-up).
-            adaptive: Shrink the window on 429s and grow it back (AIMD).
-            fail_fast: Stop everything at the first failure (default: failures
-                never affect their siblings).
-            timeout: Seconds to wait for each run before ``RunTimeoutError``.
-            observer: Called with each :class:`BatchEvent`.
-        """
-        return Batch(self._engine(locals()))
+        Use it as ``async with client.batch(max_concurrency=50) as batch``.
+        Options (all keyword, see :class:`BatchOptions`): ``max_concurrency``,
+        ``max_cost_usd``, ``submits_per_second``, ``adaptive``, ``fail_fast``,
+        ``timeout``, ``observer``.
 
-    def map(
-        self,
-        requests: RequestSource,
-        *,
-        max_concurrency: int = 16,
-        max_cost_usd: Decimal | float | str | None = None,
-        submits_per_second: float | None = None,
-        adaptive: bool = True,
-        fail_fast: bool = False,
-        timeout: float | None = 600.0,
-        observer: BatchObserver | None = None,
-    ) -> MapRun:
+        Raises:
+            ConfigurationError: A nonsensical option.
+        """
+        return Batch(self._engine(options))
+
+    def map(self, requests: RequestSource, **options: Unpack[BatchOptions]) -> MapRun:
         """Run a lazy (even endless) stream of requests; outcomes arrive as they finish.
 
         Use it as ``async with client.map(requests) as outcomes: async for o in outcomes``.
-        Memory stays bounded by ``max_concurrency``. Arguments as for :meth:`batch`.
+        Memory stays bounded by ``max_concurrency``. Options as for :meth:`batch`.
         """
-        options = {k: v for k, v in locals().items() if k != "requests"}
         return MapRun(self._engine(options), requests)
 
-    def _engine(self, options: dict[str, Any]) -> Engine:
-        if options["max_concurrency"] < 1:
-            raise ConfigurationError("max_concurrency must be at least 1.")
-        cap = options["max_cost_usd"]
+    def _engine(self, options: BatchOptions) -> Engine:
         return Engine(
             self._transport,
             pricing=self.pricing,
             poll=self.poll_policy,
             stats=self._durations,
-            options=EngineOptions(
-                max_concurrency=options["max_concurrency"],
-                max_cost_usd=None if cap is None else Decimal(str(cap)),
-                submits_per_second=options["submits_per_second"],
-                adaptive=options["adaptive"],
-                fail_fast=options["fail_fast"],
-                timeout=options["timeout"],
-                wait_strategy=self.wait_strategy,
-                observer=options["observer"],
-            ),
+            options=EngineOptions.build(options, wait_strategy=self.wait_strategy),
         )
 
     async def health(self) -> dict[str, Any]:

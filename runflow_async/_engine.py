@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 
 import anyio
@@ -34,15 +33,16 @@ from runflow_async._estimate import estimate_request
 from runflow_async._http import Transport
 from runflow_async._limits import AdaptiveWindow, Pacer, Slot
 from runflow_async._models import GenerationResult, Run, RunStatus
-from runflow_async._observe import BatchEvent, BatchObserver
+from runflow_async._observe import BatchEvent
+from runflow_async._options import EngineOptions
 from runflow_async._outcomes import Outcome
 from runflow_async._polling import check_outcome
 from runflow_async._pricing import PricingPolicy
 from runflow_async._requests import RunRequest
 from runflow_async._retry import RetryEvent
-from runflow_async._waiting import DurationStats, ListPoller, WaitStrategy, poll_run
+from runflow_async._waiting import DurationStats, ListPoller, poll_run
 
-__all__ = ["Engine", "EngineOptions", "EngineView"]
+__all__ = ["Engine", "EngineView"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -52,20 +52,6 @@ _STOP_MESSAGES = {
     "fail_fast": "an earlier item failed and fail_fast is set",
     "cancelled": "the batch was cancelled",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOptions:
-    """Settings of one batch (see :meth:`RunflowClient.batch`)."""
-
-    max_concurrency: int = 16
-    max_cost_usd: Decimal | None = None
-    submits_per_second: float | None = None
-    adaptive: bool = True
-    fail_fast: bool = False
-    timeout: float | None = 600.0
-    wait_strategy: WaitStrategy = "auto"
-    observer: BatchObserver | None = None
 
 
 class Engine:
@@ -89,9 +75,7 @@ class Engine:
         self.window = AdaptiveWindow(
             options.max_concurrency, adaptive=options.adaptive, time_scale=scale
         )
-        self.ledger = BudgetLedger(
-            None if options.max_cost_usd is None else Decimal(options.max_cost_usd)
-        )
+        self.ledger = BudgetLedger(options.max_cost_usd)
         rate = options.submits_per_second
         self.pacer = Pacer(rate, time_scale=scale) if rate else None
         self.poller = (

@@ -11,7 +11,9 @@ import pytest
 
 from runflow_async import (
     BatchEvent,
+    BatchOptions,
     BudgetExceededError,
+    ConfigurationError,
     CreateOutcomeUnknownError,
     EditRequest,
     GenerateRequest,
@@ -414,3 +416,15 @@ async def test_items_wait_for_in_flight_runs_to_settle_instead_of_being_refused(
         billed = emu.counters.billed_usd
     assert all(o.ok for o in outcomes)
     assert billed == Decimal("0.015")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_concurrency": 0}, {"max_cost_usd": "-1"}, {"submits_per_second": 0.0}],
+)
+async def test_nonsense_batch_options_are_refused(options: BatchOptions) -> None:
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        with pytest.raises(ConfigurationError):
+            client.batch(**options)
+        with pytest.raises(ConfigurationError):
+            client.map([], **options)

@@ -1,0 +1,78 @@
+"""Options of a batch: what users pass (``BatchOptions``) and what the engine runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TypedDict
+
+from runflow_async._errors import ConfigurationError
+from runflow_async._observe import BatchObserver
+from runflow_async._waiting import WaitStrategy
+
+__all__ = ["BatchOptions", "EngineOptions"]
+
+
+class BatchOptions(TypedDict, total=False):
+    """Keyword options of :meth:`RunflowClient.batch` and :meth:`RunflowClient.map`.
+
+    Attributes:
+        max_concurrency: Runs in flight at most, from create until the client
+            notices the end (default 16).
+        max_cost_usd: Budget. ``submit_many`` refuses a list over it before
+            sending anything, and no run starts that could push spending past it.
+        submits_per_second: Pace creates evenly (no burst at start-up).
+        adaptive: Shrink the window on 429s and grow it back (AIMD; default on).
+        fail_fast: Stop everything at the first failure (default: failures never
+            affect their siblings).
+        timeout: Seconds to wait for each run before ``RunTimeoutError`` (600).
+        observer: Called with each :class:`BatchEvent`.
+    """
+
+    max_concurrency: int
+    max_cost_usd: Decimal | float | str | None
+    submits_per_second: float | None
+    adaptive: bool
+    fail_fast: bool
+    timeout: float | None
+    observer: BatchObserver | None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Settings of one batch, validated (see :class:`BatchOptions`)."""
+
+    max_concurrency: int = 16
+    max_cost_usd: Decimal | None = None
+    submits_per_second: float | None = None
+    adaptive: bool = True
+    fail_fast: bool = False
+    timeout: float | None = 600.0
+    wait_strategy: WaitStrategy = "auto"
+    observer: BatchObserver | None = None
+
+    @classmethod
+    def build(cls, options: BatchOptions, *, wait_strategy: WaitStrategy) -> EngineOptions:
+        """Validate user options.
+
+        Raises:
+            ConfigurationError: A nonsensical value.
+        """
+        cap = options.get("max_cost_usd")
+        built = cls(
+            max_concurrency=options.get("max_concurrency", 16),
+            max_cost_usd=None if cap is None else Decimal(str(cap)),
+            submits_per_second=options.get("submits_per_second"),
+            adaptive=options.get("adaptive", True),
+            fail_fast=options.get("fail_fast", False),
+            timeout=options.get("timeout", 600.0),
+            wait_strategy=wait_strategy,
+            observer=options.get("observer"),
+        )
+        if built.max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be at least 1.")
+        if built.max_cost_usd is not None and built.max_cost_usd < 0:
+            raise ConfigurationError("max_cost_usd must not be negative.")
+        if built.submits_per_second is not None and built.submits_per_second <= 0:
+            raise ConfigurationError("submits_per_second must be positive.")
+        return built
