@@ -257,7 +257,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
                         flush=True,
                     )
     finally:
-        emulator.send_signal(signal.SIGINT)
+        emulator.send_signal(signal.SIGTERM)
         await emulator.wait()
 
 

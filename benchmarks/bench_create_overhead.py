@@ -124,7 +124,7 @@ async def main(runs: int, concurrency: int) -> list[dict[str, Any]]:
             await measure("runflow_async_submit", url, runs, sdk),
         ]
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
     base, ours = results
     results.append(

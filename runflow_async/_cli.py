@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
@@ -140,8 +141,19 @@ def _emulator(args: argparse.Namespace) -> int:
     def ready(emu: Emulator) -> None:  # the bound port, even with --port 0
         print(f"Runflow emulator on {emu.url} (Ctrl-C stops it)", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
-        asyncio.run(serve(config, on_ready=ready))
+    async def run() -> None:
+        # Handle Ctrl-C and SIGTERM ourselves: a process started in the background
+        # by a shell inherits SIGINT as *ignored*, and Python then never raises
+        # KeyboardInterrupt, so relying on it would leave the server unstoppable.
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - always inside asyncio.run
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(config, on_ready=ready)
+
+    asyncio.run(run())
     return 0
 
 

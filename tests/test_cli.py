@@ -43,14 +43,24 @@ def test_demo_rejects_a_bad_count(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--count" in capsys.readouterr().err
 
 
-async def test_emulator_command_serves_until_interrupted() -> None:
+@pytest.mark.parametrize(
+    ("stop", "ignore_sigint"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["ctrl-c", "sigterm", "ctrl-c-when-started-in-the-background"],
+)
+async def test_emulator_command_serves_until_stopped(stop: int, ignore_sigint: bool) -> None:
     port = unused_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def background() -> None:  # what a non-interactive shell's `&` does to its children
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     # A real process is the point of this test; the arguments are our own.
     proc = subprocess.Popen(  # noqa: ASYNC220, S603
         [sys.executable, "-m", "runflow_async._cli", "emulator", "--port", str(port)],
         stdout=subprocess.PIPE,
         env=env,
+        preexec_fn=background if ignore_sigint else None,  # runs before any thread exists
     )
     try:
         async with aiohttp.ClientSession() as session:
@@ -64,8 +74,11 @@ async def test_emulator_command_serves_until_interrupted() -> None:
             else:
                 pytest.fail("the emulator did not start")
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=10)
+        proc.send_signal(stop)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        finally:
+            proc.kill()
     assert proc.returncode == 0
     assert f"127.0.0.1:{port}" in out.decode()
 
