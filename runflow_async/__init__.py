@@ -3,6 +3,7 @@
 Everything public is importable from here; modules starting with ``_`` are private.
 """
 
+from runflow_async._assets import MAX_UPLOAD_BYTES, Asset
 from runflow_async._batch import Batch
 from runflow_async._client import RunflowClient
 from runflow_async._config import PollPolicy, RetryPolicy, Timeouts
@@ -60,6 +61,7 @@ from runflow_async._version import __version__
 __all__ = [
     "EDIT_MODEL",
     "GENERATE_MODEL",
+    "MAX_UPLOAD_BYTES",
     "PRESET_SIZES",
     "TERMINAL_STATUSES",
     "APIConnectionError",
@@ -67,6 +69,7 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "Asset",
     "AuthenticationError",
     "BadRequestError",
     "Batch",

@@ -12,6 +12,7 @@ from typing import Any, Self, TypeVar, Unpack
 import aiohttp
 import pydantic
 
+from runflow_async._assets import Asset, get_asset, read_upload_source, upload_asset
 from runflow_async._batch import Batch
 from runflow_async._config import (
     DEFAULT_MAX_CONNECTIONS,
@@ -336,6 +337,43 @@ class RunflowClient:
             stats=self._durations,
             options=EngineOptions.build(options, wait_strategy=self.wait_strategy),
         )
+
+    async def upload(
+        self,
+        source: bytes | str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        mime_type: str | None = None,
+    ) -> Asset:
+        """Upload a local image as an asset, to pass its ``url`` in an edit's ``image_urls``.
+
+        The bytes go to storage without the API key; an expired upload URL starts over once.
+
+        Args:
+            source: The file's bytes, or a path to it (its size is checked
+                against :data:`MAX_UPLOAD_BYTES` before it is read).
+            filename: The asset's name; required for bytes, a path's name otherwise.
+            mime_type: Read from the file's magic bytes (PNG, JPEG, WebP, GIF) if omitted.
+
+        Returns:
+            The asset; ``width`` and ``height`` are read from the file's header.
+
+        Raises:
+            RequestValidationError: Unreadable, empty, too large or unrecognised input.
+            APIResponseError: A malformed answer, or an upload URL neither https nor loopback.
+            APIError: A step failed after its retries (network, 429, 5xx: unbilled calls).
+        """
+        data, name = await read_upload_source(source, filename)
+        return await upload_asset(self._transport, data, filename=name, mime_type=mime_type)
+
+    async def get_asset(self, asset_id: str) -> Asset:
+        """Fetch an asset with a freshly signed ``url`` (asset URLs are short-lived).
+
+        Raises:
+            RequestValidationError: A malformed id; nothing was sent.
+            NotFoundError: No such asset.
+        """
+        return await get_asset(self._transport, asset_id)
 
     async def health(self) -> dict[str, Any]:
         """Return ``GET /v1/health``'s body; any 2xx means healthy."""

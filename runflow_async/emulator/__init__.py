@@ -1,8 +1,10 @@
 """A local Runflow API server for the FLUX.2 [klein] 9B models.
 
 An independent implementation of the documented API contract (runs, listing with the
-``q`` filter, presigned output images, billing, idempotency, error envelopes) with a
-scaled clock and injectable faults. Use it to test pipelines offline::
+``q`` filter, presigned output images, asset uploads, billing, idempotency, error
+envelopes) with a scaled clock and injectable faults. Presigned URLs refuse an
+``Authorization`` header and count it (``credentials_on_presigned``), so a test can
+prove the API key never leaves for storage. Use it to test pipelines offline::
 
     async with Emulator(time_scale=0.001, median_duration=2.0, seed=7) as emu:
         ...  # point a client at emu.url; assert on emu.counters

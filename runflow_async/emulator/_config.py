@@ -10,8 +10,21 @@ from runflow_async._pricing import PricingPolicy
 
 __all__ = ["FAULTABLE_ROUTES", "EmulatorConfig", "FaultRates"]
 
-FAULTABLE_ROUTES: frozenset[str] = frozenset({"create", "get_run", "list_runs", "file", "health"})
-"""Routes a fault can target; ``counters`` is the control plane and is never faulted."""
+FAULTABLE_ROUTES: frozenset[str] = frozenset(
+    {
+        "create",
+        "get_run",
+        "list_runs",
+        "file",
+        "health",
+        "asset_upload",
+        "upload_put",
+        "asset_confirm",
+        "get_asset",
+        "asset_file",
+    }
+)
+"""Routes a fault can target; ``counters`` and ``report`` are the control plane, never faulted."""
 
 
 def _check_fraction(name: str, value: float) -> None:

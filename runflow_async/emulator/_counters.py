@@ -10,7 +10,20 @@ from typing import Any
 
 __all__ = ["ROUTES", "EmulatorCounters", "Tally"]
 
-ROUTES = ("create", "get_run", "list_runs", "health", "file", "counters", "report")
+ROUTES = (
+    "create",
+    "get_run",
+    "list_runs",
+    "health",
+    "file",
+    "counters",
+    "report",
+    "asset_upload",
+    "upload_put",
+    "asset_confirm",
+    "get_asset",
+    "asset_file",
+)
 """Named routes; any other path is counted as ``"other"``."""
 
 
@@ -45,6 +58,7 @@ class EmulatorCounters:
     responses_by_status: Mapping[int, int]
     faults_injected: Mapping[str, int]
     rate_limited: int = 0
+    credentials_on_presigned: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
@@ -60,6 +74,7 @@ class EmulatorCounters:
             "responses_by_status": {str(k): v for k, v in self.responses_by_status.items()},
             "faults_injected": dict(self.faults_injected),
             "rate_limited": self.rate_limited,
+            "credentials_on_presigned": self.credentials_on_presigned,
         }
 
     @classmethod
@@ -78,15 +93,23 @@ class EmulatorCounters:
                 {int(k): int(v) for k, v in data["responses_by_status"].items()}
             ),
             faults_injected=MappingProxyType(dict(data["faults_injected"])),
-            # Absent from the output of emulators older than the field.
+            # Absent from the output of emulators older than these fields.
             rate_limited=int(data.get("rate_limited", 0)),
+            credentials_on_presigned=int(data.get("credentials_on_presigned", 0)),
         )
 
 
 class Tally:
-    """Mutable request, response, fault, replay and rate-limit counts, owned by the state."""
+    """Mutable request, response, fault, replay, rate-limit and leak counts, owned by the state."""
 
-    __slots__ = ("faults", "idempotent_replays", "rate_limited", "requests", "responses")
+    __slots__ = (
+        "credentials_on_presigned",
+        "faults",
+        "idempotent_replays",
+        "rate_limited",
+        "requests",
+        "responses",
+    )
 
     def __init__(self) -> None:
         self.requests: dict[str, int] = dict.fromkeys(ROUTES, 0)
@@ -94,6 +117,7 @@ class Tally:
         self.faults: dict[str, int] = {}
         self.idempotent_replays = 0
         self.rate_limited = 0
+        self.credentials_on_presigned = 0
 
     def request(self, route: str) -> None:
         """Count one request of ``route``."""

@@ -144,7 +144,8 @@ class FaultScript:
 
         Args:
             route: ``"create"``, ``"get_run"``, ``"list_runs"``, ``"file"``,
-                ``"health"`` or ``"any"``.
+                ``"health"``, the asset routes (``"asset_upload"``, ``"upload_put"``,
+                ``"asset_confirm"``, ``"get_asset"``, ``"asset_file"``) or ``"any"``.
             fault: What to inject.
             times: How many requests it applies to.
 

@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from runflow_async.emulator._access import presigned_refusal, unauthorized
 from runflow_async.emulator._images import PillowMissingError
 from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import parse_list_params, walk
@@ -15,26 +16,23 @@ from runflow_async.emulator._responses import error_response, json_response
 from runflow_async.emulator._state import STATE, EmulatorState, fingerprint
 from runflow_async.emulator._validation import field_error, validate_create
 
-__all__ = ["counters", "create_run", "get_file", "get_run", "health", "list_runs", "report"]
+__all__ = [
+    "base_url",
+    "counters",
+    "create_run",
+    "get_file",
+    "get_run",
+    "health",
+    "list_runs",
+    "report",
+]
 
 _IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def _base_url(request: web.Request) -> str:
+def base_url(request: web.Request) -> str:
+    """Return the scheme and host the client reached us by, e.g. ``http://127.0.0.1:8787``."""
     return f"{request.scheme}://{request.host}"
-
-
-def _unauthorized(request: web.Request, state: EmulatorState) -> web.Response | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    keys = state.config.api_keys
-    if scheme.lower() != "bearer" or not token:
-        message = "Missing or malformed bearer token."
-    elif keys is not None and token not in keys:
-        message = "Invalid API key."
-    else:
-        return None
-    return error_response(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _admission(state: EmulatorState, now: float) -> web.Response | None:
@@ -55,7 +53,7 @@ def _admission(state: EmulatorState, now: float) -> web.Response | None:
 async def create_run(request: web.Request) -> web.Response:
     """``POST /v1/models/{model_id}/runs``: validate, admit and store a run (201)."""
     state = request.app[STATE]
-    if (denied := _unauthorized(request, state)) is not None:
+    if (denied := unauthorized(request, state)) is not None:
         return denied
     model = request.match_info["model_id"]
     if model not in state.model_ids:
@@ -73,7 +71,7 @@ async def create_run(request: web.Request) -> web.Response:
             message = "This Idempotency-Key was used with a different request body."
             return error_response(409, "CONFLICT", message)
         state.tally.idempotent_replays += 1
-        replay = state.render(run, _base_url(request), run.created)
+        replay = state.render(run, base_url(request), run.created)
         return json_response(replay, 201, {"Idempotent-Replayed": "true"})
     valid, errors = validate_create(body, model)
     if valid is None:
@@ -86,16 +84,16 @@ async def create_run(request: web.Request) -> web.Response:
         valid,
         REQUEST_ID.get(),
         forced_failure=FORCED_FAILURE.get(),
-        inputs=edit_input_sizes(valid, request.host, store.by_id.get),
+        inputs=edit_input_sizes(valid, request.host, store.by_id.get, state.assets.image_size),
         idempotency=(key, digest) if key else None,
     )
-    return json_response(state.render(run, _base_url(request), run.created), 201)
+    return json_response(state.render(run, base_url(request), run.created), 201)
 
 
 async def get_run(request: web.Request) -> web.Response:
     """``GET /v1/runs/{run_id}``: the run as of now, with freshly signed URLs."""
     state = request.app[STATE]
-    if (denied := _unauthorized(request, state)) is not None:
+    if (denied := unauthorized(request, state)) is not None:
         return denied
     now = state.clock.now()
     store = state.store
@@ -106,13 +104,13 @@ async def get_run(request: web.Request) -> web.Response:
         return error_response(404, "RUN_NOT_FOUND", f"Run {run_id!r} does not exist.")
     if now >= run.end:
         store.ledger.notice(run.seq, now)
-    return json_response(state.render(run, _base_url(request), now))
+    return json_response(state.render(run, base_url(request), now))
 
 
 async def list_runs(request: web.Request) -> web.Response:
     """``GET /v1/runs``: a page of runs, filtered, sorted and projected."""
     state = request.app[STATE]
-    if (denied := _unauthorized(request, state)) is not None:
+    if (denied := unauthorized(request, state)) is not None:
         return denied
     try:
         params, errors = parse_list_params(request.query)
@@ -123,7 +121,7 @@ async def list_runs(request: web.Request) -> web.Response:
     now = state.clock.now()
     store = state.store
     store.settle(now)
-    url_for = state.url_for(_base_url(request), now)
+    url_for = state.url_for(base_url(request), now)
     page = walk(store, params, now, url_for)
     items = [run.to_api(now, url_for, params.fields) for run in page.runs]
     if params.fields is None or "status_code" in params.fields:
@@ -164,12 +162,9 @@ async def report(request: web.Request) -> web.Response:
 async def get_file(request: web.Request) -> web.Response:
     """``GET /files/{run_id}/{index}.{ext}``: a presigned output image, no auth header."""
     state = request.app[STATE]
-    expires = request.query.get("exp", "")
-    if not state.signer.verify(request.path, expires, request.query.get("sig", "")):
-        return error_response(403, "SIGNATURE_MISMATCH", "The URL signature is invalid.")
+    if (refused := presigned_refusal(request, state)) is not None:
+        return refused
     now = state.clock.now()
-    if state.clock.epoch_seconds(now) > int(expires):
-        return error_response(403, "URL_EXPIRED", "The URL has expired; fetch the run again.")
     run = state.store.by_id.get(request.match_info["run_id"])
     index, _, extension = request.match_info["filename"].partition(".")
     if (

@@ -1,4 +1,4 @@
-"""Middlewares: request ids and counting (outer), fault injection (inner).
+"""Middlewares: request ids and counting (outer), the credential-leak check, fault injection.
 
 Per-request facts reach the handlers through context variables, because aiohttp runs
 every request in its own task (and string request keys warn in recent aiohttp).
@@ -17,7 +17,15 @@ from runflow_async.emulator._faults import Fault
 from runflow_async.emulator._responses import error_response, html_error
 from runflow_async.emulator._state import STATE
 
-__all__ = ["FORCED_FAILURE", "REQUEST_ID", "inject_faults", "observe", "route_name"]
+__all__ = [
+    "FORCED_FAILURE",
+    "PRESIGNED_ROUTES",
+    "REQUEST_ID",
+    "inject_faults",
+    "observe",
+    "refuse_credentials",
+    "route_name",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -28,6 +36,9 @@ FORCED_FAILURE: ContextVar[tuple[str, str] | None] = ContextVar(
     "runflow_emulator_forced_failure", default=None
 )
 """``(code, message)`` a ``fail_run`` fault imposes on the run being created."""
+
+PRESIGNED_ROUTES: frozenset[str] = frozenset({"file", "upload_put", "asset_file"})
+"""Routes whose URLs carry their own credentials in the query string."""
 
 _NO_RESPONSE = 444  # nginx's "closed without response"; never reaches the client
 
@@ -80,6 +91,21 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     response.headers["X-Request-Id"] = request_id
     state.tally.response(response.status)
     return response
+
+
+@web.middleware
+async def refuse_credentials(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (400) and count any request to a presigned URL that carries ``Authorization``.
+
+    A storage host has no use for the API key, and a client that sends it there leaks
+    it (docs: guides/upload-large-files, "no Authorization header"). Checked before
+    faults, so no injected fault can hide a leak.
+    """
+    if route_name(request) in PRESIGNED_ROUTES and "Authorization" in request.headers:
+        request.app[STATE].tally.credentials_on_presigned += 1
+        message = "Presigned URLs carry their own credentials; do not send the API key."
+        return error_response(400, "CREDENTIALS_NOT_ALLOWED", message)
+    return await handler(request)
 
 
 @web.middleware

@@ -11,11 +11,11 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from runflow_async.emulator import _handlers
+from runflow_async.emulator import _asset_routes, _handlers
 from runflow_async.emulator._config import EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters
 from runflow_async.emulator._faults import FaultScript
-from runflow_async.emulator._middleware import inject_faults, observe
+from runflow_async.emulator._middleware import inject_faults, observe, refuse_credentials
 from runflow_async.emulator._state import STATE, EmulatorState
 
 __all__ = ["Emulator", "build_app", "serve"]
@@ -34,7 +34,7 @@ def _base_url(host: str, port: int) -> str:
 
 def build_app(state: EmulatorState) -> web.Application:
     """Return an aiohttp application serving the emulated API from ``state``."""
-    app = web.Application(middlewares=[observe, inject_faults])
+    app = web.Application(middlewares=[observe, refuse_credentials, inject_faults])
     app[STATE] = state
     router = app.router
     router.add_post("/v1/models/{model_id:.+}/runs", _handlers.create_run, name="create")
@@ -42,6 +42,14 @@ def build_app(state: EmulatorState) -> web.Application:
     router.add_get("/v1/runs/{run_id}", _handlers.get_run, name="get_run")
     router.add_get("/v1/health", _handlers.health, name="health")
     router.add_get("/files/{run_id}/{filename}", _handlers.get_file, name="file")
+    assets = _asset_routes
+    router.add_post("/v1/asset-uploads", assets.create_upload, name="asset_upload")
+    router.add_put("/uploads/{asset_id}", assets.put_upload, name="upload_put")
+    router.add_post(
+        "/v1/asset-uploads/{asset_id}/confirmations", assets.confirm_upload, name="asset_confirm"
+    )
+    router.add_get("/v1/assets/{asset_id}", assets.get_asset, name="get_asset")
+    router.add_get("/assets/{asset_id}/content", assets.get_asset_file, name="asset_file")
     router.add_get("/_emulator/counters", _handlers.counters, name="counters")
     router.add_get("/_emulator/report", _handlers.report, name="report")
     return app

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
+from runflow_async.emulator._assets import AssetRecord, AssetStore
 from runflow_async.emulator._clock import EPOCH, EmulatedClock
 from runflow_async.emulator._config import EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters, Tally
@@ -63,6 +64,7 @@ class EmulatorState:
         config: The configuration.
         clock: The scaled clock.
         store: The runs.
+        assets: Upload sessions and the assets they became.
         tally: Request, response, fault and rate-limit counts.
         limiter: Rate limits on creates.
         script: Scripted faults.
@@ -76,6 +78,7 @@ class EmulatorState:
         self.config = config
         self.clock = EmulatedClock(config.time_scale)
         self.store = RunStore(config.retain_runs)
+        self.assets = AssetStore(config.seed)
         self.tally = Tally()
         self.limiter = RateLimiter(config)
         self.script = FaultScript()
@@ -179,6 +182,10 @@ class EmulatorState:
         """Return ``run`` as the API shows it at ``now``."""
         return run.to_api(now, self.url_for(base, now), fields)
 
+    def render_asset(self, record: AssetRecord, base: str, now: float) -> dict[str, Any]:
+        """Return a confirmed asset as the API shows it at ``now`` (its ``url`` freshly signed)."""
+        return record.to_api(_ORG_ID, self.url_for(base, now))
+
     def counters(self) -> EmulatorCounters:
         """Return a fresh snapshot of the counters."""
         store = self.store
@@ -196,6 +203,7 @@ class EmulatorState:
             responses_by_status=MappingProxyType(dict(tally.responses)),
             faults_injected=MappingProxyType(dict(tally.faults)),
             rate_limited=tally.rate_limited,
+            credentials_on_presigned=tally.credentials_on_presigned,
         )
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,43 @@
+"""Who may call what: bearer tokens on API routes, signed query strings on presigned ones.
+
+Presigned URLs (output files, asset uploads and asset contents) carry their own
+credentials in ``exp`` and ``sig``; a client must never send its API key to them,
+which :func:`~runflow_async.emulator._middleware.refuse_credentials` enforces.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runflow_async.emulator._responses import error_response
+from runflow_async.emulator._state import EmulatorState
+
+__all__ = ["presigned_refusal", "unauthorized"]
+
+
+def unauthorized(request: web.Request, state: EmulatorState) -> web.Response | None:
+    """Return a 401 unless ``request`` carries an accepted bearer token."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    keys = state.config.api_keys
+    if scheme.lower() != "bearer" or not token:
+        message = "Missing or malformed bearer token."
+    elif keys is not None and token not in keys:
+        message = "Invalid API key."
+    else:
+        return None
+    return error_response(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def presigned_refusal(request: web.Request, state: EmulatorState) -> web.Response | None:
+    """Return a 403 unless ``request``'s ``exp`` and ``sig`` sign its path and are still valid.
+
+    The signature is checked first, so a tampered URL is ``SIGNATURE_MISMATCH``
+    even when it has also expired.
+    """
+    expires = request.query.get("exp", "")
+    if not state.signer.verify(request.path, expires, request.query.get("sig", "")):
+        return error_response(403, "SIGNATURE_MISMATCH", "The URL signature is invalid.")
+    if state.clock.epoch_seconds(state.clock.now()) > int(expires):
+        return error_response(403, "URL_EXPIRED", "The URL has expired; fetch a fresh one.")
+    return None
