@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
+from runflow_async._cli_dataset import add_dataset_commands, run_command
 from runflow_async._version import __version__
 
 __all__ = ["main"]
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
             return Decimal(text)
         except ArithmeticError as exc:  # decimal.InvalidOperation: argparse would not catch it
             raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from exc
+
+    add_dataset_commands(sub)
 
     emu = sub.add_parser("emulator", help="serve the local Runflow API emulator")
     emu.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
@@ -107,7 +110,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Emulator: {report.emulator_url} (in-process, stopped)")
     for f in report.files:
         print(f"  {f.path}  {f.size} bytes  sha256 {f.sha256[:12]}")
-    print(f"Runs: {len(report.run_ids)}  images: {len(report.files)}")
+    assert report.summary is not None  # noqa: S101 - set by run_demo
+    print(f"Items: {report.summary.succeeded}/{report.summary.total}  images: {len(report.files)}")
+    print(f"Manifest: {report.out_dir / 'metadata.jsonl'}")
     print(f"Estimated cost: {_money(report.estimated_usd)}")
     print(f"Billed cost:    {_money(report.billed_usd)}")
     return 0
@@ -162,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
-    return _emulator(args)
+    if args.command == "emulator":
+        return _emulator(args)
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -86,6 +86,10 @@ class Engine:
         self.stop_reason: str | None = None
         self.on_stop: Callable[[str], None] | None = None
         self.on_abandon: Callable[[Outcome], None] | None = None
+        # Write-ahead hooks (the dataset journal): told the client_ref before a
+        # create is sent, and the run as soon as the create returns.
+        self.on_submitting: Callable[[int, str], None] | None = None
+        self.on_created: Callable[[int, Run], None] | None = None
         self.unfinished: dict[int, str] = {}
         self.uncertain: dict[int, str] = {}
         self.unsettled: dict[int, str] = {}
@@ -173,11 +177,32 @@ class Engine:
                 self.on_abandon(self._abandoned(index, request, est, run_id))
             raise
 
+    async def attach(
+        self, index: int, request: RunRequest, run_id: str, estimate: Decimal
+    ) -> Outcome:
+        """Collect a run created earlier (a resumed dataset): wait, settle, never create.
+
+        The run exists and will be billed whatever the cap says, so its estimate
+        is reserved unconditionally.
+        """
+        self.ledger.reserved += estimate
+        self.ledger.estimated_total += estimate
+        self.created += 1
+        self.unfinished[index] = run_id
+        try:
+            return await self._finish(index, request, estimate, Run(id=run_id))
+        except anyio.get_cancelled_exc_class():
+            if self.on_abandon is not None:
+                self.on_abandon(self._abandoned(index, request, estimate, run_id))
+            raise
+
     async def _create(
         self, index: int, request: RunRequest, est: Decimal, slot: Slot
     ) -> Run | Outcome:
         client_ref = request.client_ref or f"rfa-{uuid.uuid4().hex}"
         self.uncertain[index] = client_ref
+        if self.on_submitting is not None:
+            self.on_submitting(index, client_ref)
         gate = _ItemGate(self, index, slot) if self.options.adaptive else None
         try:
             run = await create_run(
@@ -205,6 +230,8 @@ class Engine:
                 self.stop("fail_fast", cancel_in_flight=True)
             return Outcome(index, request, error=exc, estimated_usd=est)
         del self.uncertain[index]
+        if self.on_created is not None:
+            self.on_created(index, run)
         self.created += 1
         self.unfinished[index] = run.id
         self.emit(BatchEvent("submitted", index=index, run_id=run.id))

@@ -1,0 +1,393 @@
+"""Datasets: items in; images, ``metadata.jsonl`` and ``failures.jsonl`` out; resumable.
+
+The SQLite journal (:mod:`runflow_async._journal`) is the source of truth. The
+engine's write-ahead hooks record an item's ``client_ref`` *before* its create
+is sent and its run id as soon as the create returns, so after any crash
+(even ``kill -9``) a re-run:
+
+* skips items that finished (succeeded or failed);
+* re-attaches runs already created, by id, and collects them (never re-creates);
+* reconciles creates whose answer was lost, by ``client_ref``, before anything
+  is resubmitted (with the same ``client_ref``);
+* submits only items never submitted.
+
+Images are downloaded as soon as their run finishes (signed URLs expire), with
+bounded concurrency, atomically, under a name derived from the item's stable
+key; a 403/404 on a download re-reads the run once for fresh URLs. The
+manifest and the failures file are rewritten from the journal at the end of
+every run, so they never hold duplicates or stale rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from runflow_async._create import find_by_client_ref
+from runflow_async._dataset_input import DatasetItem
+from runflow_async._download import write_atomic
+from runflow_async._errors import (
+    APIError,
+    CreateOutcomeUnknownError,
+    NotFoundError,
+    NotSubmittedError,
+    PermissionDeniedError,
+)
+from runflow_async._estimate import estimate_requests
+from runflow_async._journal import ItemState, Journal, JournalItem
+from runflow_async._limits import Slot
+from runflow_async._models import GenerationResult, ImageOutput, Run
+from runflow_async._outcomes import Outcome
+from runflow_async._requests import EditRequest, RunRequest
+
+if TYPE_CHECKING:
+    from runflow_async._client import RunflowClient
+
+__all__ = ["DatasetProgress", "DatasetSummary", "run_dataset", "summarize", "write_outputs"]
+
+MANIFEST = "metadata.jsonl"
+FAILURES = "failures.jsonl"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_MICRO = Decimal("0.000001")
+
+
+@dataclass
+class DatasetProgress:
+    """Live counts, for a progress display."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    spent_usd: Decimal = Decimal(0)
+    started: float = field(default_factory=time.monotonic)
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far, or ``None`` before anything finished."""
+        finished = self.done + self.failed
+        if finished == 0:
+            return None
+        rate = finished / max(1e-9, time.monotonic() - self.started)
+        return max(0.0, (self.total - finished) / rate)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    """What a run of the pipeline did, for people (and ``--json``)."""
+
+    out_dir: Path
+    total: int
+    succeeded: int
+    failed: int
+    pending: int
+    images: int
+    spent_usd: Decimal
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 some items failed or pending, 130 interrupted."""
+        if self.interrupted:
+            return 130
+        return 0 if self.failed == 0 and self.pending == 0 else 1
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "out_dir": str(self.out_dir),
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "pending": self.pending,
+            "images": self.images,
+            "spent_usd": str(self.spent_usd),
+            "interrupted": self.interrupted,
+            "exit_code": self.exit_code,
+        }
+
+
+def split_cost(total: Decimal | None, parts: int) -> list[Decimal | None]:
+    """Split a run's cost over its images so the parts add up exactly to the total."""
+    if total is None:
+        return [None] * parts
+    share = (total / parts).quantize(_MICRO, rounding=ROUND_DOWN)
+    return [total - share * (parts - 1), *([share] * (parts - 1))]
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: RunflowClient,
+        out_dir: Path,
+        items: Sequence[DatasetItem],
+        journal: Journal,
+        *,
+        concurrency: int,
+        max_cost_usd: Decimal | None,
+        download_concurrency: int,
+        on_progress: Callable[[DatasetProgress], None] | None,
+    ) -> None:
+        self.client = client
+        self.out_dir = out_dir
+        self.items = items
+        self.journal = journal
+        # The pipeline is part of the package: it drives the engine directly.
+        self.engine = client._engine({"max_concurrency": concurrency, "max_cost_usd": max_cost_usd})
+        self.engine.on_submitting = lambda i, ref: journal.mark_submitting(items[i].key, ref)
+        self.engine.on_created = lambda i, run: journal.mark_created(items[i].key, run.id)
+        self.downloads = anyio.CapacityLimiter(download_concurrency)
+        self.progress = DatasetProgress(total=len(items))
+        self.on_progress = on_progress
+        self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
+        journal.set_meta("dataset_id", self.dataset_id)
+
+    def _tick(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    async def run(self) -> None:
+        estimates = estimate_requests([i.request for i in self.items], policy=self.client.pricing)
+        self.journal.add_items(
+            (item.key, item.ordinal, _kind(item.request), est.usd)
+            for item, est in zip(self.items, estimates.items, strict=True)
+        )
+        async with anyio.create_task_group() as background:
+            if self.engine.poller is not None:
+                background.start_soon(self.engine.poller.run)
+            async with anyio.create_task_group() as work:
+                for index, item in enumerate(self.items):
+                    entry = self.journal.get(item.key)
+                    assert entry is not None  # noqa: S101 - added above
+                    if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
+                        self.progress.done += entry.state is ItemState.SUCCEEDED
+                        self.progress.failed += entry.state is ItemState.FAILED
+                        continue
+                    fresh = entry.state in (ItemState.PENDING, ItemState.NOT_SUBMITTED)
+                    if self.engine.stop_reason is not None and fresh and not entry.attempts:
+                        # Created or possibly created runs are still collected below.
+                        self.journal.mark_not_submitted(item.key, reason=self.engine.stop_reason)
+                        continue
+                    slot = Slot(self.engine.window)
+                    await slot.acquire()
+                    work.start_soon(
+                        self._item, index, item, entry, estimates.items[index].usd, slot
+                    )
+            background.cancel_scope.cancel()
+
+    async def _item(
+        self, index: int, item: DatasetItem, entry: JournalItem, estimate: Decimal, slot: Slot
+    ) -> None:
+        self.progress.in_flight += 1
+        self._tick()
+        try:
+            outcome = await self._collect(index, item, entry, estimate, slot)
+        finally:
+            slot.release()
+            self.progress.in_flight -= 1
+        await self._record(item, outcome)
+        self._tick()
+
+    async def _collect(
+        self, index: int, item: DatasetItem, entry: JournalItem, estimate: Decimal, slot: Slot
+    ) -> Outcome:
+        # One client_ref per item for ever: the journal keeps the first one.
+        client_ref = entry.client_ref or f"rfa-{self.dataset_id}-{item.key}"
+        request = item.request.model_copy(update={"client_ref": client_ref})
+        if entry.state is ItemState.CREATED and entry.run_id is not None:
+            return await self.engine.attach(index, request, entry.run_id, estimate)
+        if entry.client_ref is not None and entry.attempts > 0:
+            # A create was (perhaps) sent before: find it before sending another.
+            try:
+                found = await find_by_client_ref(
+                    self.client._transport,
+                    client_ref,
+                    idempotency_key="(resume)",
+                )
+            except CreateOutcomeUnknownError as exc:
+                return Outcome(index, request, error=exc, estimated_usd=estimate)
+            if found is not None:
+                self.journal.mark_created(item.key, found.id)
+                return await self.engine.attach(index, request, found.id, estimate)
+        if isinstance(request, EditRequest) and item.local_images:
+            request = await self._with_uploads(request, item)
+        return await self.engine.run_item(index, request, slot, estimate)
+
+    async def _with_uploads(self, request: EditRequest, item: DatasetItem) -> EditRequest:
+        urls = list(request.image_urls)
+        for position, path in zip(item.local_positions, item.local_images, strict=True):
+            asset = await self.client.upload(path)
+            urls[position] = asset.url
+        return request.model_copy(update={"image_urls": urls})
+
+    async def _record(self, item: DatasetItem, outcome: Outcome) -> None:
+        error = outcome.error
+        if outcome.result is not None:
+            try:
+                rows = await self._download(item, outcome.result)
+            except APIError:
+                # The run succeeded and stays "created": the next run re-reads it
+                # (fresh URLs) and downloads again, never creating it again.
+                return
+            cost = outcome.billed_usd
+            self.journal.mark_succeeded(
+                item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
+            )
+            self.progress.done += 1
+            self.progress.spent_usd += cost or 0
+        elif isinstance(error, NotSubmittedError):
+            self.journal.mark_not_submitted(item.key, reason=error.reason)
+        elif isinstance(error, CreateOutcomeUnknownError):
+            pass  # stays "submitting": the next run reconciles it by client_ref
+        else:
+            assert error is not None  # noqa: S101 - an outcome has one or the other
+            self.journal.mark_failed(
+                item.key,
+                error_type=type(error).__name__,
+                error=str(error),
+                cost_usd=outcome.billed_usd,
+            )
+            self.progress.failed += 1
+            self.progress.spent_usd += outcome.billed_usd or 0
+
+    async def _download(self, item: DatasetItem, result: GenerationResult) -> list[dict[str, Any]]:
+        run = result.run
+        images = result.images
+        costs = split_cost(result.cost_usd, max(1, len(images)))
+        rows = []
+        for n, (image, cost) in enumerate(zip(images, costs, strict=False)):
+            ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
+            name = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
+            async with self.downloads:
+                saved = await self._fetch(run, n, image, self.out_dir / name)
+            rows.append(_row(item, run, image, name, cost, saved.sha256))
+        return rows
+
+    async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> Any:
+        try:
+            return await self.client.download(image, dest)
+        except (PermissionDeniedError, NotFoundError):
+            fresh = await self.client.get_run(run.id)  # expired URL: re-sign once
+            return await self.client.download(fresh.images[n], dest)
+
+
+def _kind(request: RunRequest) -> str:
+    return "edit" if isinstance(request, EditRequest) else "generate"
+
+
+def _row(
+    item: DatasetItem, run: Run, image: ImageOutput, name: str, cost: Decimal | None, sha: str
+) -> dict[str, Any]:
+    params = item.request.input_payload()
+    prompt = params.pop("prompt")
+    seed = run.output.seed if run.output and run.output.seed is not None else params.get("seed")
+    return {
+        "file_name": name,
+        "prompt": prompt,
+        "seed": seed,
+        "run_id": run.id,
+        "model": item.request.model,
+        "width": image.width,
+        "height": image.height,
+        "cost_usd": None if cost is None else str(cost),
+        "sha256": sha,
+        "key": item.key,
+        "parameters": json.dumps(params, sort_keys=True),
+        "metadata": json.dumps(item.metadata, sort_keys=True),
+    }
+
+
+def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem]) -> tuple[int, int]:
+    """Rewrite ``metadata.jsonl`` and ``failures.jsonl`` from the journal (atomically).
+
+    Returns:
+        ``(images, failures)`` written.
+    """
+    lines: list[str] = []
+    failures: list[str] = []
+    by_key = {i.key: i for i in items}
+    for entry in journal.items():
+        if entry.state is ItemState.SUCCEEDED:
+            lines.extend(entry.files)
+        elif entry.state is ItemState.FAILED:
+            item = by_key.get(entry.key)
+            failures.append(
+                json.dumps(
+                    {
+                        "key": entry.key,
+                        "line": item.line if item else None,
+                        "prompt": item.request.prompt if item else None,
+                        "run_id": entry.run_id,
+                        "error_type": entry.error_type,
+                        "error": entry.error,
+                    },
+                    sort_keys=True,
+                )
+            )
+    write_atomic(out_dir / MANIFEST, "".join(f"{line}\n" for line in lines).encode())
+    write_atomic(out_dir / FAILURES, "".join(f"{line}\n" for line in failures).encode())
+    return len(lines), len(failures)
+
+
+def summarize(
+    out_dir: Path,
+    journal: Journal,
+    items: Sequence[DatasetItem],
+    *,
+    images: int,
+    interrupted: bool = False,
+) -> DatasetSummary:
+    """Summarise the items of this input as the journal records them."""
+    keys = {i.key for i in items}
+    states = [e for e in journal.items() if e.key in keys]
+    return DatasetSummary(
+        out_dir=out_dir,
+        total=len(items),
+        succeeded=sum(e.state is ItemState.SUCCEEDED for e in states),
+        failed=sum(e.state is ItemState.FAILED for e in states),
+        pending=sum(e.state not in (ItemState.SUCCEEDED, ItemState.FAILED) for e in states),
+        images=images,
+        spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
+        interrupted=interrupted,
+    )
+
+
+async def run_dataset(
+    client: RunflowClient,
+    out_dir: Path,
+    items: Sequence[DatasetItem],
+    *,
+    concurrency: int = 16,
+    max_cost_usd: Decimal | None = None,
+    download_concurrency: int = 8,
+    on_progress: Callable[[DatasetProgress], None] | None = None,
+) -> DatasetSummary:
+    """Run (or resume) a dataset into ``out_dir`` and return its summary.
+
+    Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
+    already holds every created run, and the manifest is rewritten first.
+    """
+    await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with Journal.open(out_dir) as journal:
+        runner = _Runner(
+            client,
+            out_dir,
+            items,
+            journal,
+            concurrency=concurrency,
+            max_cost_usd=max_cost_usd,
+            download_concurrency=download_concurrency,
+            on_progress=on_progress,
+        )
+        try:
+            await runner.run()
+        finally:  # also when cancelled: the folder always matches the journal
+            images, _ = write_outputs(out_dir, journal, items)
+        return summarize(out_dir, journal, items, images=images)

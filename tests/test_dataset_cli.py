@@ -1,0 +1,233 @@
+"""Datasets from the command line, end to end against the emulator (issue 4's done-means)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runflow_async._cli import main
+from runflow_async.emulator import Emulator, Fault, FaultRates
+from tests.conftest import API_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = 0.001
+
+
+def prompts_file(tmp_path: Path, n: int, name: str = "prompts.txt") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(f"a tiny test image number {i}\n" for i in range(n)))
+    return path
+
+
+def cli_args(inp: Path, out: Path, url: str, *extra: str, scale: float = SCALE) -> list[str]:
+    return [
+        "generate", str(inp), "--out", str(out), "--base-url", url, "--api-key", API_KEY,
+        "--yes", "--time-scale", str(scale), "--image-size", "64x64", *extra,
+    ]  # fmt: skip
+
+
+async def run_cli(argv: list[str]) -> int:
+    """``main`` in a worker thread: its own event loop; ours keeps serving the emulator."""
+    return await anyio.to_thread.run_sync(main, argv)
+
+
+def manifest(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+
+
+def failures(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+
+
+async def test_200_prompts_under_faults_all_end_as_images_or_failures(tmp_path: Path) -> None:
+    faults = FaultRates(rate_429=0.05, rate_5xx=0.05, rate_drop=0.01, rate_lost_create=0.02)
+    async with Emulator(
+        api_keys=frozenset({API_KEY}), time_scale=SCALE, seed=5, failure_rate=0.03, faults=faults
+    ) as emu:
+        out = tmp_path / "out"
+        code = await run_cli(cli_args(prompts_file(tmp_path, 200), out, emu.url, "--json"))
+        counters = emu.counters
+    rows, failed = manifest(out), failures(out)
+    keys = {r["key"] for r in rows} | {f["key"] for f in failed}
+    assert len(keys) == 200  # every prompt is accounted for
+    assert len(rows) + len(failed) == 200
+    assert failed  # a few runs failed on purpose
+    assert {f["error_type"] for f in failed} == {"RunFailedError"}
+    assert code == 1
+    billed = sum(Decimal(r["cost_usd"]) for r in rows)
+    assert billed == counters.billed_usd  # to the cent, and finer
+    assert counters.runs_created == 200  # no create billed twice
+    assert counters.credentials_on_presigned == 0
+    for row in rows:
+        assert (out / row["file_name"]).stat().st_size > 0
+
+
+def journal_counts(out: Path) -> dict[str, int]:
+    path = out / ".runflow" / "journal.sqlite3"
+    if not path.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+async def test_kill_minus_nine_at_any_point_never_bills_twice(tmp_path: Path) -> None:
+    n = 60
+    inp = prompts_file(tmp_path, n)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Kill once runs exist, once some finished, once most finished.
+    points = [("created", 1), ("succeeded", 10), ("succeeded", 40)]
+    async with Emulator(
+        api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=9
+    ) as emu:
+        args = cli_args(inp, out, emu.url, scale=0.01)
+        argv = [sys.executable, "-m", "runflow_async._cli", *args]
+        for state, count in points:
+            quiet = subprocess.DEVNULL
+            proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
+            try:
+                with anyio.fail_after(60):
+                    while journal_counts(out).get(state, 0) < count:
+                        assert proc.returncode is None, "finished before the kill point"
+                        await anyio.sleep(0.005)
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                await proc.wait()
+        code = await run_cli(args)
+        counters = emu.counters
+    assert code == 0
+    rows = manifest(out)
+    assert len(rows) == n
+    assert len({r["key"] for r in rows}) == n
+    assert counters.runs_created == n  # exactly one run per item, whatever the kills
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == counters.billed_usd
+
+
+async def test_adding_prompts_generates_only_the_new_ones(tmp_path: Path) -> None:
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        out = tmp_path / "out"
+        inp = prompts_file(tmp_path, 5)
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+        with inp.open("a") as fh:
+            fh.write("one more prompt\nand another\n")
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+        assert emu.counters.runs_created == 7
+    assert len(manifest(out)) == 7
+
+
+@pytest.mark.parametrize("problem", ["malformed", "unreadable_image", "huge_image", "no_key"])
+async def test_bad_input_is_one_clear_line_and_no_request(
+    tmp_path: Path,
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RUNFLOW_API_KEY", raising=False)
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        if problem == "malformed":
+            inp = tmp_path / "p.jsonl"
+            inp.write_text('{"prompt": "ok"}\n{"prompt": \n')
+            argv = cli_args(inp, out, emu.url)
+        elif problem == "no_key":
+            argv = cli_args(prompts_file(tmp_path, 2), out, emu.url)
+            argv.remove("--api-key")
+            argv.remove(API_KEY)
+        else:
+            image = tmp_path / "in.png"
+            if problem == "huge_image":
+                image.write_bytes(b"\x89PNG")
+                os.truncate(image, 50 * 1024 * 1024 + 1)
+            inp = tmp_path / "jobs.jsonl"
+            line = {"prompt": "x", "image_urls": [str(image)]}
+            inp.write_text(json.dumps(line) + "\n")
+            argv = ["edit", *cli_args(inp, out, emu.url)[1:]]
+        code = await run_cli(argv)
+        requests = sum(emu.counters.requests_by_route.values())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert requests == 0
+    assert len(err) == 1
+    assert err[0].startswith("runflow-async: ")
+    expected = {"malformed": "line 2", "unreadable_image": "No such file",
+                "huge_image": "50 MiB", "no_key": "RUNFLOW_API_KEY"}[problem]  # fmt: skip
+    assert expected in err[0]
+
+
+async def test_downloads_never_carry_the_key_and_survive_an_expired_url(tmp_path: Path) -> None:
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        emu.faults.next("file", Fault.status(403, code="URL_EXPIRED"))
+        out = tmp_path / "out"
+        assert await run_cli(cli_args(prompts_file(tmp_path, 3), out, emu.url)) == 0
+        counters = emu.counters
+    assert counters.credentials_on_presigned == 0
+    assert counters.faults_injected["status_403"] == 1
+    assert counters.requests_by_route["file"] == 4  # one retried after a fresh read
+    assert len(manifest(out)) == 3
+
+
+async def test_the_folder_loads_with_the_datasets_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        out = tmp_path / "out"
+        assert await run_cli(cli_args(prompts_file(tmp_path, 6), out, emu.url)) == 0
+    import datasets  # heavy: imported only here
+
+    def load() -> Any:
+        return datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+
+    table = await anyio.to_thread.run_sync(load)
+    rows = {r["file_name"]: r for r in manifest(out)}
+    assert table.num_rows == len(rows) == 6
+    for record in table:
+        row = next(r for r in rows.values() if r["run_id"] == record["run_id"])
+        assert record["prompt"] == row["prompt"]
+        assert record["image"].size == (row["width"], row["height"]) == (64, 64)
+        assert record["cost_usd"] == row["cost_usd"]
+
+
+async def test_estimate_and_status_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp = prompts_file(tmp_path, 4)
+    assert await run_cli(["estimate", str(inp), "--image-size", "square_hd", "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["total_usd"] == "0.024000"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        out = tmp_path / "out"
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+    capsys.readouterr()
+    assert await run_cli(["status", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["succeeded"] == 4
+    assert await run_cli(["status", str(tmp_path / "nowhere")]) == 2
+
+
+async def test_without_a_terminal_and_without_yes_it_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        argv = cli_args(prompts_file(tmp_path, 2), tmp_path / "out", emu.url)
+        argv.remove("--yes")
+        assert await run_cli(argv) == 2
+        assert await run_cli([*argv, "--max-cost", "1"]) == 0  # within budget: no question
+        assert emu.counters.runs_created == 2
+    assert "--yes" in capsys.readouterr().err
