@@ -231,3 +231,65 @@ async def test_without_a_terminal_and_without_yes_it_refuses(
         assert await run_cli([*argv, "--max-cost", "1"]) == 0  # within budget: no question
         assert emu.counters.runs_created == 2
     assert "--yes" in capsys.readouterr().err
+
+
+async def test_edit_dataset_uploads_local_images_and_bills_them_by_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    local = tmp_path / "photo.png"
+    Image.new("RGB", (512, 256), (10, 120, 200)).save(local)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        json.dumps({"prompt": "make it night", "image_urls": [str(local)], "metadata": {"a": 1}})
+        + "\n"
+        + json.dumps({"prompt": "add fog", "image_urls": ["photo.png"], "num_images": 2})
+        + "\n"
+    )
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        argv = ["edit", *cli_args(jobs, out, emu.url, "--json")[1:]]
+        argv[argv.index("--image-size") : argv.index("--image-size") + 2] = []
+        assert await run_cli(argv) == 0
+        counters = emu.counters
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["succeeded"] == 2
+    assert summary["images"] == 3
+    assert counters.requests_by_route["upload_put"] == 2
+    assert counters.credentials_on_presigned == 0
+    rows = manifest(out)
+    assert {(r["width"], r["height"]) for r in rows} == {(512, 256)}  # output follows the input
+    assert json.loads(rows[0]["metadata"]) in ({"a": 1}, {})
+    # 512x256 input = 0.125 MP, same-size output: (0.125 + 0.125) x $0.011, then 0.125 + 2 x 0.125.
+    assert counters.billed_usd == Decimal("0.002750") + Decimal("0.004125")
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == counters.billed_usd
+
+
+async def test_the_embedded_emulator_runs_a_whole_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp = prompts_file(tmp_path, 3)
+    out = tmp_path / "out"
+    argv = ["generate", str(inp), "--out", str(out), "--emulator", "--yes", "--json"]
+    assert await run_cli(argv) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+
+
+async def test_an_uncertain_create_is_reconciled_on_the_next_run(tmp_path: Path) -> None:
+    inp = prompts_file(tmp_path, 4)
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        # The run is stored but its answer is lost, and the lookup fails too:
+        # the item must stay "submitting", never be created a second time.
+        emu.faults.next("create", Fault.lost_response(502))
+        emu.faults.next("list_runs", Fault.status(400))
+        first = await run_cli(cli_args(inp, out, emu.url, "--concurrency", "1"))
+        assert journal_counts(out).get("submitting") == 1
+        assert emu.counters.runs_created == 4  # the lost one exists on the server
+        emu.faults.clear()
+        second = await run_cli(cli_args(inp, out, emu.url))
+        counters = emu.counters
+    assert (first, second) == (1, 0)
+    assert counters.runs_created == 4
+    assert len(manifest(out)) == 4
