@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -293,3 +294,69 @@ async def test_an_uncertain_create_is_reconciled_on_the_next_run(tmp_path: Path)
     assert (first, second) == (1, 0)
     assert counters.runs_created == 4
     assert len(manifest(out)) == 4
+
+
+class Terminal(io.StringIO):
+    """A stdin that says it is a terminal, with the user's answer in it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("answer", "code", "created"), [("y\n", 0, 2), ("n\n", 1, 0)])
+async def test_on_a_terminal_the_user_is_asked_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str, code: int, created: int
+) -> None:
+    monkeypatch.setattr(sys, "stdin", Terminal(answer))
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        argv = cli_args(prompts_file(tmp_path, 2), tmp_path / "out", emu.url)
+        argv.remove("--yes")
+        assert await run_cli(argv) == code
+        assert emu.counters.runs_created == created
+
+
+async def test_ctrl_c_exits_130_and_the_next_run_finishes_the_job(tmp_path: Path) -> None:
+    n = 40
+    inp = prompts_file(tmp_path, n)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with Emulator(
+        api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=4
+    ) as emu:
+        args = cli_args(inp, out, emu.url, "--json", scale=0.01)
+        quiet = subprocess.DEVNULL
+        proc = await anyio.open_process(
+            [sys.executable, "-m", "runflow_async._cli", *args],
+            env=env, stdin=quiet, stdout=subprocess.PIPE, stderr=quiet,
+        )  # fmt: skip
+        with anyio.fail_after(60):
+            while journal_counts(out).get("succeeded", 0) < 5:
+                assert proc.returncode is None, "finished before the interrupt"
+                await anyio.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None
+        printed = (await proc.stdout.receive()).decode()
+        await proc.wait()
+        assert proc.returncode == 130
+        assert json.loads(printed)["interrupted"] is True
+        assert 5 <= len(manifest(out)) < n  # the folder matches what finished
+        assert await run_cli(cli_args(inp, out, emu.url, scale=0.01)) == 0
+        assert emu.counters.runs_created == n
+    assert len(manifest(out)) == n
+
+
+def test_progress_lines_live_and_plain() -> None:
+    from runflow_async._cli_progress import ProgressPrinter
+    from runflow_async._dataset import DatasetProgress
+
+    progress = DatasetProgress(total=10, done=4, failed=1, in_flight=3)
+    assert ProgressPrinter.line(progress).startswith("done 4/10  failed 1  in flight 3")
+    live, plain = io.StringIO(), io.StringIO()
+    for stream, is_live in ((live, True), (plain, False)):
+        printer = ProgressPrinter(stream, live=is_live, every=0.0)
+        printer(progress)
+        printer.close()
+    assert live.getvalue().startswith("\r")
+    assert live.getvalue().endswith("\n")
+    assert plain.getvalue().count("\n") == 1
+    assert DatasetProgress(total=3).eta_seconds() is None
