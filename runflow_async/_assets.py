@@ -35,14 +35,13 @@ from runflow_async._errors import (
     APIResponseError,
     APIStatusError,
     APITimeoutError,
-    ClientClosedError,
     PermissionDeniedError,
     RateLimitError,
     RequestValidationError,
     ServerError,
     error_for_status,
 )
-from runflow_async._http import Transport
+from runflow_async._http import Transport, keyless_session
 from runflow_async._imagesize import image_size_from_bytes
 from runflow_async._models import parse_error_body
 from runflow_async._retry import nominal_wait, report_retry
@@ -261,13 +260,7 @@ async def _put(transport: Transport, url: str, data: bytes, mime_type: str) -> N
         # A pool-sharing session without the caller's default headers, auth or cookies:
         # a lent session may carry them, and none may reach a storage host. Errors are
         # raised ``from None``, as aiohttp's messages may quote the presigned URL.
-        session = transport.session()
-        if session.closed or session.connector is None:
-            raise ClientClosedError("The HTTP session is closed; create a new RunflowClient.")
-        jar = aiohttp.DummyCookieJar()
-        async with aiohttp.ClientSession(
-            connector=session.connector, connector_owner=False, cookie_jar=jar
-        ) as bare:
+        async with keyless_session(transport.session()) as bare:
             try:
                 async with bare.put(
                     url,

@@ -17,6 +17,7 @@ import aiohttp
 import anyio
 
 from runflow_async._errors import APIConnectionError, APITimeoutError, error_for_status
+from runflow_async._http import keyless_session
 
 __all__ = ["DownloadedFile", "download_to", "write_atomic"]
 
@@ -55,7 +56,7 @@ async def download_to(
     """
     safe_url = url.split("?", 1)[0]  # presigned query strings are credentials too
     try:
-        async with session.get(url, timeout=timeout) as resp:
+        async with keyless_session(session) as bare, bare.get(url, timeout=timeout) as resp:
             if resp.status >= 400:
                 raise error_for_status(resp.status)(
                     f"HTTP {resp.status} downloading {safe_url}",

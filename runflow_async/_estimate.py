@@ -16,6 +16,7 @@ import aiohttp
 import anyio
 
 from runflow_async._errors import ConfigurationError
+from runflow_async._http import keyless_session
 from runflow_async._imagesize import HEADER_BYTES, image_size_from_bytes
 from runflow_async._pricing import _DEFAULT_GENERATE_PRESET, PRESET_SIZES, PricingPolicy, Size
 from runflow_async._requests import EditRequest, GenerateRequest, RunRequest
@@ -299,14 +300,7 @@ async def probe_input_sizes(
         async with limiter:
             results[url] = await _fetch_size(bare, url, per_url_timeout, max_bytes)
 
-    async with (
-        aiohttp.ClientSession(
-            connector=session.connector,
-            connector_owner=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        ) as bare,
-        anyio.create_task_group() as tg,
-    ):
+    async with keyless_session(session) as bare, anyio.create_task_group() as tg:
         for url in results:
             tg.start_soon(probe, bare, url)
     return results

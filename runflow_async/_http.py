@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from runflow_async._models import parse_error_body
 from runflow_async._retry import RetryHook, parse_retry_after, report_retry, wait_generator
 from runflow_async._version import __version__
 
-__all__ = ["Response", "Transport"]
+__all__ = ["Response", "Transport", "keyless_session"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -48,6 +49,28 @@ class Response:
     status: int
     data: Any
     request_id: str | None
+
+
+@asynccontextmanager
+async def keyless_session(session: aiohttp.ClientSession) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session sharing ``session``'s connection pool and nothing else.
+
+    For requests to hosts other than the API (signed output URLs, presigned
+    uploads, image probes): none of ``session``'s default headers, ``auth`` or
+    cookies (a session lent by the caller may carry credentials), no proxy or
+    netrc from the environment, and cookies set by those hosts are dropped.
+
+    Raises:
+        ClientClosedError: ``session`` is closed.
+    """
+    if session.closed or session.connector is None:
+        raise ClientClosedError("The HTTP session is closed; create a new RunflowClient.")
+    async with aiohttp.ClientSession(
+        connector=session.connector,
+        connector_owner=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as bare:
+        yield bare
 
 
 class _Secret:

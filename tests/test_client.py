@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from aiohttp import web
@@ -276,3 +277,23 @@ async def test_download_failures_are_typed_and_leave_no_file(
         with pytest.raises(APIConnectionError):
             await client.download(f"{url}/drop.png", tmp_path / "drop.png")
     assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+
+
+async def test_downloads_through_a_lent_session_drop_its_credentials(
+    inline_server: Start, tmp_path: Path
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def storage(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        return web.Response(body=b"\x89PNG\r\n\x1a\n", content_type="image/png")
+
+    url = await inline_server(storage)
+    headers = {"Authorization": "Bearer lent-secret", "X-Custom": "1"}
+    async with aiohttp.ClientSession(headers=headers, cookies={"session": "c0ffee"}) as lent:
+        async with RunflowClient(API_KEY, base_url="http://127.0.0.1:9", session=lent) as c:
+            await c.download(f"{url}/x.png", tmp_path / "x.png")
+        assert not lent.closed
+    assert "Authorization" not in seen[0]
+    assert "X-Custom" not in seen[0]
+    assert "Cookie" not in seen[0]
