@@ -25,7 +25,7 @@ import aiohttp
 from runflow_async._cli_progress import ProgressPrinter
 from runflow_async._client import RunflowClient
 from runflow_async._config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
-from runflow_async._dataset import run_dataset, summarize
+from runflow_async._dataset import run_dataset, summarize, unfinished
 from runflow_async._dataset_input import (
     DatasetItem,
     Defaults,
@@ -148,9 +148,10 @@ def _show_estimate(estimate: Estimate) -> None:
         print(f"  assumes: {assumption}", file=sys.stderr)
 
 
-def _confirmed(args: argparse.Namespace, estimate: Estimate) -> bool | None:
+def _confirmed(args: argparse.Namespace, estimate: Estimate, spent: Decimal) -> bool | None:
     """True to go, False if the user said no, None if we must refuse (no terminal)."""
-    if args.yes or (args.max_cost is not None and estimate.total_usd <= args.max_cost):
+    within = args.max_cost is not None and spent + estimate.total_usd <= args.max_cost
+    if args.yes or within:
         return True
     if not sys.stdin.isatty():
         return None
@@ -228,7 +229,17 @@ def run_command(args: argparse.Namespace) -> int:
     except InputFileError as exc:
         _err(str(exc))
         return 2
-    estimate = asyncio.run(_estimate(items, PricingPolicy()))
+    spent = Decimal(0)
+    todo = items
+    if args.command != "estimate":
+        todo, spent = unfinished(args.out, items)
+        if len(todo) < len(items):
+            print(
+                f"{len(items) - len(todo)} of {len(items)} items already finished in "
+                f"{args.out} (spent ${spent}); estimating the rest",
+                file=sys.stderr,
+            )
+    estimate = asyncio.run(_estimate(todo, PricingPolicy()))
     if args.command == "estimate":
         if args.json:
             print(
@@ -251,7 +262,7 @@ def run_command(args: argparse.Namespace) -> int:
         _err(str(exc))
         return 2
     _show_estimate(estimate)
-    go = _confirmed(args, estimate)
+    go = _confirmed(args, estimate, spent)
     if go is None:
         _err("no terminal to confirm on: pass --yes or a --max-cost that covers the estimate")
         return 2

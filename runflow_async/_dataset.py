@@ -51,7 +51,14 @@ from runflow_async._requests import EditRequest, RunRequest
 if TYPE_CHECKING:
     from runflow_async._client import RunflowClient
 
-__all__ = ["DatasetProgress", "DatasetSummary", "run_dataset", "summarize", "write_outputs"]
+__all__ = [
+    "DatasetProgress",
+    "DatasetSummary",
+    "run_dataset",
+    "summarize",
+    "unfinished",
+    "write_outputs",
+]
 
 MANIFEST = "metadata.jsonl"
 FAILURES = "failures.jsonl"
@@ -141,6 +148,8 @@ class _Runner:
         self.journal = journal
         # The pipeline is part of the package: it drives the engine directly.
         self.engine = client._engine({"max_concurrency": concurrency, "max_cost_usd": max_cost_usd})
+        # A budget covers the whole folder: what earlier runs spent counts too.
+        self.engine.ledger.spent = journal.summary()["spent_usd"]
         self.engine.on_submitting = lambda i, ref: journal.mark_submitting(items[i].key, ref)
         self.engine.on_created = lambda i, run: journal.mark_created(items[i].key, run.id)
         self.downloads = anyio.CapacityLimiter(download_concurrency)
@@ -302,6 +311,16 @@ def _row(
         "parameters": json.dumps(params, sort_keys=True),
         "metadata": json.dumps(item.metadata, sort_keys=True),
     }
+
+
+def unfinished(out_dir: Path, items: Sequence[DatasetItem]) -> tuple[list[DatasetItem], Decimal]:
+    """Items of ``items`` not yet finished in ``out_dir``, and what the folder already spent."""
+    if not (out_dir / ".runflow").is_dir():
+        return list(items), Decimal(0)
+    with Journal.open(out_dir) as journal:
+        done = {e.key for e in journal.items(states=(ItemState.SUCCEEDED, ItemState.FAILED))}
+        spent: Decimal = journal.summary()["spent_usd"]
+    return [i for i in items if i.key not in done], spent
 
 
 def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem]) -> tuple[int, int]:

@@ -360,3 +360,23 @@ def test_progress_lines_live_and_plain() -> None:
     assert live.getvalue().endswith("\n")
     assert plain.getvalue().count("\n") == 1
     assert DatasetProgress(total=3).eta_seconds() is None
+
+
+async def test_a_budget_covers_the_whole_folder_across_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp = prompts_file(tmp_path, 4)  # 64x64 images: $0.000023 each
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+        with inp.open("a") as fh:
+            fh.write("".join(f"one more {i}\n" for i in range(4)))
+        capsys.readouterr()
+        # $0.000092 already spent; a $0.000140 cap leaves room for two more only.
+        code = await run_cli(cli_args(inp, out, emu.url, "--max-cost", "0.000140"))
+        counters = emu.counters
+    assert "4 of 8 items already finished" in capsys.readouterr().err
+    assert code == 1
+    assert counters.runs_created == 6
+    assert counters.billed_usd <= Decimal("0.000140")
+    assert len(manifest(out)) == 6
