@@ -36,6 +36,7 @@ from runflow_async._errors import (
     ServerError,
     ServiceUnavailableError,
     UnprocessableEntityError,
+    WebhookVerificationError,
 )
 from runflow_async._estimate import Estimate, ItemEstimate
 from runflow_async._imagesize import image_size_from_bytes, image_size_from_path
@@ -54,15 +55,19 @@ from runflow_async._observe import BatchEvent, BatchObserver, ProgressBarObserve
 from runflow_async._options import BatchOptions
 from runflow_async._outcomes import CostReport, ItemCost, Outcome, RunFuture
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, PricingPolicy
+from runflow_async._receiver import CallbackReceiver, CallbackWatch, ReceiverCounters
 from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
 from runflow_async._retry import RetryEvent
 from runflow_async._version import __version__
+from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, sign, verify_signature
 
 __all__ = [
     "EDIT_MODEL",
     "GENERATE_MODEL",
     "MAX_UPLOAD_BYTES",
     "PRESET_SIZES",
+    "REQUEST_ID_HEADER",
+    "SIGNATURE_HEADER",
     "TERMINAL_STATUSES",
     "APIConnectionError",
     "APIError",
@@ -78,6 +83,8 @@ __all__ = [
     "BatchOptions",
     "BudgetExceededError",
     "CallbackPayload",
+    "CallbackReceiver",
+    "CallbackWatch",
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
@@ -102,6 +109,7 @@ __all__ = [
     "PricingPolicy",
     "ProgressBarObserver",
     "RateLimitError",
+    "ReceiverCounters",
     "RequestValidationError",
     "RetryEvent",
     "RetryPolicy",
@@ -122,9 +130,12 @@ __all__ = [
     "ServiceUnavailableError",
     "Timeouts",
     "UnprocessableEntityError",
+    "WebhookVerificationError",
     "__version__",
     "image_size_from_bytes",
     "image_size_from_path",
+    "sign",
+    "verify_signature",
 ]
 
 for _name in __all__:

@@ -28,7 +28,8 @@
     │   ├── RunTimeoutError (TimeoutError)       the wait ended; the run may still finish
     │   └── RunAbandonedError                    the batch stopped watching a created run
     ├── BudgetExceededError                      over max_cost_usd; nothing was submitted
-    └── NotSubmittedError                        a batch item that was never created
+    ├── NotSubmittedError                        a batch item that was never created
+    └── WebhookVerificationError                 a callback whose signature does not verify
 
 Every ``APIError`` carries ``request_id``, ``retryable`` and ``retry_after``;
 every ``RunError`` carries the :class:`~runflow_async.Run`.
@@ -73,6 +74,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "UnprocessableEntityError",
+    "WebhookVerificationError",
     "error_for_status",
 ]
 
@@ -332,6 +334,22 @@ class NotSubmittedError(RunflowError):
     Attributes:
         reason: ``"budget"``, ``"insufficient_credit"``, ``"fail_fast"``,
             or ``"cancelled"``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WebhookVerificationError(RunflowError):
+    """A callback's ``Runflow-Signature`` did not verify; treat the body as forged.
+
+    The message never contains a secret or the expected signature.
+
+    Attributes:
+        reason: ``"missing"`` (no header), ``"malformed"`` (not 64 hex digits),
+            ``"no_secrets"`` (nothing to verify with) or ``"mismatch"`` (no
+            secret signs this body).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:

@@ -208,6 +208,15 @@ class CallbackPayload(BaseModel):
     completed_at: datetime | None = None
     metadata: dict[str, Any] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _error_envelope_output(cls, data: Any) -> Any:
+        # On failure the docs allow "an error envelope" as the output.
+        output = data.get("output") if isinstance(data, dict) else None
+        if output is not None and not isinstance(output, dict):
+            return {**data, "output": None}
+        return data
+
     @property
     def run_status(self) -> RunStatus | None:
         """The terminal status, from ``status`` or else from ``event``."""

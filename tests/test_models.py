@@ -260,3 +260,11 @@ def test_callback_status_spellings(payload: dict[str, Any], expected: RunStatus 
 )
 def test_error_bodies_of_every_known_shape(body: Any, expected: tuple[Any, ...]) -> None:
     assert parse_error_body(body) == expected
+
+
+def test_callback_with_a_non_object_output_still_parses() -> None:
+    payload = CallbackPayload.model_validate(
+        {"run_id": "r", "event": "run.failed", "output": "provider exploded"}
+    )
+    assert payload.output is None
+    assert payload.run_status == RunStatus.FAILED
