@@ -14,16 +14,22 @@ For load tests it can rate-limit creates like an organization's quota
 stay small (``retain_runs``), and report when each run ended and when a client
 first saw it ended (``Emulator.report()``, ``GET /_emulator/report``).
 
+Runs created with a ``callback_url`` get a signed POST when they end (3 attempts,
+1 s then 2 s apart), with delivery history, redelivery, signing secrets
+(``POST /v1/callback-secrets``) and callback faults (``emu.faults.next("callback",
+Fault.duplicate())``, ``EmulatorConfig.callback_faults``).
+
 Run it standalone with ``runflow-async emulator --port 8787`` (``--help`` lists
 the limits); ``--port 0`` picks a free port and prints the URL.
 """
 
-from runflow_async.emulator._config import EmulatorConfig, FaultRates
+from runflow_async.emulator._config import CallbackFaults, EmulatorConfig, FaultRates
 from runflow_async.emulator._counters import EmulatorCounters
 from runflow_async.emulator._faults import Fault, FaultScript
 from runflow_async.emulator._server import Emulator, serve
 
 __all__ = [
+    "CallbackFaults",
     "Emulator",
     "EmulatorConfig",
     "EmulatorCounters",

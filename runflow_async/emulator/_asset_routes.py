@@ -8,36 +8,16 @@ and refuse the token (see the ``refuse_credentials`` middleware).
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
 from runflow_async.emulator._access import presigned_refusal, unauthorized
 from runflow_async.emulator._assets import validate_upload_session
 from runflow_async.emulator._handlers import base_url
-from runflow_async.emulator._responses import error_response, json_response
+from runflow_async.emulator._responses import error_response, invalid, json_body, json_response
 from runflow_async.emulator._state import STATE
 from runflow_async.emulator._validation import field_error
 
 __all__ = ["confirm_upload", "create_upload", "get_asset", "get_asset_file", "put_upload"]
-
-
-def _invalid(errors: list[dict[str, str]]) -> web.Response:
-    count = len(errors)
-    message = f"The request has {count} invalid field{'s' if count > 1 else ''}."
-    return error_response(422, "VALIDATION_ERROR", message, errors)
-
-
-async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
-    """Return the decoded body (``None`` when empty), or a 400 for one that is not JSON."""
-    raw = await request.read()
-    if not raw.strip():
-        return None, None
-    try:
-        return json.loads(raw), None
-    except ValueError:
-        return None, error_response(400, "BAD_REQUEST", "The request body is not valid JSON.")
 
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
@@ -61,12 +41,12 @@ async def create_upload(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if (denied := unauthorized(request, state)) is not None:
         return denied
-    body, bad = await _json_body(request)
+    body, bad = await json_body(request)
     if bad is not None:
         return bad
     session, errors = validate_upload_session(body)
     if session is None:
-        return _invalid(errors)
+        return invalid(errors)
     now = state.clock.now()
     record = state.assets.open(session, now)
     upload_url = state.url_for(base_url(request), now)(record.upload_path)
@@ -100,14 +80,14 @@ async def confirm_upload(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if (denied := unauthorized(request, state)) is not None:
         return denied
-    body, bad = await _json_body(request)
+    body, bad = await json_body(request)
     if bad is not None:
         return bad
     if body is not None and not isinstance(body, dict):
-        return _invalid([field_error("body", "must be a JSON object", "invalid_type")])
+        return invalid([field_error("body", "must be a JSON object", "invalid_type")])
     folder_id = (body or {}).get("folder_id")
     if folder_id is not None and not isinstance(folder_id, str):
-        return _invalid([field_error("folder_id", "must be a UUID or null", "invalid_type")])
+        return invalid([field_error("folder_id", "must be a UUID or null", "invalid_type")])
     asset_id = request.match_info["asset_id"]
     record = state.assets.by_id.get(asset_id)
     if record is None:

@@ -1,4 +1,4 @@
-"""Configuration of the emulator: one frozen dataclass for the server, one for random faults."""
+"""Configuration of the emulator: frozen dataclasses for the server and its random faults."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from runflow_async._pricing import PricingPolicy
 
-__all__ = ["FAULTABLE_ROUTES", "EmulatorConfig", "FaultRates"]
+__all__ = ["CALLBACK", "FAULTABLE_ROUTES", "CallbackFaults", "EmulatorConfig", "FaultRates"]
 
 FAULTABLE_ROUTES: frozenset[str] = frozenset(
     {
@@ -22,9 +22,17 @@ FAULTABLE_ROUTES: frozenset[str] = frozenset(
         "asset_confirm",
         "get_asset",
         "asset_file",
+        "callback_secret_create",
+        "callback_secrets",
+        "callback_secret_delete",
+        "callback_history",
+        "callback_redeliver",
     }
 )
 """Routes a fault can target; ``counters`` and ``report`` are the control plane, never faulted."""
+
+CALLBACK = "callback"
+"""The pseudo-route of outgoing callback deliveries in a ``FaultScript``."""
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -100,6 +108,45 @@ class FaultRates:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackFaults:
+    """Seeded random faults of automatic callback deliveries; one draw per delivery.
+
+    The rates are mutually exclusive outcomes of one draw, so their sum must not
+    exceed 1. Redeliveries asked for through the API are never faulted.
+
+    Attributes:
+        rate_drop: Fraction of deliveries never sent (and never recorded).
+        rate_duplicate: Fraction of deliveries sent twice (two delivery records,
+            identical body and signature, distinct ``Runflow-Request-Id``).
+        rate_slow: Fraction of deliveries sent ``slow_seconds`` late.
+        slow_seconds: Extra emulated seconds of a slow delivery.
+        rate_reorder: Fraction of deliveries held until the next delivery has been
+            sent (at most ``reorder_hold_seconds``), so they arrive out of order.
+        reorder_hold_seconds: Longest hold of a reordered delivery, in emulated seconds.
+    """
+
+    rate_drop: float = 0.0
+    rate_duplicate: float = 0.0
+    rate_slow: float = 0.0
+    slow_seconds: float = 5.0
+    rate_reorder: float = 0.0
+    reorder_hold_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("rate_drop", "rate_duplicate", "rate_slow", "rate_reorder"):
+            _check_fraction(name, getattr(self, name))
+        if self.total > 1.0:
+            raise ValueError(f"the callback fault rates add up to {self.total}, more than 1")
+        if not (self.slow_seconds >= 0 and self.reorder_hold_seconds >= 0):
+            raise ValueError("slow_seconds and reorder_hold_seconds must not be negative")
+
+    @property
+    def total(self) -> float:
+        """Return the probability that a delivery draws any fault at all."""
+        return self.rate_drop + self.rate_duplicate + self.rate_slow + self.rate_reorder
+
+
+@dataclass(frozen=True, slots=True)
 class EmulatorConfig:
     """Everything that shapes an emulator's behaviour; every field has a working default.
 
@@ -128,6 +175,13 @@ class EmulatorConfig:
         retain_runs: Keep at most this many terminal runs; older ones (in the order
             they ended) are forgotten: 404, gone from lists. Counters stay exact and
             :meth:`~runflow_async.emulator.Emulator.report` keeps every run.
+        callback_timeout: Emulated seconds a callback receiver has to connect and to
+            answer one attempt.
+        callback_timeout_floor: The shortest real timeout of an attempt, whatever the
+            time scale, so that a busy test machine is not taken for a dead receiver
+            (at ``time_scale=0.001`` the 10 s default would be 10 ms); lower it to
+            test timeouts quickly.
+        callback_faults: Seeded random faults of callback deliveries.
     """
 
     host: str = "127.0.0.1"
@@ -149,6 +203,9 @@ class EmulatorConfig:
     create_burst: int = 1
     rate_limit_retry_after: float | None = None
     retain_runs: int | None = None
+    callback_timeout: float = 10.0
+    callback_timeout_floor: float = 1.0
+    callback_faults: CallbackFaults = field(default_factory=CallbackFaults)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -161,6 +218,11 @@ class EmulatorConfig:
         _check_fraction("failure_rate", self.failure_rate)
         if not self.url_ttl >= 0:
             raise ValueError(f"url_ttl must not be negative, got {self.url_ttl!r}")
+        if not (math.isfinite(self.callback_timeout) and self.callback_timeout > 0):
+            raise ValueError(f"callback_timeout must be positive, got {self.callback_timeout!r}")
+        floor = self.callback_timeout_floor
+        if not (math.isfinite(floor) and floor >= 0):
+            raise ValueError(f"callback_timeout_floor must be finite, not negative, got {floor!r}")
         _check_money("cost_multiplier", self.cost_multiplier)
         if self.credit_usd is not None:
             _check_money("credit_usd", self.credit_usd)

@@ -23,6 +23,11 @@ ROUTES = (
     "asset_confirm",
     "get_asset",
     "asset_file",
+    "callback_secret_create",
+    "callback_secrets",
+    "callback_secret_delete",
+    "callback_history",
+    "callback_redeliver",
 )
 """Named routes; any other path is counted as ``"other"``."""
 
@@ -45,6 +50,11 @@ class EmulatorCounters:
         rate_limited: Creates refused ``429`` by the configured rate limits
             (``max_in_flight_runs``, ``create_rate_per_second``); injected 429
             faults are counted in ``faults_injected`` instead.
+        credentials_on_presigned: Requests to presigned URLs refused for carrying
+            an ``Authorization`` header.
+        callbacks_sent: Callback HTTP attempts made (every retry and duplicate).
+        callbacks_delivered: Callback deliveries a receiver accepted with a 2xx.
+        callbacks_failed: Callback deliveries given up (a 4xx, or 3 failed attempts).
     """
 
     runs_created: int
@@ -59,6 +69,9 @@ class EmulatorCounters:
     faults_injected: Mapping[str, int]
     rate_limited: int = 0
     credentials_on_presigned: int = 0
+    callbacks_sent: int = 0
+    callbacks_delivered: int = 0
+    callbacks_failed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
@@ -75,6 +88,9 @@ class EmulatorCounters:
             "faults_injected": dict(self.faults_injected),
             "rate_limited": self.rate_limited,
             "credentials_on_presigned": self.credentials_on_presigned,
+            "callbacks_sent": self.callbacks_sent,
+            "callbacks_delivered": self.callbacks_delivered,
+            "callbacks_failed": self.callbacks_failed,
         }
 
     @classmethod
@@ -96,13 +112,19 @@ class EmulatorCounters:
             # Absent from the output of emulators older than these fields.
             rate_limited=int(data.get("rate_limited", 0)),
             credentials_on_presigned=int(data.get("credentials_on_presigned", 0)),
+            callbacks_sent=int(data.get("callbacks_sent", 0)),
+            callbacks_delivered=int(data.get("callbacks_delivered", 0)),
+            callbacks_failed=int(data.get("callbacks_failed", 0)),
         )
 
 
 class Tally:
-    """Mutable request, response, fault, replay, rate-limit and leak counts, owned by the state."""
+    """Mutable request, response, fault, replay, rate-limit, leak and callback counts."""
 
     __slots__ = (
+        "callbacks_delivered",
+        "callbacks_failed",
+        "callbacks_sent",
         "credentials_on_presigned",
         "faults",
         "idempotent_replays",
@@ -118,6 +140,9 @@ class Tally:
         self.idempotent_replays = 0
         self.rate_limited = 0
         self.credentials_on_presigned = 0
+        self.callbacks_sent = 0
+        self.callbacks_delivered = 0
+        self.callbacks_failed = 0
 
     def request(self, route: str) -> None:
         """Count one request of ``route``."""

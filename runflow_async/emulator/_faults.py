@@ -1,4 +1,10 @@
-"""Faults: what can go wrong (``Fault``), the scripted queue and the seeded dice."""
+"""Faults: what can go wrong (``Fault``), the scripted queue and the seeded dice.
+
+HTTP faults target the emulator's routes; callback faults target the pseudo-route
+``"callback"`` (the emulator's own outgoing deliveries): ``drop`` never sends one,
+``slow`` sends it late, ``duplicate`` sends it twice, ``reorder`` holds it until
+the next delivery has been sent.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from runflow_async.emulator._config import FAULTABLE_ROUTES, FaultRates
+from runflow_async.emulator._config import CALLBACK, FAULTABLE_ROUTES, CallbackFaults, FaultRates
 
-__all__ = ["Fault", "FaultDice", "FaultKind", "FaultScript"]
+__all__ = ["CallbackDice", "Fault", "FaultDice", "FaultKind", "FaultScript"]
 
-FaultKind = Literal["status", "drop", "slow", "lost_response", "fail_run"]
+FaultKind = Literal["status", "drop", "slow", "lost_response", "fail_run", "duplicate", "reorder"]
 
 _CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
+_CALLBACK_ONLY: frozenset[str] = frozenset({"duplicate", "reorder"})
+_ON_CALLBACKS: frozenset[str] = _CALLBACK_ONLY | {"drop", "slow"}
 
 
 def _format_seconds(seconds: float) -> str:
@@ -31,7 +39,7 @@ class Fault:
         message: Failure message of ``fail_run``.
         retry_after: ``Retry-After`` header value, verbatim.
         html: Answer an HTML error page instead of the JSON envelope.
-        seconds: Emulated delay of ``slow``.
+        seconds: Emulated delay of ``slow``; longest hold of ``reorder``.
     """
 
     kind: FaultKind
@@ -72,12 +80,17 @@ class Fault:
 
     @classmethod
     def drop(cls) -> Fault:
-        """Close the connection without answering; nothing is done."""
+        """Close the connection without answering; nothing is done.
+
+        On ``"callback"``: the delivery is never sent, nor recorded.
+        """
         return cls("drop")
 
     @classmethod
     def slow(cls, seconds: float) -> Fault:
         """Delay the answer by ``seconds`` emulated seconds, then serve normally.
+
+        On ``"callback"``: send the delivery ``seconds`` emulated seconds late.
 
         Raises:
             ValueError: If ``seconds`` is negative.
@@ -109,6 +122,26 @@ class Fault:
             message: The run's ``failure_message``.
         """
         return cls("fail_run", code=code, message=message)
+
+    @classmethod
+    def duplicate(cls) -> Fault:
+        """Send a callback delivery twice: same body and signature (``"callback"`` only)."""
+        return cls("duplicate")
+
+    @classmethod
+    def reorder(cls, max_hold: float = 30.0) -> Fault:
+        """Hold a callback delivery until the next one has been sent (``"callback"`` only).
+
+        Args:
+            max_hold: Emulated seconds after which it is sent anyway, if no other
+                delivery came along.
+
+        Raises:
+            ValueError: If ``max_hold`` is negative.
+        """
+        if max_hold < 0:
+            raise ValueError(f"a hold must not be negative, got {max_hold}")
+        return cls("reorder", seconds=max_hold)
 
     @property
     def create_only(self) -> bool:
@@ -145,18 +178,28 @@ class FaultScript:
         Args:
             route: ``"create"``, ``"get_run"``, ``"list_runs"``, ``"file"``,
                 ``"health"``, the asset routes (``"asset_upload"``, ``"upload_put"``,
-                ``"asset_confirm"``, ``"get_asset"``, ``"asset_file"``) or ``"any"``.
+                ``"asset_confirm"``, ``"get_asset"``, ``"asset_file"``), the callback
+                routes (``"callback_secret_create"``, ``"callback_secrets"``,
+                ``"callback_secret_delete"``, ``"callback_history"``,
+                ``"callback_redeliver"``), ``"any"`` (any of those), or
+                ``"callback"``: the next automatic callback deliveries (``drop``,
+                ``slow``, ``duplicate`` and ``reorder`` only; never taken by ``"any"``).
             fault: What to inject.
-            times: How many requests it applies to.
+            times: How many requests (or deliveries) it applies to.
 
         Raises:
-            ValueError: For an unknown route, a create-only fault on another route,
-                or a ``times`` below 1.
+            ValueError: For an unknown route, a fault on a route it cannot apply
+                to, or a ``times`` below 1.
         """
-        if route != "any" and route not in FAULTABLE_ROUTES:
+        if route == CALLBACK:
+            if fault.kind not in _ON_CALLBACKS:
+                raise ValueError(f"a {fault.kind} fault does not apply to callbacks")
+        elif route != "any" and route not in FAULTABLE_ROUTES:
             raise ValueError(f"unknown route {route!r}")
-        if fault.create_only and route != "create":
+        elif fault.create_only and route != "create":
             raise ValueError(f"a {fault.kind} fault only applies to the create route")
+        elif fault.kind in _CALLBACK_ONLY:
+            raise ValueError(f"a {fault.kind} fault only applies to callbacks")
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times}")
         self._queues.setdefault(route, deque()).append(_Queued(fault, times))
@@ -171,7 +214,7 @@ class FaultScript:
 
     def take(self, route: str) -> Fault | None:
         """Consume and return the fault for one request of ``route``, if any."""
-        for key in (route, "any"):
+        for key in (route,) if route == CALLBACK else (route, "any"):
             queue = self._queues.get(key)
             if queue:
                 queued = queue[0]
@@ -211,4 +254,30 @@ class FaultDice:
             return Fault.lost_response() if route == "create" else None
         if draw < edge + rates.rate_slow:
             return Fault.slow(rates.slow_seconds)
+        return None
+
+
+class CallbackDice:
+    """Seeded random callback faults: one draw per automatic delivery."""
+
+    __slots__ = ("_rates", "_rng")
+
+    def __init__(self, rates: CallbackFaults, seed: int) -> None:
+        self._rates = rates
+        self._rng = random.Random(f"runflow-emulator-callback-faults:{seed}")
+
+    def roll(self) -> Fault | None:
+        """Draw the fault (or none) for one delivery."""
+        rates = self._rates
+        if rates.total == 0:
+            return None
+        draw = self._rng.random()
+        if draw < (edge := rates.rate_drop):
+            return Fault.drop()
+        if draw < (edge := edge + rates.rate_duplicate):
+            return Fault.duplicate()
+        if draw < (edge := edge + rates.rate_slow):
+            return Fault.slow(rates.slow_seconds)
+        if draw < edge + rates.rate_reorder:
+            return Fault.reorder(rates.reorder_hold_seconds)
         return None

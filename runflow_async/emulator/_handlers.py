@@ -86,6 +86,7 @@ async def create_run(request: web.Request) -> web.Response:
         forced_failure=FORCED_FAILURE.get(),
         inputs=edit_input_sizes(valid, request.host, store.by_id.get, state.assets.image_size),
         idempotency=(key, digest) if key else None,
+        base=base_url(request),
     )
     return json_response(state.render(run, base_url(request), run.created), 201)
 

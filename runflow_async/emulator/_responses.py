@@ -1,4 +1,4 @@
-"""Response builders: JSON bodies, the documented error envelope and gateway HTML pages."""
+"""Response builders (JSON bodies, the error envelope, gateway HTML pages) and body parsing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["default_code", "error_response", "html_error", "json_response"]
+__all__ = ["default_code", "error_response", "html_error", "invalid", "json_body", "json_response"]
 
 _CODES: Mapping[int, str] = {
     # Codes from https://docs.runflow.io/concepts/errors where documented.
@@ -75,3 +75,21 @@ def html_error(status: int, headers: Mapping[str, str] | None = None) -> web.Res
         f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
     )
     return web.Response(text=page, status=status, content_type="text/html", headers=headers)
+
+
+def invalid(errors: list[dict[str, str]]) -> web.Response:
+    """Return ``422 VALIDATION_ERROR`` listing ``errors``."""
+    count = len(errors)
+    message = f"The request has {count} invalid field{'s' if count > 1 else ''}."
+    return error_response(422, "VALIDATION_ERROR", message, errors)
+
+
+async def json_body(request: web.Request) -> tuple[Any, web.Response | None]:
+    """Return the decoded body (``None`` when empty), or a 400 for one that is not JSON."""
+    raw = await request.read()
+    if not raw.strip():
+        return None, None
+    try:
+        return json.loads(raw), None
+    except ValueError:
+        return None, error_response(400, "BAD_REQUEST", "The request body is not valid JSON.")

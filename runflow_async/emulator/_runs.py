@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runflow_async._pricing import Size
 from runflow_async.emulator._clock import EmulatedClock
 from runflow_async.emulator._query import MISSING
 from runflow_async.emulator._validation import CreateRequest
+
+if TYPE_CHECKING:
+    from runflow_async.emulator._deliveries import Delivery
 
 __all__ = ["EXTENSIONS", "RUN_FIELDS", "RunRecord", "UrlFor", "phase"]
 
@@ -116,6 +119,8 @@ class RunRecord:
         size: Size of every output image.
         cost: What a success bills.
         idempotency_key: The ``Idempotency-Key`` it was created with, if any.
+        deliveries: Its callback deliveries, oldest first (``None`` before the first),
+            kept here so that they are forgotten with the run.
     """
 
     seq: int
@@ -131,6 +136,7 @@ class RunRecord:
     size: Size
     cost: Decimal
     idempotency_key: str | None = None
+    deliveries: list[Delivery] | None = None
 
     @property
     def end(self) -> float:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
 
-from runflow_async.emulator import _asset_routes, _handlers
+from runflow_async.emulator import _asset_routes, _callback_routes, _handlers
 from runflow_async.emulator._config import EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters
 from runflow_async.emulator._faults import FaultScript
@@ -32,10 +32,20 @@ def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+async def _callbacks(app: web.Application) -> AsyncIterator[None]:
+    # Startup and cleanup of the app, so that ``web.run_app(emu.app())`` sends them too.
+    async with app[STATE].callbacks.running():
+        yield
+
+
 def build_app(state: EmulatorState) -> web.Application:
-    """Return an aiohttp application serving the emulated API from ``state``."""
+    """Return an aiohttp application serving the emulated API from ``state``.
+
+    Callbacks are sent from the application's startup to its cleanup.
+    """
     app = web.Application(middlewares=[observe, refuse_credentials, inject_faults])
     app[STATE] = state
+    app.cleanup_ctx.append(_callbacks)
     router = app.router
     router.add_post("/v1/models/{model_id:.+}/runs", _handlers.create_run, name="create")
     router.add_get("/v1/runs", _handlers.list_runs, name="list_runs")
@@ -50,6 +60,17 @@ def build_app(state: EmulatorState) -> web.Application:
     )
     router.add_get("/v1/assets/{asset_id}", assets.get_asset, name="get_asset")
     router.add_get("/assets/{asset_id}/content", assets.get_asset_file, name="asset_file")
+    callbacks = _callback_routes
+    router.add_post("/v1/callback-secrets", callbacks.create_secret, name="callback_secret_create")
+    router.add_get("/v1/callback-secrets", callbacks.list_secrets, name="callback_secrets")
+    router.add_delete(
+        "/v1/callback-secrets/{secret_id}", callbacks.disable_secret, name="callback_secret_delete"
+    )
+    history = callbacks.callback_history
+    router.add_get("/v1/runs/{run_id}/callback", history, name="callback_history")
+    router.add_post(
+        "/v1/runs/{run_id}/callback-redeliveries", callbacks.redeliver, name="callback_redeliver"
+    )
     router.add_get("/_emulator/counters", _handlers.counters, name="counters")
     router.add_get("/_emulator/report", _handlers.report, name="report")
     return app
@@ -111,7 +132,7 @@ class Emulator:
         logger.info("Runflow emulator listening on %s", self.url)
 
     async def aclose(self) -> None:
-        """Stop the server; calling it again does nothing."""
+        """Stop the server and cancel pending callbacks; calling it again does nothing."""
         self._closed = True
         runner, self._runner = self._runner, None
         if runner is not None:
@@ -146,12 +167,14 @@ class Emulator:
     def advance(self, seconds: float) -> None:
         """Move the emulated clock ``seconds`` forward at once (no real waiting).
 
-        Runs progress, URLs expire and bills settle as if the time had passed.
+        Runs progress, URLs expire, bills settle and callbacks fall due as if the time
+        had passed.
 
         Raises:
             ValueError: If ``seconds`` is negative.
         """
         self._state.clock.advance(seconds)
+        self._state.callbacks.wake()
 
     def app(self) -> web.Application:
         """Return the aiohttp application, e.g. to mount it or run it with ``web.run_app``.
@@ -182,7 +205,8 @@ class Emulator:
 
         A run is *noticed* the first time a response carries it in a terminal state:
         ``GET /v1/runs/{id}``, or a ``GET /v1/runs`` item that includes ``status_code``
-        (an unprojected one, or one whose ``fields`` list it). Times are emulated
+        (an unprojected one, or one whose ``fields`` list it), or the first time a
+        receiver accepts (2xx) its callback. Times are emulated
         seconds since the start; multiply a difference by ``time_scale`` to get real
         seconds.
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
 from runflow_async.emulator._assets import AssetRecord, AssetStore
+from runflow_async.emulator._callbacks import CallbackCenter
 from runflow_async.emulator._clock import EPOCH, EmulatedClock
 from runflow_async.emulator._config import EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters, Tally
@@ -23,6 +24,7 @@ from runflow_async.emulator._faults import FaultDice, FaultScript
 from runflow_async.emulator._images import ImageRenderer
 from runflow_async.emulator._ratelimit import RateLimiter
 from runflow_async.emulator._runs import RunRecord, UrlFor
+from runflow_async.emulator._secrets import SecretStore
 from runflow_async.emulator._signing import UrlSigner
 from runflow_async.emulator._store import RunStore
 from runflow_async.emulator._validation import CreateRequest
@@ -72,6 +74,8 @@ class EmulatorState:
         signer: Output URL signer.
         images: Image renderer and cache.
         model_ids: UUID of each served model, by slug.
+        secrets: Callback signing secrets.
+        callbacks: Callback deliveries.
     """
 
     def __init__(self, config: EmulatorConfig) -> None:
@@ -86,6 +90,11 @@ class EmulatorState:
         self.signer = UrlSigner(config.seed)
         self.images = ImageRenderer()
         self.model_ids = {model: _model_uuid(model) for model in (GENERATE_MODEL, EDIT_MODEL)}
+        self.secrets = SecretStore(_ORG_ID, config.seed)
+        ledger = self.store.ledger
+        self.callbacks = CallbackCenter(
+            config, self.clock, self.tally, self.script, ledger, self.secrets, self.render
+        )
         self._rng = random.Random(config.seed)
         self._prices: dict[_PriceKey, tuple[Size, Decimal]] = {}
         prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
@@ -103,8 +112,11 @@ class EmulatorState:
         forced_failure: tuple[str, str] | None = None,
         inputs: tuple[Size | None, ...] = (),
         idempotency: tuple[str, bytes] | None = None,
+        base: str = "",
     ) -> RunRecord:
         """Draw a run's fate from the seeded RNG, store it, and return it.
+
+        A run with a ``callback_url`` gets its callback scheduled for when it ends.
 
         Args:
             request: The validated create.
@@ -112,6 +124,7 @@ class EmulatorState:
             forced_failure: ``(code, message)`` the run must fail with, if any.
             inputs: Known size (or ``None``) of each edit input.
             idempotency: ``(Idempotency-Key, body fingerprint)`` to remember, if any.
+            base: Scheme and host the client reached us by, for the callback's URLs.
         """
         config = self.config
         rng = self._rng
@@ -140,6 +153,8 @@ class EmulatorState:
             idempotency_key=key,
         )
         self.store.add(run, now, digest)
+        if request.callback_url is not None:
+            self.callbacks.schedule(run, request.callback_url, base)
         return run
 
     def _price(
@@ -204,6 +219,9 @@ class EmulatorState:
             faults_injected=MappingProxyType(dict(tally.faults)),
             rate_limited=tally.rate_limited,
             credentials_on_presigned=tally.credentials_on_presigned,
+            callbacks_sent=tally.callbacks_sent,
+            callbacks_delivered=tally.callbacks_delivered,
+            callbacks_failed=tally.callbacks_failed,
         )
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:

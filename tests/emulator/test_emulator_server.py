@@ -18,6 +18,7 @@ def test_the_public_namespace_is_sorted_and_shows_the_public_module() -> None:
     names = emulator_pkg.__all__
     assert list(names) == sorted(names)
     assert set(names) == {
+        "CallbackFaults",
         "Emulator",
         "EmulatorConfig",
         "EmulatorCounters",
