@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -50,6 +51,15 @@ def make_client(
 async def client(emulator: Emulator) -> AsyncIterator[RunflowClient]:
     async with make_client(emulator.url) as c:
         yield c
+
+
+def client_tasks() -> int:
+    """Tasks alive now, leaving out the in-process emulator's own (its request handlers)."""
+    return sum(
+        "RequestHandler" not in t.get_coro().__qualname__  # type: ignore[union-attr]
+        and not t.get_name().startswith("runflow-emulator")
+        for t in asyncio.all_tasks()
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

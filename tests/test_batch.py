@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
@@ -32,21 +31,13 @@ from runflow_async import (
 from runflow_async._limits import Pacer
 from runflow_async._waiting import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, client_tasks
 
 SCALE = 0.005  # a "10 s" run takes 50 ms
 
 
 def requests(n: int, size: str = "square") -> list[GenerateRequest]:
     return [GenerateRequest(prompt=f"prompt {i}", image_size=size) for i in range(n)]  # type: ignore[arg-type]
-
-
-def client_tasks() -> int:
-    """Tasks alive now, leaving out the in-process emulator's connection handlers."""
-    return sum(
-        "RequestHandler" not in t.get_coro().__qualname__  # type: ignore[union-attr]
-        for t in asyncio.all_tasks()
-    )
 
 
 def scaled_client(url: str, *, wait_strategy: WaitStrategy = "auto") -> RunflowClient:

@@ -32,7 +32,7 @@ from runflow_async import (
     Timeouts,
 )
 from runflow_async.emulator import Emulator, Fault
-from tests.conftest import API_KEY, TIME_SCALE, Handler, make_client
+from tests.conftest import API_KEY, TIME_SCALE, Handler, client_tasks, make_client
 
 Start = Callable[[Handler], Awaitable[str]]
 
@@ -113,10 +113,10 @@ async def test_wait_deadline_raises_cleanly_and_leaves_no_task() -> None:
         make_client(emu.url) as client,
     ):
         run = await client.submit(GenerateRequest(prompt="slow"))
-        before = len(asyncio.all_tasks())
+        before = client_tasks()
         with pytest.raises(RunTimeoutError) as info:
             await client.wait(run.id, timeout=0.02)
-        assert len(asyncio.all_tasks()) == before
+        assert client_tasks() == before
     err = info.value
     assert isinstance(err, TimeoutError)
     assert err.run_id == run.id
