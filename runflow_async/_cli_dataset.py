@@ -25,7 +25,7 @@ import aiohttp
 from runflow_async._cli_progress import ProgressPrinter
 from runflow_async._client import RunflowClient
 from runflow_async._config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
-from runflow_async._dataset import run_dataset, summarize, unfinished
+from runflow_async._dataset import run_dataset
 from runflow_async._dataset_input import (
     DatasetItem,
     Defaults,
@@ -35,6 +35,7 @@ from runflow_async._dataset_input import (
     read_generate_file,
     sniff_kind,
 )
+from runflow_async._dataset_outputs import summarize, unfinished
 from runflow_async._errors import ConfigurationError, RunflowError
 from runflow_async._estimate import Estimate, estimate_requests, probe_input_sizes
 from runflow_async._imagesize import image_size_from_path

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from runflow_async._client import RunflowClient
 from runflow_async._config import PollPolicy, RetryPolicy
-from runflow_async._dataset import MANIFEST, DatasetSummary, run_dataset
+from runflow_async._dataset import run_dataset
 from runflow_async._dataset_input import Defaults, read_generate_file
+from runflow_async._dataset_outputs import MANIFEST, DatasetSummary
 from runflow_async._estimate import estimate_requests
 from runflow_async._pricing import PricingPolicy
 

@@ -7,28 +7,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from runflow_async._pricing import PricingPolicy
+from runflow_async.emulator._counters import ROUTES
 
 __all__ = ["CALLBACK", "FAULTABLE_ROUTES", "CallbackFaults", "EmulatorConfig", "FaultRates"]
 
-FAULTABLE_ROUTES: frozenset[str] = frozenset(
-    {
-        "create",
-        "get_run",
-        "list_runs",
-        "file",
-        "health",
-        "asset_upload",
-        "upload_put",
-        "asset_confirm",
-        "get_asset",
-        "asset_file",
-        "callback_secret_create",
-        "callback_secrets",
-        "callback_secret_delete",
-        "callback_history",
-        "callback_redeliver",
-    }
-)
+FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - {"counters", "report"}
 """Routes a fault can target; ``counters`` and ``report`` are the control plane, never faulted."""
 
 CALLBACK = "callback"
