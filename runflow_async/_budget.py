@@ -58,6 +58,16 @@ class BudgetLedger:
         self.estimated_total += estimate
         return True
 
+    def reserve_unchecked(self, estimate: Decimal) -> None:
+        """Reserve for a run that exists already (it bills whatever the cap says)."""
+        self.reserved += estimate
+        self.estimated_total += estimate
+
+    def add_spent(self, amount: Decimal) -> None:
+        """Count money spent outside a reservation (earlier runs, a canceled run's bill)."""
+        self.spent += amount
+        self._notify()
+
     async def reserve(self, estimate: Decimal) -> bool:
         """Reserve ``estimate``, waiting while runs in flight may still settle cheaper.
 

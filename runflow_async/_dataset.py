@@ -102,7 +102,7 @@ class _Runner:
         # The pipeline is part of the package: it drives the engine directly.
         self.engine = client._engine({"max_concurrency": concurrency, "max_cost_usd": max_cost_usd})
         # A budget covers the whole folder: what earlier runs spent counts too.
-        self.engine.ledger.spent = journal.summary()["spent_usd"]
+        self.engine.ledger.add_spent(journal.summary()["spent_usd"])
         self.engine.on_submitting = lambda i, ref: journal.mark_submitting(items[i].key, ref)
         self.engine.on_created = lambda i, run: journal.mark_created(items[i].key, run.id)
         self.downloads = anyio.CapacityLimiter(download_concurrency)

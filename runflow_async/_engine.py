@@ -24,7 +24,6 @@ from runflow_async._errors import (
     CreateOutcomeUnknownError,
     InsufficientCreditError,
     NotSubmittedError,
-    RateLimitError,
     RunAbandonedError,
     RunError,
     RunTimeoutError,
@@ -93,7 +92,6 @@ class Engine:
         self.unfinished: dict[int, str] = {}
         self.uncertain: dict[int, str] = {}
         self.unsettled: dict[int, str] = {}
-        self.created = 0
         self.billed_total = Decimal(0)
         self._scopes: set[anyio.CancelScope] = set()
 
@@ -131,8 +129,6 @@ class Engine:
 
     def _on_create_retry(self, index: int, event: RetryEvent) -> None:
         self.emit(BatchEvent("retried", index=index, error=event.error))
-        if isinstance(event.error, RateLimitError) and not self.options.adaptive:
-            self.window.on_throttle(event.error.retry_after)  # only counted
 
     def throttled(self, index: int, retry_after: float | None) -> None:
         """A create of item ``index`` got 429: adapt the whole batch."""
@@ -185,9 +181,7 @@ class Engine:
         The run exists and will be billed whatever the cap says, so its estimate
         is reserved unconditionally.
         """
-        self.ledger.reserved += estimate
-        self.ledger.estimated_total += estimate
-        self.created += 1
+        self.ledger.reserve_unchecked(estimate)
         self.unfinished[index] = run_id
         try:
             return await self._finish(index, request, estimate, Run(id=run_id))
@@ -232,7 +226,6 @@ class Engine:
         del self.uncertain[index]
         if self.on_created is not None:
             self.on_created(index, run)
-        self.created += 1
         self.unfinished[index] = run.id
         self.emit(BatchEvent("submitted", index=index, run_id=run.id))
         return run
@@ -283,7 +276,7 @@ class Engine:
             self.ledger.release(est)
             billed = final.cost or None
             if billed:  # a canceled run may still bill what the provider charged
-                self.ledger.spent += billed
+                self.ledger.add_spent(billed)
         self.billed_total += billed or 0
         self.emit(
             BatchEvent(

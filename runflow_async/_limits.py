@@ -43,7 +43,6 @@ class AdaptiveWindow:
         self.adaptive = adaptive
         self.limit = float(max_limit)
         self.in_use = 0
-        self.throttles = 0
         self._time_scale = time_scale
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
@@ -88,7 +87,6 @@ class AdaptiveWindow:
 
     def on_throttle(self, retry_after: float | None) -> None:
         """A create got 429: start (or extend) the shared cool-down; halve once per cool-down."""
-        self.throttles += 1
         if not self.adaptive:
             return
         now = anyio.current_time()

@@ -124,7 +124,6 @@ class ListPoller:
         self._wake = anyio.Event()
         self.verified = False
         self.fell_back = False
-        self.requests = 0
 
     @property
     def tick(self) -> float:
@@ -179,7 +178,6 @@ class ListPoller:
         ids = any_of("id", chunk)
         filtered = self.verified
         q = f"({ids}) AND ({TERMINAL_FILTER})" if filtered else ids
-        self.requests += 1
         try:
             response = await self._transport.request(
                 "GET", "/v1/runs", params={"q": q, "limit": str(min(500, len(chunk)))}
