@@ -177,7 +177,12 @@ async def _client(args: argparse.Namespace, api_key: str) -> AsyncIterator[Runfl
         yield client
 
 
-async def _run(args: argparse.Namespace, items: list[DatasetItem], api_key: str) -> int:
+async def _run(
+    args: argparse.Namespace,
+    items: list[DatasetItem],
+    api_key: str,
+    estimates: dict[str, Decimal],
+) -> int:
     printer = ProgressPrinter(sys.stderr, live=sys.stderr.isatty())
     task = asyncio.current_task()
     assert task is not None  # noqa: S101 - inside asyncio.run
@@ -198,6 +203,7 @@ async def _run(args: argparse.Namespace, items: list[DatasetItem], api_key: str)
                 concurrency=args.concurrency,
                 max_cost_usd=args.max_cost,
                 on_progress=printer,
+                estimates=estimates,
             )
     except asyncio.CancelledError:
         printer.close()
@@ -271,7 +277,8 @@ def run_command(args: argparse.Namespace) -> int:
         _err("nothing submitted")
         return 1
     try:
-        return asyncio.run(_run(args, items, api_key))
+        confirmed = {i.key: e.usd for i, e in zip(todo, estimate.items, strict=True)}
+        return asyncio.run(_run(args, items, api_key, confirmed))
     except RunflowError as exc:
         _err(str(exc))
         return 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -115,11 +115,14 @@ class _Runner:
         if self.on_progress is not None:
             self.on_progress(self.progress)
 
-    async def run(self) -> None:
-        estimates = estimate_requests([i.request for i in self.items], policy=self.client.pricing)
+    async def run(self, known: Mapping[str, Decimal]) -> None:
+        # Reuse the estimates the user confirmed (local inputs measured); estimate
+        # only what the caller did not (finished items, or a caller without one).
+        missing = [i for i in self.items if i.key not in known]
+        extra = estimate_requests([i.request for i in missing], policy=self.client.pricing)
+        usd = {**{i.key: e.usd for i, e in zip(missing, extra.items, strict=True)}, **known}
         self.journal.add_items(
-            (item.key, item.ordinal, _kind(item.request), est.usd)
-            for item, est in zip(self.items, estimates.items, strict=True)
+            (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
         )
         async with anyio.create_task_group() as background:
             if self.engine.poller is not None:
@@ -139,9 +142,7 @@ class _Runner:
                         continue
                     slot = Slot(self.engine.window)
                     await slot.acquire()
-                    work.start_soon(
-                        self._item, index, item, entry, estimates.items[index].usd, slot
-                    )
+                    work.start_soon(self._item, index, item, entry, usd[item.key], slot)
             background.cancel_scope.cancel()
 
     async def _item(
@@ -253,8 +254,12 @@ async def run_dataset(
     max_cost_usd: Decimal | None = None,
     download_concurrency: int = 8,
     on_progress: Callable[[DatasetProgress], None] | None = None,
+    estimates: Mapping[str, Decimal] | None = None,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
+
+    ``estimates`` (USD by item key), when given, are the reservations used for
+    those items instead of estimating them again.
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -272,7 +277,7 @@ async def run_dataset(
             on_progress=on_progress,
         )
         try:
-            await runner.run()
+            await runner.run(estimates or {})
         finally:  # also when cancelled: the folder always matches the journal
             images, _ = write_outputs(out_dir, journal, items)
         return summarize(out_dir, journal, items, images=images)

@@ -265,6 +265,13 @@ async def test_edit_dataset_uploads_local_images_and_bills_them_by_size(
     # 512x256 input = 0.125 MP, same-size output: (0.125 + 0.125) x $0.011, then 0.125 + 2 x 0.125.
     assert counters.billed_usd == Decimal("0.002750") + Decimal("0.004125")
     assert sum(Decimal(r["cost_usd"]) for r in rows) == counters.billed_usd
+    # The reservations are the confirmed estimates, local images measured (not
+    # assumed 1 MP, which would give $0.022 and $0.033).
+    from runflow_async._journal import Journal
+
+    with Journal.open(out) as journal:
+        reserved = {e.estimate_usd for e in journal.items()}
+    assert reserved == {Decimal("0.002750"), Decimal("0.004125")}
 
 
 async def test_the_embedded_emulator_runs_a_whole_dataset(
