@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="keep only this many finished runs (bounded memory for millions of runs)",
     )
+    emu.add_argument(
+        "--callback-null-output-rate",
+        type=float,
+        default=0.0,
+        help='fraction of automatic callbacks sent with "output": null (0-1)',
+    )
     return parser
 
 
@@ -138,6 +144,7 @@ def _emulator(args: argparse.Namespace) -> int:
             create_burst=args.create_burst,
             rate_limit_retry_after=args.rate_limit_retry_after,
             retain_runs=args.retain_runs,
+            callback_null_output_rate=args.callback_null_output_rate,
         )
     except ValueError as exc:
         print(f"runflow-async emulator: {exc}", file=sys.stderr)

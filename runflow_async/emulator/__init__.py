@@ -11,13 +11,15 @@ prove the API key never leaves for storage. Use it to test pipelines offline::
 
 For load tests it can rate-limit creates like an organization's quota
 (``max_in_flight_runs``, ``create_rate_per_second``), forget old finished runs to
-stay small (``retain_runs``), and report when each run ended and when a client
-first saw it ended (``Emulator.report()``, ``GET /_emulator/report``).
+stay small (``retain_runs``), and report when each run ended, when a client
+first saw it ended and how many requests named it (``Emulator.report()``,
+``GET /_emulator/report``).
 
 Runs created with a ``callback_url`` get a signed POST when they end (3 attempts,
 1 s then 2 s apart), with delivery history, redelivery, signing secrets
 (``POST /v1/callback-secrets``) and callback faults (``emu.faults.next("callback",
-Fault.duplicate())``, ``EmulatorConfig.callback_faults``).
+Fault.duplicate())``, ``EmulatorConfig.callback_faults``), and payloads whose
+``output`` is null (``EmulatorConfig.callback_null_output_rate``).
 
 Run it standalone with ``runflow-async emulator --port 8787`` (``--help`` lists
 the limits); ``--port 0`` picks a free port and prints the URL.

@@ -5,6 +5,7 @@ after a 5xx, a timeout or a connection error; a 2xx ends the delivery, and so do
 any other status (given up at once). The payload is built when the delivery is
 created, frozen, and sent byte for byte on every attempt with a fresh
 ``Runflow-Request-Id``; ``Runflow-Signature`` is sent when a signing secret exists.
+A seeded fraction (``callback_null_output_rate``) of automatic payloads has ``"output": null``.
 
 Every wait (the run's end, a retry, a ``slow`` or ``reorder`` fault) is an entry in
 one :class:`~runflow_async.emulator._scheduler.Scheduler`; a task exists only while
@@ -70,6 +71,8 @@ class CallbackCenter:
         "_dice",
         "_held",
         "_ledger",
+        "_null_output_rate",
+        "_output_rng",
         "_render",
         "_request_ids",
         "_rng",
@@ -100,6 +103,9 @@ class CallbackCenter:
         self._tally = tally
         self._script = script
         self._dice = CallbackDice(config.callback_faults, config.seed)
+        self._null_output_rate = config.callback_null_output_rate
+        # Its own stream, so that turning the rate on shifts no id and no fault.
+        self._output_rng = random.Random(f"runflow-emulator-callback-output:{config.seed}")
         self._ledger = ledger
         self._secrets = secrets
         self._render = render
@@ -181,9 +187,10 @@ class CallbackCenter:
 
     def _new(self, run: RunRecord, url: str, base: str, *, automatic: bool) -> Delivery:
         now = self._clock.now()
-        event, body = payload(
-            run.id, self._render(run, base, now, PAYLOAD_FIELDS), run.request.metadata
-        )
+        rate = self._null_output_rate
+        null_output = automatic and rate > 0 and self._output_rng.random() < rate
+        view = self._render(run, base, now, PAYLOAD_FIELDS)
+        event, body = payload(run.id, view, run.request.metadata, with_output=not null_output)
         secret = self._secrets.current()
         if secret is not None:
             secret.last_used = now

@@ -165,6 +165,10 @@ class EmulatorConfig:
             (at ``time_scale=0.001`` the 10 s default would be 10 ms); lower it to
             test timeouts quickly.
         callback_faults: Seeded random faults of callback deliveries.
+        callback_null_output_rate: Fraction of automatic callback payloads sent with
+            ``"output": null`` (the docs say it "may be null or trimmed"), drawn per
+            delivery from the seed; a duplicate carries its original's body, and a
+            redelivery asked for through the API always carries the full output.
     """
 
     host: str = "127.0.0.1"
@@ -189,6 +193,7 @@ class EmulatorConfig:
     callback_timeout: float = 10.0
     callback_timeout_floor: float = 1.0
     callback_faults: CallbackFaults = field(default_factory=CallbackFaults)
+    callback_null_output_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -199,6 +204,7 @@ class EmulatorConfig:
         if not (self.median_duration > 0 and self.duration_sigma >= 0):
             raise ValueError("median_duration must be positive and duration_sigma not negative")
         _check_fraction("failure_rate", self.failure_rate)
+        _check_fraction("callback_null_output_rate", self.callback_null_output_rate)
         if not self.url_ttl >= 0:
             raise ValueError(f"url_ttl must not be negative, got {self.url_ttl!r}")
         if not (math.isfinite(self.callback_timeout) and self.callback_timeout > 0):

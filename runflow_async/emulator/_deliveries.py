@@ -45,13 +45,16 @@ PAYLOAD_FIELDS: frozenset[str] = frozenset(_PAYLOAD_FIELDS)
 _KEPT_BODY = 256  # characters of a receiver's answer kept in the history
 
 
-def payload(run_id: str, view: Mapping[str, Any], metadata: Any) -> tuple[str, bytes]:
+def payload(
+    run_id: str, view: Mapping[str, Any], metadata: Any, *, with_output: bool = True
+) -> tuple[str, bytes]:
     """Return the event name and the serialized body of a terminal run's callback.
 
     Args:
         run_id: The run id.
         view: The run as the API shows it now (at least ``PAYLOAD_FIELDS``).
         metadata: The run's ``metadata``, verbatim.
+        with_output: ``False`` sends ``"output": null`` (the docs: "may be null").
     """
     status, output, duration_ms, created_at, completed_at = (view[k] for k in _PAYLOAD_FIELDS)
     event = _EVENTS[status]
@@ -59,7 +62,7 @@ def payload(run_id: str, view: Mapping[str, Any], metadata: Any) -> tuple[str, b
         "event": event,
         "run_id": run_id,
         "status": status,
-        "output": output,
+        "output": output if with_output else None,
         "duration_ms": duration_ms,
         "created_at": created_at,
         "completed_at": completed_at,

@@ -11,7 +11,7 @@ from runflow_async.emulator._images import PillowMissingError
 from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import parse_list_params, walk
 from runflow_async.emulator._middleware import FORCED_FAILURE, REQUEST_ID
-from runflow_async.emulator._query import QuerySyntaxError
+from runflow_async.emulator._query import QuerySyntaxError, named_values
 from runflow_async.emulator._responses import error_response, json_response
 from runflow_async.emulator._state import STATE, EmulatorState, fingerprint
 from runflow_async.emulator._validation import field_error, validate_create
@@ -103,6 +103,7 @@ async def get_run(request: web.Request) -> web.Response:
     run = store.by_id.get(run_id)
     if run is None:
         return error_response(404, "RUN_NOT_FOUND", f"Run {run_id!r} does not exist.")
+    store.ledger.read(run.seq)
     if now >= run.end:
         store.ledger.notice(run.seq, now)
     return json_response(state.render(run, base_url(request), now))
@@ -122,11 +123,15 @@ async def list_runs(request: web.Request) -> web.Response:
     now = state.clock.now()
     store = state.store
     store.settle(now)
+    ledger = store.ledger
+    # A run named by an ``id:`` term is read whether or not it comes back; once per request.
+    for run_id in () if params.query is None else named_values(params.query, "id"):
+        if (named := store.by_id.get(run_id)) is not None:
+            ledger.read(named.seq)
     url_for = state.url_for(base_url(request), now)
     page = walk(store, params, now, url_for)
     items = [run.to_api(now, url_for, params.fields) for run in page.runs]
     if params.fields is None or "status_code" in params.fields:
-        ledger = store.ledger
         for run in page.runs:
             if now >= run.end:
                 ledger.notice(run.seq, now)

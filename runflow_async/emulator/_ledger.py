@@ -1,8 +1,9 @@
-"""The ledger: 41 bytes per run ever created, kept when the run itself is forgotten.
+"""The ledger: 45 bytes per run ever created, kept when the run itself is forgotten.
 
 It answers ``GET /_emulator/report``: when each run was created, how long it was
-drawn to last, and when a response first showed it terminal ("noticed"), which is
-what a benchmark needs to measure how late a client learns that runs finished.
+drawn to last, when a response first showed it terminal ("noticed"), which is
+what a benchmark needs to measure how late a client learns that runs finished,
+and how many requests named it ("reads"), which shows what that cost in polling.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ _ID_BYTES = 16
 
 
 class RunLedger:
-    """Per-run times in flat arrays indexed by ``seq``."""
+    """Per-run times and read counts in flat arrays indexed by ``seq``."""
 
-    __slots__ = ("_created", "_duration", "_failed", "_ids", "_noticed")
+    __slots__ = ("_created", "_duration", "_failed", "_ids", "_noticed", "_reads")
 
     def __init__(self) -> None:
         self._ids = bytearray()
@@ -29,6 +30,7 @@ class RunLedger:
         self._duration = array("d")
         self._noticed = array("d")
         self._failed = bytearray()
+        self._reads = array("I")
 
     def add(self, run: RunRecord) -> None:
         """Record a new run; its ``seq`` must be the number of runs recorded so far."""
@@ -37,25 +39,32 @@ class RunLedger:
         self._duration.append(run.duration)
         self._noticed.append(_UNSEEN)
         self._failed.append(run.failure is not None)
+        self._reads.append(0)
 
     def notice(self, seq: int, now: float) -> None:
         """Note that a response showed run ``seq`` terminal at ``now``; the first one counts."""
         if self._noticed[seq] == _UNSEEN:
             self._noticed[seq] = now
 
+    def read(self, seq: int) -> None:
+        """Count one request that named run ``seq`` (a get by id, or an ``id:`` term of a list)."""
+        self._reads[seq] += 1
+
     def rows(self, now: float, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Return runs from creation index ``since`` on (``limit`` at most), as of ``now``.
 
         Each row holds ``id``, ``created``, ``duration``, ``end`` and ``noticed``
         (emulated seconds, ``noticed`` ``None`` until a response showed the run
-        terminal) and ``status`` (the terminal status, or the current one).
+        terminal), ``status`` (the terminal status, or the current one) and
+        ``reads`` (how many requests named the run; see :meth:`read`).
         """
-        ids, created, duration, noticed, failed = (
+        ids, created, duration, noticed, failed, reads = (
             self._ids,
             self._created,
             self._duration,
             self._noticed,
             self._failed,
+            self._reads,
         )
         rows: list[dict[str, Any]] = []
         first = max(since, 0)
@@ -71,6 +80,7 @@ class RunLedger:
                     "end": start + length,
                     "status": phase(start, length, bool(failed[seq]), now),
                     "noticed": None if seen == _UNSEEN else seen,
+                    "reads": reads[seq],
                 }
             )
         return rows

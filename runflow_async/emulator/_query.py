@@ -22,13 +22,14 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 __all__ = [
     "MISSING",
     "Query",
     "QuerySyntaxError",
     "equality_terms",
+    "named_values",
     "parse_query",
     "required_equalities",
 ]
@@ -153,6 +154,26 @@ def equality_terms(query: Query, fields: frozenset[str]) -> list[tuple[str, str]
             return None
         pairs.append((term.field, term.text))
     return pairs
+
+
+def named_values(query: Query, field: str) -> set[str]:
+    """Return every value an equality term on ``field`` names anywhere in ``query``.
+
+    ``NOT id:a`` names ``a`` too: the set says which runs the query mentions, not
+    which it matches.
+    """
+    named: set[str] = set()
+    stack = [query]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Term):
+            if node.field == field and node.op in _EQUALITY:
+                named.add(node.text)
+        elif isinstance(node, _Not):
+            stack.append(node.child)
+        else:
+            stack.extend(cast(_All, node).children)  # the only other nodes: _All, _Any
+    return named
 
 
 def required_equalities(

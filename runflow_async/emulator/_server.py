@@ -197,7 +197,7 @@ class Emulator:
         return [run.to_api(now, url_for) for run in state.store.scan(0, 1)]
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
-        """Return when every run was created, ended, and was first seen ended by a client.
+        """Return when every run was created, ended, was first seen ended, and how often read.
 
         The same data as ``GET /_emulator/report?since=N&limit=M``, computed from flat
         arrays (evicted runs included): about 2 µs per run, plus as much again to
@@ -210,6 +210,13 @@ class Emulator:
         seconds since the start; multiply a difference by ``time_scale`` to get real
         seconds.
 
+        A run's *reads* count the requests that named it: each ``GET /v1/runs/{id}``
+        of it (terminal or not), and each ``GET /v1/runs`` whose ``q`` has an
+        equality term ``id:<its id>`` (once per request, whether or not the run is
+        in the page, even under ``NOT``). Only requests the API answers count: not
+        those refused by auth, validation or an injected fault, nor ids of runs it
+        no longer keeps (``retain_runs``). Callbacks and ``/_emulator/*`` never count.
+
         Args:
             since: Creation index of the first run to include (0 = the first run);
                 the previous report's ``total`` gives only the runs created since.
@@ -218,9 +225,9 @@ class Emulator:
         Returns:
             ``{"time_scale", "now", "since", "total", "runs"}`` where ``total`` is the
             number of runs ever created and ``runs`` lists, in creation order, one
-            ``{"id", "created", "duration", "end", "status", "noticed"}`` per run:
-            ``end = created + duration``, ``status`` is the terminal status or the
-            current one, ``noticed`` is ``None`` until noticed.
+            ``{"id", "created", "duration", "end", "status", "noticed", "reads"}`` per
+            run: ``end = created + duration``, ``status`` is the terminal status or
+            the current one, ``noticed`` is ``None`` until noticed, ``reads`` is an int.
         """
         return self._state.report(since, limit)
 

@@ -106,3 +106,10 @@ def test_a_malformed_amount_is_a_usage_error(
 def test_a_nan_credit_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["emulator", "--credit-usd", "NaN"]) == 2
     assert "credit_usd must be a finite amount" in capsys.readouterr().err
+
+
+def test_the_callback_null_output_rate_flag_is_validated_as_a_fraction(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["emulator", "--callback-null-output-rate", "1.5"]) == 2
+    assert "callback_null_output_rate must be between 0 and 1" in capsys.readouterr().err

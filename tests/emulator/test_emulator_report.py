@@ -9,7 +9,7 @@ import pytest
 from runflow_async.emulator import FaultScript
 from tests.emulator.emulator_support import FROZEN, Harness, running
 
-ROW_KEYS = {"id", "created", "duration", "end", "status", "noticed"}
+ROW_KEYS = {"id", "created", "duration", "end", "status", "noticed", "reads"}
 
 
 async def _report(h: Harness, **params: str) -> dict[str, Any]:
