@@ -58,6 +58,7 @@ from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Pri
 from runflow_async._receiver import CallbackReceiver, CallbackWatch, ReceiverCounters
 from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
 from runflow_async._retry import RetryEvent
+from runflow_async._secrets import CallbackSecret
 from runflow_async._version import __version__
 from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, sign, verify_signature
 
@@ -84,6 +85,7 @@ __all__ = [
     "BudgetExceededError",
     "CallbackPayload",
     "CallbackReceiver",
+    "CallbackSecret",
     "CallbackWatch",
     "ClientClosedError",
     "ConfigurationError",

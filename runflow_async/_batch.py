@@ -61,8 +61,7 @@ class Batch(EngineView):
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](float("inf"))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        if self._engine.poller is not None:
-            self._tg.start_soon(self._engine.poller.run)
+        self._tg.start_soon(self._engine.run_background)
         self._tg.start_soon(self._dispatch)
         return self
 

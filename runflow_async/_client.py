@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
 import aiohttp
+import anyio
 import pydantic
 
-from runflow_async._assets import Asset, get_asset, read_upload_source, upload_asset
 from runflow_async._batch import Batch
+from runflow_async._by_callback import CallbackWaiter
+from runflow_async._client_files import FilesMixin
 from runflow_async._config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_WAIT_TIMEOUT,
@@ -24,18 +24,18 @@ from runflow_async._config import (
     resolve_base_url,
 )
 from runflow_async._create import create_run
-from runflow_async._download import DownloadedFile, download_to
 from runflow_async._engine import Engine
-from runflow_async._errors import APIResponseError, ConfigurationError
-from runflow_async._estimate import Estimate, estimate_requests, probe_input_sizes
+from runflow_async._errors import APIResponseError, ConfigurationError, RunTimeoutError
 from runflow_async._http import Transport
 from runflow_async._map import MapRun, RequestSource
-from runflow_async._models import GenerationResult, ImageOutput, Run, RunPage, RunStatus
-from runflow_async._options import BatchOptions, EngineOptions
-from runflow_async._polling import check_outcome, poll_until_terminal
+from runflow_async._models import GenerationResult, Run, RunPage, RunStatus
+from runflow_async._options import BatchOptions, EngineOptions, check_serving
+from runflow_async._polling import check_outcome, fetch_run, poll_until_terminal
 from runflow_async._pricing import PricingPolicy
+from runflow_async._receiver import CallbackReceiver
 from runflow_async._requests import EditRequest, GenerateRequest, RunRequest, build_request
 from runflow_async._retry import RetryHook
+from runflow_async._secrets import CallbackSecret, create_callback_secret
 from runflow_async._waiting import DurationStats, WaitStrategy
 
 __all__ = ["RunflowClient"]
@@ -47,7 +47,7 @@ def _new_client_ref() -> str:
     return f"rfa-{uuid.uuid4().hex}"
 
 
-class RunflowClient:
+class RunflowClient(FilesMixin):
     """An asyncio client for Runflow's FLUX.2 [klein] 9B endpoints.
 
     Use it as an async context manager; it owns one connection pool::
@@ -69,6 +69,9 @@ class RunflowClient:
         wait_strategy: How batches notice finished runs: ``"auto"`` (a shared
             list poller, verified on first use, falling back to per-run polling),
             ``"list"`` or ``"per_run"``.
+        callbacks: A started :class:`CallbackReceiver`: ``run``/``generate``/``edit``,
+            batches and maps create runs with its ``url`` as ``callback_url`` and
+            wait for its signed deliveries, polling slowly as a safety net.
 
     Raises:
         ConfigurationError: No API key, or a malformed key or URL.
@@ -88,6 +91,7 @@ class RunflowClient:
         on_retry: RetryHook | None = None,
         pricing: PricingPolicy | None = None,
         wait_strategy: WaitStrategy = "auto",
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1.")
@@ -97,6 +101,7 @@ class RunflowClient:
         if wait_strategy not in ("auto", "list", "per_run"):
             raise ConfigurationError(f"Unknown wait_strategy {wait_strategy!r}.")
         self.wait_strategy: WaitStrategy = wait_strategy
+        self.callbacks = callbacks
         self._durations = DurationStats()
         self._transport = Transport(
             base_url=self.base_url,
@@ -152,8 +157,7 @@ class RunflowClient:
     async def get_run(self, run_id: str) -> Run:
         """Fetch a run (fresh signed output URLs on every read)."""
         _check_run_id(run_id)
-        response = await self._transport.request("GET", f"/v1/runs/{run_id}")
-        return _parse(Run, response.data, f"/v1/runs/{run_id}")
+        return await fetch_run(self._transport, run_id)
 
     async def wait(
         self, run_id: str, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT, check: bool = True
@@ -179,18 +183,48 @@ class RunflowClient:
     async def run(
         self, request: RunRequest, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT
     ) -> GenerationResult:
-        """Submit a request and wait for its images.
+        """Submit a request and wait for its images (by callback with ``callbacks``).
 
         Raises:
             RunFailedError: The run failed; ``failure_code``/``failure_message`` say why.
             RunTimeoutError: The run did not finish in time (it may still).
         """
+        rx = self.callbacks
+        if rx is not None and request.callback_url is None:
+            request = request.model_copy(update={"callback_url": check_serving(rx)})
         created = await self.submit(request)
-        run = await poll_until_terminal(
-            self.get_run, created.id, timeout=timeout, policy=self.poll_policy, last=created
-        )
+        if rx is not None and request.callback_url == rx.url and not created.is_terminal:
+            run = await self._wait_by_callback(rx, created.id, timeout)
+        else:
+            run = await poll_until_terminal(
+                self.get_run, created.id, timeout=timeout, policy=self.poll_policy, last=created
+            )
         run = check_outcome(run)
         return GenerationResult(run, partial=run.status is RunStatus.PARTIAL_SUCCEEDED)
+
+    async def _wait_by_callback(
+        self, rx: CallbackReceiver, run_id: str, timeout: float | None
+    ) -> Run:
+        waiter = CallbackWaiter(
+            self._transport, rx, self._durations, self.poll_policy, shared=False
+        )
+        with anyio.move_on_after(timeout):
+            return await waiter.wait(run_id)
+        raise RunTimeoutError(
+            f"Run {run_id} did not finish within {timeout}s; it may still finish and be "
+            "billed, so fetch it later with get_run().",
+            run=Run(id=run_id),
+        )
+
+    async def create_callback_secret(self, label: str) -> CallbackSecret:
+        """Create a callback signing secret (``POST /v1/callback-secrets``).
+
+        The new secret signs new deliveries; older ones stay valid, so during a
+        rotation give your :class:`CallbackReceiver` both. Store
+        ``secret.plain_secret.get_secret_value()`` now: it is shown only once.
+        The call is sent once, never retried.
+        """
+        return await create_callback_secret(self._transport, label)
 
     async def generate(
         self, prompt: str, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT, **fields: Any
@@ -271,43 +305,6 @@ class RunflowClient:
                 return
             cursor = page.next_cursor
 
-    async def download(
-        self, image: ImageOutput | str, dest: str | os.PathLike[str]
-    ) -> DownloadedFile:
-        """Download one output image to ``dest``, atomically, without the API key.
-
-        Signed output URLs expire; if this raises ``PermissionDeniedError`` (403),
-        read the run again with :meth:`get_run` for fresh URLs.
-
-        Returns:
-            The path written, its SHA-256 and size.
-        """
-        url = image if isinstance(image, str) else image.url
-        return await download_to(
-            self._transport.session(), url, Path(dest), timeout=self._transport.timeout
-        )
-
-    async def estimate(
-        self, requests: Iterable[RunRequest], *, probe_inputs: bool = True
-    ) -> Estimate:
-        """Estimate what ``requests`` will cost, before anything is submitted.
-
-        Args:
-            requests: Generate and edit requests.
-            probe_inputs: Read each edit input's size from its header with a small
-                ranged GET (never carrying the API key); unknown sizes are
-                assumed per the pricing policy and listed in ``assumptions``.
-        """
-        requests = list(requests)
-        sizes = None
-        if probe_inputs:
-            urls = [u for r in requests if isinstance(r, EditRequest) for u in r.image_urls]
-            if urls:
-                sizes = await probe_input_sizes(
-                    self._transport.session(), urls, timeout=self._transport.timeout
-                )
-        return estimate_requests(requests, policy=self.pricing, input_sizes=sizes)
-
     def batch(self, **options: Unpack[BatchOptions]) -> Batch:
         """Open a batch: futures for many runs under one window, rate and budget.
 
@@ -335,45 +332,10 @@ class RunflowClient:
             pricing=self.pricing,
             poll=self.poll_policy,
             stats=self._durations,
-            options=EngineOptions.build(options, wait_strategy=self.wait_strategy),
+            options=EngineOptions.build(
+                options, wait_strategy=self.wait_strategy, callbacks=self.callbacks
+            ),
         )
-
-    async def upload(
-        self,
-        source: bytes | str | os.PathLike[str],
-        *,
-        filename: str | None = None,
-        mime_type: str | None = None,
-    ) -> Asset:
-        """Upload a local image as an asset, to pass its ``url`` in an edit's ``image_urls``.
-
-        The bytes go to storage without the API key; an expired upload URL starts over once.
-
-        Args:
-            source: The file's bytes, or a path to it (its size is checked
-                against :data:`MAX_UPLOAD_BYTES` before it is read).
-            filename: The asset's name; required for bytes, a path's name otherwise.
-            mime_type: Read from the file's magic bytes (PNG, JPEG, WebP, GIF) if omitted.
-
-        Returns:
-            The asset; ``width`` and ``height`` are read from the file's header.
-
-        Raises:
-            RequestValidationError: Unreadable, empty, too large or unrecognised input.
-            APIResponseError: A malformed answer, or an upload URL neither https nor loopback.
-            APIError: A step failed after its retries (network, 429, 5xx: unbilled calls).
-        """
-        data, name = await read_upload_source(source, filename)
-        return await upload_asset(self._transport, data, filename=name, mime_type=mime_type)
-
-    async def get_asset(self, asset_id: str) -> Asset:
-        """Fetch an asset with a freshly signed ``url`` (asset URLs are short-lived).
-
-        Raises:
-            RequestValidationError: A malformed id; nothing was sent.
-            NotFoundError: No such asset.
-        """
-        return await get_asset(self._transport, asset_id)
 
     async def health(self) -> dict[str, Any]:
         """Return ``GET /v1/health``'s body; any 2xx means healthy."""

@@ -97,18 +97,29 @@ class PollPolicy:
         max_interval: The longest gap between reads.
         multiplier: Growth of the gap after each read.
         time_scale: Multiplies every interval (tests against a scaled emulator).
+        callback_fallback_after: When waiting by callback, seconds after the
+            create before the first status read (the callback should have come:
+            Runflow's delivery retries span about 3 s after the run ends).
+        callback_fallback_interval: When waiting by callback, seconds between
+            later status reads of a run whose callback has not come.
     """
 
     initial_interval: float = 0.5
     max_interval: float = 3.0
     multiplier: float = 1.5
     time_scale: float = 1.0
+    callback_fallback_after: float = 60.0
+    callback_fallback_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.initial_interval <= 0 or self.max_interval < self.initial_interval:
             raise ConfigurationError("PollPolicy needs 0 < initial_interval <= max_interval.")
         if self.multiplier < 1 or self.time_scale <= 0:
             raise ConfigurationError("PollPolicy needs multiplier >= 1 and time_scale > 0.")
+        if self.callback_fallback_after < 0 or self.callback_fallback_interval <= 0:
+            raise ConfigurationError(
+                "PollPolicy needs callback_fallback_after >= 0 and callback_fallback_interval > 0."
+            )
 
 
 def resolve_api_key(api_key: str | None) -> str:

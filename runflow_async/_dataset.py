@@ -125,8 +125,7 @@ class _Runner:
             (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
         )
         async with anyio.create_task_group() as background:
-            if self.engine.poller is not None:
-                background.start_soon(self.engine.poller.run)
+            background.start_soon(self.engine.run_background)
             async with anyio.create_task_group() as work:
                 for index, item in enumerate(self.items):
                     entry = self.journal.get(item.key)

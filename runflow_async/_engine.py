@@ -17,6 +17,7 @@ from decimal import Decimal
 import anyio
 
 from runflow_async._budget import BudgetLedger
+from runflow_async._by_callback import CallbackWaiter
 from runflow_async._config import PollPolicy
 from runflow_async._create import create_run
 from runflow_async._errors import (
@@ -82,6 +83,8 @@ class Engine:
             if options.wait_strategy == "per_run"
             else ListPoller(transport, stats, poll, allow_fallback=options.wait_strategy == "auto")
         )
+        rx = options.callbacks
+        self.callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
         self.stop_reason: str | None = None
         self.on_stop: Callable[[str], None] | None = None
         self.on_abandon: Callable[[Outcome], None] | None = None
@@ -94,6 +97,18 @@ class Engine:
         self.unsettled: dict[int, str] = {}
         self.billed_total = Decimal(0)
         self._scopes: set[anyio.CancelScope] = set()
+
+    async def run_background(self) -> None:
+        """Serve the shared pollers (run it in the driver's task group until cancelled)."""
+        async with anyio.create_task_group() as tg:
+            if self.poller is not None:
+                tg.start_soon(self.poller.run)
+            if self.callbacks is not None:
+                tg.start_soon(self.callbacks.run)
+
+    def _by_callback(self, request: RunRequest) -> bool:
+        rx = self.callbacks.receiver if self.callbacks is not None else None
+        return rx is not None and request.callback_url in (None, rx.url)
 
     # -- events and stopping -------------------------------------------------
 
@@ -167,7 +182,9 @@ class Engine:
             if isinstance(created, Outcome):
                 return created
             run_id = created.id
-            return await self._finish(index, request, est, created)
+            return await self._finish(
+                index, request, est, created, by_callback=self._by_callback(request), slot=slot
+            )
         except anyio.get_cancelled_exc_class():
             if self.on_abandon is not None:
                 self.on_abandon(self._abandoned(index, request, est, run_id))
@@ -198,11 +215,14 @@ class Engine:
         if self.on_submitting is not None:
             self.on_submitting(index, client_ref)
         gate = _ItemGate(self, index, slot) if self.options.adaptive else None
+        body = request.to_body(client_ref=client_ref)
+        if self.callbacks is not None and request.callback_url is None:
+            body["callback_url"] = self.callbacks.receiver.url
         try:
             run = await create_run(
                 self.transport,
                 request.model,
-                request.to_body(client_ref=client_ref),
+                body,
                 idempotency_key=str(uuid.uuid4()),
                 on_retry=lambda event: self._on_create_retry(index, event),
                 gate=gate,
@@ -230,11 +250,20 @@ class Engine:
         self.emit(BatchEvent("submitted", index=index, run_id=run.id))
         return run
 
-    async def _finish(self, index: int, request: RunRequest, est: Decimal, run: Run) -> Outcome:
+    async def _finish(
+        self,
+        index: int,
+        request: RunRequest,
+        est: Decimal,
+        run: Run,
+        *,
+        by_callback: bool = False,
+        slot: Slot | None = None,
+    ) -> Outcome:
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                final = await self._wait(run)
+                final = await self._wait(run, by_callback, slot)
             except RunTimeoutError as exc:
                 del self.unfinished[index]
                 self.unsettled[index] = run.id
@@ -248,12 +277,16 @@ class Engine:
         del self.unfinished[index]
         return self._settle(index, request, est, final)
 
-    async def _wait(self, run: Run) -> Run:
+    async def _wait(self, run: Run, by_callback: bool, slot: Slot | None) -> Run:
         if run.is_terminal:
             return run
         started = anyio.current_time()
         try:
             with anyio.fail_after(self.options.timeout):
+                if by_callback and self.callbacks is not None:
+                    # Noticed by callback: the slot is free while the cost is looked up.
+                    on_noticed = slot.release if slot is not None else None
+                    return await self.callbacks.wait(run.id, on_noticed)
                 final = await self.poller.wait(run.id) if self.poller is not None else None
                 if final is not None:
                     return final

@@ -8,9 +8,10 @@ from typing import TypedDict
 
 from runflow_async._errors import ConfigurationError
 from runflow_async._observe import BatchObserver
+from runflow_async._receiver import CallbackReceiver
 from runflow_async._waiting import WaitStrategy
 
-__all__ = ["BatchOptions", "EngineOptions"]
+__all__ = ["BatchOptions", "EngineOptions", "check_serving"]
 
 
 class BatchOptions(TypedDict, total=False):
@@ -27,6 +28,10 @@ class BatchOptions(TypedDict, total=False):
             affect their siblings).
         timeout: Seconds to wait for each run before ``RunTimeoutError`` (600).
         observer: Called with each :class:`BatchEvent`.
+        callbacks: A started :class:`CallbackReceiver`: runs are created with its
+            ``url`` as ``callback_url`` and noticed by callback, with slow
+            polling as the safety net (``PollPolicy.callback_fallback_*``).
+            Defaults to the client's ``callbacks``; ``None`` turns it off.
     """
 
     max_concurrency: int
@@ -36,6 +41,7 @@ class BatchOptions(TypedDict, total=False):
     fail_fast: bool
     timeout: float | None
     observer: BatchObserver | None
+    callbacks: CallbackReceiver | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +56,20 @@ class EngineOptions:
     timeout: float | None = 600.0
     wait_strategy: WaitStrategy = "auto"
     observer: BatchObserver | None = None
+    callbacks: CallbackReceiver | None = None
 
     @classmethod
-    def build(cls, options: BatchOptions, *, wait_strategy: WaitStrategy) -> EngineOptions:
-        """Validate user options.
+    def build(
+        cls,
+        options: BatchOptions,
+        *,
+        wait_strategy: WaitStrategy,
+        callbacks: CallbackReceiver | None = None,
+    ) -> EngineOptions:
+        """Validate user options (``callbacks`` is the client's default).
 
         Raises:
-            ConfigurationError: A nonsensical value.
+            ConfigurationError: A nonsensical value, or a receiver not serving yet.
         """
         cap = options.get("max_cost_usd")
         built = cls(
@@ -68,7 +81,10 @@ class EngineOptions:
             timeout=options.get("timeout", 600.0),
             wait_strategy=wait_strategy,
             observer=options.get("observer"),
+            callbacks=options.get("callbacks", callbacks),
         )
+        if built.callbacks is not None:
+            check_serving(built.callbacks)
         if built.max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1.")
         if built.max_cost_usd is not None and built.max_cost_usd < 0:
@@ -76,3 +92,21 @@ class EngineOptions:
         if built.submits_per_second is not None and built.submits_per_second <= 0:
             raise ConfigurationError("submits_per_second must be positive.")
         return built
+
+
+def check_serving(receiver: CallbackReceiver) -> str:
+    """Return the receiver's URL, the ``callback_url`` runs will carry.
+
+    Raises:
+        ConfigurationError: The receiver is not started (``async with``) and has
+            no ``public_url``, or it was closed.
+    """
+    if receiver.closed:
+        raise ConfigurationError("The CallbackReceiver was closed; create and start a new one.")
+    try:
+        return receiver.url
+    except RuntimeError:
+        raise ConfigurationError(
+            "Start the CallbackReceiver (async with receiver), or give it a public_url, "
+            "before waiting by callback."
+        ) from None

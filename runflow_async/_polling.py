@@ -12,14 +12,39 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
+import pydantic
 
 from runflow_async._config import PollPolicy
-from runflow_async._errors import RunCanceledError, RunFailedError, RunTimeoutError
+from runflow_async._errors import (
+    APIResponseError,
+    RunCanceledError,
+    RunFailedError,
+    RunTimeoutError,
+)
+from runflow_async._http import Transport
 from runflow_async._models import Run, RunStatus
 
-__all__ = ["check_outcome", "poll_until_terminal"]
+__all__ = ["check_outcome", "fetch_run", "poll_until_terminal"]
 
 logger = logging.getLogger("runflow_async")
+
+
+async def fetch_run(transport: Transport, run_id: str) -> Run:
+    """Read one run (``GET /v1/runs/{id}``; retried by the HTTP layer).
+
+    Raises:
+        APIResponseError: The answer is not a run.
+    """
+    path = f"/v1/runs/{run_id}"
+    response = await transport.request("GET", path)
+    try:
+        return Run.model_validate(response.data)
+    except pydantic.ValidationError as exc:
+        raise APIResponseError(
+            f"Unexpected response shape from {path}: {exc.error_count()} problem(s)",
+            method="GET",
+            path=path,
+        ) from exc
 
 
 async def poll_until_terminal(

@@ -231,6 +231,11 @@ class CallbackReceiver:
         return self._bound_url
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    @property
     def counters(self) -> ReceiverCounters:
         """A snapshot of the receiver's counters."""
         watching = sum(len(w) for w in self._watches.values())
