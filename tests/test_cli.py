@@ -116,3 +116,14 @@ async def test_batch_example_runs_against_the_emulator(
     assert len([p async for p in anyio.Path(tmp_path).glob("*.png")]) == 12
     assert f"billed ${billed}" in out
     assert "12 runs, 12 images" in out
+
+
+async def test_callback_example_runs_against_the_emulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = load_example("callback_batch")
+    assert await example.main(tmp_path, time_scale=TIME_SCALE) == 0
+    out = capsys.readouterr().out
+    assert len([p async for p in anyio.Path(tmp_path).glob("*.png")]) == 10
+    assert "10 callbacks accepted" in out
+    assert "10 creates, 0 run reads" in out
