@@ -6,7 +6,10 @@ emulator process (log-normal durations, median 2 s, sigma 0.5, no faults):
 * ``baseline``: what a user writes without the SDK: aiohttp + ``asyncio.Semaphore``
   + ``gather``, each task creating its run and polling it every 1 s;
 * ``sdk_auto``: ``client.batch`` with the default strategy (shared list poller);
-* ``sdk_per_run``: ``client.batch`` with per-run polling that learns durations.
+* ``sdk_per_run``: ``client.batch`` with per-run polling that learns durations;
+* ``sdk_callback``: ``client.batch(callbacks=receiver)``: the emulator POSTs each
+  finished run to a local ``CallbackReceiver`` (signed with a secret created
+  through the API), costs are looked up in bulk, slow polling is the safety net.
 
 Each contender runs in its own process (clean CPU time and peak RSS). From the
 emulator's own report we compute, per run, the delay between the server finishing
@@ -15,6 +18,7 @@ durations, in the same order, scheduled at the same concurrency with zero client
 delay. One JSON line per contender.
 
     python benchmarks/bench_batch.py --runs 2000 --concurrency 200
+    python benchmarks/bench_batch.py --contenders baseline,sdk_callback   # callbacks
     python benchmarks/bench_batch.py --map-items 1000000 --concurrency 100   # memory of map
 """
 
@@ -38,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from runflow_async import GenerateRequest, RunflowClient
+from runflow_async import CallbackReceiver, GenerateRequest, RunflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = "/v1/models/black-forest-labs/flux-2-klein-9b/runs"
@@ -120,6 +124,17 @@ async def sdk(url: str, runs: int, concurrency: int, strategy: str) -> int:
     return sum(o.ok for o in await batch.gather())
 
 
+async def sdk_callback(url: str, runs: int, concurrency: int) -> int:
+    async with RunflowClient("bench-key", base_url=url, max_connections=concurrency) as client:
+        secret = await client.create_callback_secret("bench")
+        async with (
+            CallbackReceiver([secret.plain_secret.get_secret_value()]) as rx,
+            client.batch(max_concurrency=concurrency, callbacks=rx) as batch,
+        ):
+            batch.submit_many(request_for(i) for i in range(runs))
+    return sum(o.ok for o in await batch.gather())
+
+
 async def sdk_map(url: str, items: int, concurrency: int) -> int:
     ok = 0
     async with RunflowClient("bench-key", base_url=url, max_connections=concurrency) as client:
@@ -139,6 +154,8 @@ def run_contender(args: argparse.Namespace) -> None:
         work = baseline
     elif args.contender == "sdk_map":
         work = sdk_map
+    elif args.contender == "sdk_callback":
+        work = sdk_callback
     else:
         strategy = args.contender.removeprefix("sdk_")
 
@@ -284,7 +301,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--median", type=float, default=2.0, help="median run seconds")
-    parser.add_argument("--contenders", default="baseline,sdk_auto,sdk_per_run")
+    parser.add_argument("--contenders", default="baseline,sdk_auto,sdk_per_run,sdk_callback")
     parser.add_argument(
         "--map-items",
         type=int,
