@@ -60,7 +60,7 @@ class CreateGate(Protocol):
         """A create was answered 429."""
 
     async def wait_to_retry(self) -> None:
-        """Return when this create may try again."""
+        """Return when this create may try again; raise to give it up (nothing was created)."""
 
 
 logger = logging.getLogger("runflow_async")

@@ -30,6 +30,7 @@ from runflow_async._errors import (
     RunTimeoutError,
 )
 from runflow_async._estimate import estimate_request
+from runflow_async._gate import GaveUp, ItemGate
 from runflow_async._http import Transport
 from runflow_async._limits import AdaptiveWindow, Pacer, Slot
 from runflow_async._models import GenerationResult, Run, RunStatus
@@ -214,7 +215,7 @@ class Engine:
         self.uncertain[index] = client_ref
         if self.on_submitting is not None:
             self.on_submitting(index, client_ref)
-        gate = _ItemGate(self, index, slot) if self.options.adaptive else None
+        gate = ItemGate(self, index, slot, est) if self.options.adaptive else None
         body = request.to_body(client_ref=client_ref)
         if self.callbacks is not None and request.callback_url is None:
             body["callback_url"] = self.callbacks.receiver.url
@@ -227,6 +228,9 @@ class Engine:
                 on_retry=lambda event: self._on_create_retry(index, event),
                 gate=gate,
             )
+        except GaveUp as exc:  # throttled, then stopped or priced out: never created
+            del self.uncertain[index]
+            return self.not_submitted(index, request, est, exc.reason)
         except InsufficientCreditError as exc:
             del self.uncertain[index]
             self.ledger.release(est)
@@ -236,7 +240,12 @@ class Engine:
             outcome.error.__cause__ = exc
             return outcome
         except APIError as exc:
-            if not isinstance(exc, CreateOutcomeUnknownError):
+            if isinstance(exc, CreateOutcomeUnknownError):
+                # It may exist and be billed: keep its money aside for good.
+                # (Left as a reservation, later items would wait for a
+                # settlement that never comes.)
+                self.ledger.hold(est)
+            else:
                 del self.uncertain[index]
                 self.ledger.release(est)  # provably not created
             self.emit(BatchEvent("failed", index=index, error=exc))
@@ -374,22 +383,3 @@ class EngineView:
     def uncertain_client_refs(self) -> list[str]:
         """``client_ref`` of creates whose outcome is unknown; look them up before resubmitting."""
         return list(self._engine.uncertain.values())
-
-
-class _ItemGate:
-    """A throttled create gives back its slot and waits out the batch's cool-down."""
-
-    __slots__ = ("_engine", "_index", "_slot")
-
-    def __init__(self, engine: Engine, index: int, slot: Slot) -> None:
-        self._engine = engine
-        self._index = index
-        self._slot = slot
-
-    def throttled(self, retry_after: float | None) -> None:
-        self._engine.throttled(self._index, retry_after)
-
-    async def wait_to_retry(self) -> None:
-        self._slot.release()
-        await self._engine.window.wait_cooldown()
-        await self._slot.acquire()

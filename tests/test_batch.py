@@ -396,6 +396,42 @@ async def test_an_unknown_create_outcome_is_listed_for_reconciliation() -> None:
     assert emu.runs()[0]["client_ref"] == "mine-1"
 
 
+async def test_an_unknown_create_holds_its_money_and_never_stalls_the_batch() -> None:
+    # A square run costs $0.0015 (reserved at 1.5x until one settles). The first
+    # create's outcome is unknown: it may be billed, so its money stays held;
+    # two more runs fit beside it and the last item must be refused, not wait
+    # forever for a settlement that cannot come (a deadlock, seen in a soak).
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.lost_response(502))
+        emu.faults.next("list_runs", Fault.status(400), times=5)
+        with anyio.fail_after(10):
+            async with client.map(requests(4), max_concurrency=1, max_cost_usd="0.0046") as m:
+                outcomes = sorted([o async for o in m], key=lambda o: o.index)
+    assert isinstance(outcomes[0].error, CreateOutcomeUnknownError)
+    assert outcomes[1].ok
+    assert outcomes[2].ok
+    assert isinstance(outcomes[3].error, NotSubmittedError)
+    assert outcomes[3].error.reason == "budget"
+
+
+async def test_a_throttled_create_never_deadlocks_with_items_waiting_for_money() -> None:
+    # One slot; runs cost $0.0015, reserved at 1.5x ($0.00225) until one settles;
+    # the cap fits one reservation. Item 0 is answered 429 and gives its slot
+    # back for the cool-down; item 1 takes the slot and needs money. Item 0
+    # used to keep its money and wait for the slot: each waited on the other.
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", Fault.status(429, retry_after="2"))
+        with anyio.fail_after(10):
+            async with client.map(requests(3), max_concurrency=1, max_cost_usd="0.004") as m:
+                outcomes = sorted([o async for o in m], key=lambda o: o.index)
+        billed = emu.counters.billed_usd
+    assert sum(o.ok for o in outcomes) == 2  # whichever two got the money first
+    refused = [o.error for o in outcomes if not o.ok]
+    assert isinstance(refused[0], NotSubmittedError)
+    assert refused[0].reason == "budget"
+    assert billed == Decimal("0.003")
+
+
 async def test_items_wait_for_in_flight_runs_to_settle_instead_of_being_refused() -> None:
     # Ten runs at $0.0015 fit a $0.016 cap exactly as estimated, but until one
     # settles every reservation counts at the 1.5 safety factor: later items
