@@ -14,9 +14,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -177,6 +178,31 @@ async def _client(args: argparse.Namespace, api_key: str) -> AsyncIterator[Runfl
         yield client
 
 
+LOG_PATH = Path(".runflow", "log.txt")
+"""Where ``generate``/``edit`` append the library's log (retries, throttling, stops)."""
+
+
+@contextlib.contextmanager
+def _log_to_folder(out: Path) -> Iterator[None]:
+    """Append ``runflow_async`` INFO records to ``DIR/.runflow/log.txt`` for the run."""
+    path = out / LOG_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("runflow_async")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
 async def _run(
     args: argparse.Namespace,
     items: list[DatasetItem],
@@ -278,7 +304,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     try:
         confirmed = {i.key: e.usd for i, e in zip(todo, estimate.items, strict=True)}
-        return asyncio.run(_run(args, items, api_key, confirmed))
+        with _log_to_folder(args.out):
+            return asyncio.run(_run(args, items, api_key, confirmed))
     except RunflowError as exc:
         _err(str(exc))
         return 1
