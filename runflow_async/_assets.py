@@ -241,7 +241,7 @@ async def _open_session(
 def _put_error(status: int, body: bytes, safe_url: str, path: str) -> APIStatusError:
     try:
         code, message, _ = parse_error_body(json.loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):
         code = message = None  # storage hosts often answer XML
     text = f"HTTP {status}" + (f" {code}" if code else "") + f" uploading to {safe_url}"
     text += f": {message}" if message else ""

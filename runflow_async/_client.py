@@ -30,7 +30,7 @@ from runflow_async._http import Transport
 from runflow_async._map import MapRun, RequestSource
 from runflow_async._models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._options import BatchOptions, EngineOptions, check_serving
-from runflow_async._polling import check_outcome, fetch_run, poll_until_terminal
+from runflow_async._polling import check_outcome, check_run_id, fetch_run, poll_until_terminal
 from runflow_async._pricing import PricingPolicy
 from runflow_async._receiver import CallbackReceiver
 from runflow_async._requests import EditRequest, GenerateRequest, RunRequest, build_request
@@ -156,7 +156,7 @@ class RunflowClient(FilesMixin):
 
     async def get_run(self, run_id: str) -> Run:
         """Fetch a run (fresh signed output URLs on every read)."""
-        _check_run_id(run_id)
+        check_run_id(run_id)
         return await fetch_run(self._transport, run_id)
 
     async def wait(
@@ -174,7 +174,7 @@ class RunflowClient(FilesMixin):
             RunFailedError: The run failed (``check=True``).
             RunCanceledError: The run was canceled (``check=True``).
         """
-        _check_run_id(run_id)
+        check_run_id(run_id)
         run = await poll_until_terminal(
             self.get_run, run_id, timeout=timeout, policy=self.poll_policy
         )
@@ -341,11 +341,6 @@ class RunflowClient(FilesMixin):
         """Return ``GET /v1/health``'s body; any 2xx means healthy."""
         response = await self._transport.request("GET", "/v1/health")
         return response.data if isinstance(response.data, dict) else {"body": response.data}
-
-
-def _check_run_id(run_id: str) -> None:
-    if not run_id or "/" in run_id or run_id in (".", ".."):
-        raise ConfigurationError(f"Invalid run id {run_id!r}.")
 
 
 def _parse(model: type[_M], data: Any, path: str) -> _M:

@@ -75,6 +75,10 @@ def _model_path(model: str) -> str:
     return "/v1/models/" + "/".join(quote(part, safe="") for part in model.split("/")) + "/runs"
 
 
+class _CutOff2xx(Exception):
+    """A create was answered 2xx but its body was cut off: the run exists."""
+
+
 def _not_created(exc: APIError) -> bool:
     if isinstance(exc, RateLimitError):
         return True
@@ -164,9 +168,14 @@ async def create_run(
             # A create that was sent is always read to the end, even if the caller
             # is cancelled meanwhile: its run id must never be lost (it is billed).
             with anyio.CancelScope(shield=True):
-                response = await transport.send("POST", path, json_body=body, headers=headers)
+                try:
+                    response = await transport.send("POST", path, json_body=body, headers=headers)
+                except APIConnectionError as exc:
+                    if exc.status is not None and 200 <= exc.status < 300:
+                        raise _CutOff2xx from exc
+                    raise
             return Run.model_validate(response.data)
-        except (APIResponseError, pydantic.ValidationError) as exc:
+        except (APIResponseError, pydantic.ValidationError, _CutOff2xx) as exc:
             # A 2xx means the run exists: recover it, never send again.
             found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
             if found is None:

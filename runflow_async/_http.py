@@ -232,8 +232,14 @@ class Transport:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
                 status, resp_headers = resp.status, resp.headers
+                try:
+                    body = await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # The status arrived, the body did not: keep the status, so a
+                    # create answered 2xx is known to exist (never resent).
+                    msg = f"The HTTP {status} response was cut off ({type(exc).__name__})"
+                    raise APIConnectionError(msg, status=status, method=method, path=path) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise APITimeoutError(
                 "Timed out connecting to the API", sent=False, method=method, path=path
@@ -264,7 +270,7 @@ def _parse_json(body: bytes, status: int, request_id: str | None, method: str, p
         return None
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise APIResponseError(
             f"HTTP {status} response body is not JSON",
             status=status,
@@ -285,8 +291,8 @@ def _status_error(
 ) -> APIError:
     try:
         data = json.loads(body) if body.strip() else None
-    except ValueError:
-        data = None  # an HTML error page from a proxy, say
+    except (ValueError, RecursionError):
+        data = None  # an HTML error page from a proxy, say, or absurdly deep nesting
     code, message, errors = parse_error_body(data)
     cls = error_for_status(status)
     text = message or (body[:200].decode("utf-8", "replace").strip() if data is None else "")

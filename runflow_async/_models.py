@@ -141,8 +141,9 @@ class Run(BaseModel):
             data["id"] = data["run_id"]
         error = data.get("error")
         if isinstance(error, dict):
-            data.setdefault("failure_code", error.get("code"))
-            data.setdefault("failure_message", error.get("message"))
+            for field, key in (("failure_code", "code"), ("failure_message", "message")):
+                if data.get(field) is None:
+                    data[field] = error.get(key)
         # On failure the docs allow "an error envelope" as the output.
         if data.get("output") is not None and not isinstance(data["output"], dict):
             data["output"] = None
@@ -275,25 +276,26 @@ def parse_error_body(data: Any) -> tuple[str | None, str | None, list[Any]]:
 
     Handles the documented ``{code, message, errors}``, a nested
     ``{"error": {code, message}}``, a proxy's ``{"error": "...", "code"}`` and
-    FastAPI's ``{"detail": str | list}``.
+    FastAPI's ``{"detail": str | list}``. Where several places could say the
+    same thing, the first non-empty value of the right type wins, so a field of
+    the wrong type never hides a good one.
     """
     if not isinstance(data, dict):
         return None, None, []
-    code, message, errors = data.get("code"), data.get("message"), data.get("errors")
     nested = data.get("error")
-    if isinstance(nested, dict):
-        code = code or nested.get("code")
-        message = message or nested.get("message")
-    elif isinstance(nested, str):
-        message = message or nested
+    nested_code = nested.get("code") if isinstance(nested, dict) else None
+    nested_message = nested.get("message") if isinstance(nested, dict) else nested
     detail = data.get("detail")
-    if isinstance(detail, str):
-        message = message or detail
-    elif isinstance(detail, list):
-        errors = errors or detail
-        message = message or "Request validation failed"
-    return (
-        code if isinstance(code, str) else None,
-        message if isinstance(message, str) else None,
-        list(errors) if isinstance(errors, list) else [],
+    code = _first_text(data.get("code"), nested_code)
+    message = _first_text(
+        data.get("message"),
+        nested_message,
+        detail,
+        "Request validation failed" if isinstance(detail, list) else None,
     )
+    errors = next((e for e in (data.get("errors"), detail) if isinstance(e, list) and e), [])
+    return code, message, list(errors)
+
+
+def _first_text(*values: Any) -> str | None:
+    return next((value for value in values if isinstance(value, str) and value), None)

@@ -9,6 +9,7 @@ the HTTP layer, not here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -17,6 +18,7 @@ import pydantic
 from runflow_async._config import PollPolicy
 from runflow_async._errors import (
     APIResponseError,
+    ConfigurationError,
     RunCanceledError,
     RunFailedError,
     RunTimeoutError,
@@ -24,17 +26,34 @@ from runflow_async._errors import (
 from runflow_async._http import Transport
 from runflow_async._models import Run, RunStatus
 
-__all__ = ["check_outcome", "fetch_run", "poll_until_terminal"]
+__all__ = ["check_outcome", "check_run_id", "fetch_run", "poll_until_terminal"]
+
+# Run ids are UUIDs; anything outside URL-unreserved characters could turn a read
+# of one run into a request for another resource (``?``, ``#``, ``%2e%2e``).
+_RUN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}")
 
 logger = logging.getLogger("runflow_async")
+
+
+def check_run_id(run_id: str) -> None:
+    """Refuse an id that is not a plain run id, before anything is sent.
+
+    Raises:
+        ConfigurationError: Empty, too long, or with characters outside
+            ``A-Z a-z 0-9 . _ ~ -`` (or ``.``/``..``).
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or run_id == "..":
+        raise ConfigurationError(f"Invalid run id {run_id!r}.")
 
 
 async def fetch_run(transport: Transport, run_id: str) -> Run:
     """Read one run (``GET /v1/runs/{id}``; retried by the HTTP layer).
 
     Raises:
+        ConfigurationError: ``run_id`` is not a plain run id; nothing was sent.
         APIResponseError: The answer is not a run.
     """
+    check_run_id(run_id)
     path = f"/v1/runs/{run_id}"
     response = await transport.request("GET", path)
     try:

@@ -9,6 +9,7 @@ each field; the server stays authoritative and its 422 ``errors`` surface as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -71,11 +72,44 @@ class CustomImageSize(BaseModel):
 
 
 def _http_url(value: str, *, max_length: int | None = None) -> str:
-    if not value.startswith(("https://", "http://")) or len(value) <= len("https://"):
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("https", "http") or not sep or not rest:
         raise ValueError("must be an http:// or https:// URL")
     if max_length is not None and len(value) > max_length:
         raise ValueError(f"must be at most {max_length} characters")
     return value
+
+
+def _check_json(value: Any, path: set[int]) -> None:
+    """Raise ``ValueError`` unless ``value`` is plain JSON (all the API can receive)."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must hold finite numbers only (JSON has no NaN or Infinity)")
+    elif isinstance(value, list | tuple | dict):
+        if id(value) in path:
+            raise ValueError("must not contain itself")
+        path.add(id(value))
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise ValueError("must have string keys at every level")
+                _check_text(key)
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_json(item, path)
+        path.discard(id(value))
+    else:
+        raise ValueError(f"must hold JSON values only, not {type(value).__name__}")
+
+
+def _check_text(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must hold valid Unicode text (no lone surrogates)") from None
 
 
 def _size_kind(value: Any) -> str:
@@ -126,6 +160,15 @@ class RunRequest(BaseModel):
     @classmethod
     def _callback_is_http(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value, max_length=2048)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            _check_json(value, set())
+        except RecursionError:
+            raise ValueError("is nested too deeply") from None
+        return value
 
     @property
     def size(self) -> Size | None:

@@ -21,6 +21,7 @@ import logging
 import statistics
 from collections import deque
 from typing import Any, Literal
+from urllib.parse import quote
 
 import anyio
 import pydantic
@@ -240,7 +241,7 @@ async def poll_run(
     interval = max(0.1, median * 0.15)
     while True:
         await anyio.sleep(delay * policy.time_scale)
-        response = await transport.request("GET", f"/v1/runs/{run_id}")
+        response = await transport.request("GET", f"/v1/runs/{quote(run_id, safe='')}")
         data = response.data
         # Only a finished run is worth a full parse.
         if not isinstance(data, dict) or data.get("status_code") in _TERMINAL:
