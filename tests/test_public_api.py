@@ -15,7 +15,7 @@ def test_all_is_sorted_and_complete() -> None:
     for name in names:
         assert hasattr(runflow_async, name), name
     public = {n for n in dir(runflow_async) if not n.startswith("_")}
-    assert public - set(names) <= {"emulator"}
+    assert public - set(names) <= {"emulator", "testing"}
 
 
 def test_exported_classes_show_the_public_module() -> None:
