@@ -99,7 +99,55 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help='fraction of automatic callbacks sent with "output": null (0-1)',
     )
+    _add_fault_flags(emu)
     return parser
+
+
+def _routes(text: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+def _scope(text: str) -> tuple[str, frozenset[str]]:
+    kind, sep, routes = text.partition("=")
+    if not (sep and kind.strip() and routes.strip()):
+        raise argparse.ArgumentTypeError(f"expected KIND=ROUTE[,ROUTE...], got {text!r}")
+    return kind.strip(), _routes(routes)
+
+
+def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
+    """Seeded random faults (``FaultRates``): each rate is a fraction of requests, 0-1."""
+    faults = emu.add_argument_group("random faults (seeded; one draw per request)")
+    for flag, default, what in (
+        ("--rate-429", 0.0, "answered 429 RATE_LIMITED"),
+        ("--rate-429-without-retry-after", 0.5, "of those 429s, sent without Retry-After"),
+        ("--rate-5xx", 0.0, "answered a server error (502 HTML or 503 JSON)"),
+        ("--rate-5xx-html", 0.5, "of those server errors, an HTML 502 page"),
+        ("--rate-drop", 0.0, "whose connection is closed without an answer"),
+        ("--rate-lost-create", 0.0, "of creates: run stored, answer lost (a 502 page)"),
+        ("--rate-slow", 0.0, "answered --slow-seconds late"),
+    ):
+        faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
+    faults.add_argument(
+        "--retry-after", type=float, default=1.0, help="Retry-After seconds of a 429 (default 1)"
+    )
+    faults.add_argument(
+        "--slow-seconds", type=float, default=1.0, help="delay of a slow answer (emulated s)"
+    )
+    faults.add_argument(
+        "--fault-routes",
+        type=_routes,
+        default=frozenset({"create", "get_run", "list_runs"}),
+        metavar="ROUTE[,ROUTE...]",
+        help="routes that draw faults (default create,get_run,list_runs)",
+    )
+    faults.add_argument(
+        "--fault-only",
+        type=_scope,
+        action="append",
+        default=[],
+        metavar="KIND=ROUTE[,ROUTE...]",
+        help="confine a kind (429, 5xx, drop, slow) to some routes, e.g. 5xx=get_run,list_runs",
+    )
 
 
 def _money(value: Decimal) -> str:
@@ -125,9 +173,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from runflow_async.emulator import Emulator, EmulatorConfig, serve
+    from runflow_async.emulator import Emulator, EmulatorConfig, FaultRates, serve
 
     try:
+        faults = FaultRates(
+            rate_429=args.rate_429,
+            rate_429_without_retry_after=args.rate_429_without_retry_after,
+            retry_after_seconds=args.retry_after,
+            rate_5xx=args.rate_5xx,
+            rate_5xx_html=args.rate_5xx_html,
+            rate_drop=args.rate_drop,
+            rate_lost_create=args.rate_lost_create,
+            rate_slow=args.rate_slow,
+            slow_seconds=args.slow_seconds,
+            applies_to=args.fault_routes,
+            only_on=dict(args.fault_only),
+        )
         config = EmulatorConfig(
             host=args.host,
             port=args.port,
@@ -145,6 +206,7 @@ def _emulator(args: argparse.Namespace) -> int:
             rate_limit_retry_after=args.rate_limit_retry_after,
             retain_runs=args.retain_runs,
             callback_null_output_rate=args.callback_null_output_rate,
+            faults=faults,
         )
     except ValueError as exc:
         print(f"runflow-async emulator: {exc}", file=sys.stderr)

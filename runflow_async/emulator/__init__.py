@@ -21,8 +21,14 @@ Runs created with a ``callback_url`` get a signed POST when they end (3 attempts
 Fault.duplicate())``, ``EmulatorConfig.callback_faults``), and payloads whose
 ``output`` is null (``EmulatorConfig.callback_null_output_rate``).
 
+Random faults are seeded draws per request (``EmulatorConfig.faults``), each kind
+optionally confined to some routes (``FaultRates.only_on``: say, server errors on
+status reads only). Credit runs out with 402 ``INSUFFICIENT_CREDIT`` and can be
+topped up while running (``Emulator.set_credit``, ``POST /_emulator/credit``).
+
 Run it standalone with ``runflow-async emulator --port 8787`` (``--help`` lists
-the limits); ``--port 0`` picks a free port and prints the URL.
+the limits and the fault flags, e.g. ``--rate-5xx 0.05 --fault-only
+5xx=get_run,list_runs``); ``--port 0`` picks a free port and prints the URL.
 """
 
 from runflow_async.emulator._config import CallbackFaults, EmulatorConfig, FaultRates

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 
 from runflow_async._pricing import PricingPolicy
 from runflow_async.emulator._counters import ROUTES
 
-__all__ = ["CALLBACK", "FAULTABLE_ROUTES", "CallbackFaults", "EmulatorConfig", "FaultRates"]
+__all__ = [
+    "CALLBACK",
+    "CONTROL_ROUTES",
+    "FAULTABLE_ROUTES",
+    "SCOPED_FAULT_KINDS",
+    "CallbackFaults",
+    "EmulatorConfig",
+    "FaultRates",
+    "check_money",
+]
 
-FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - {"counters", "report"}
-"""Routes a fault can target; ``counters`` and ``report`` are the control plane, never faulted."""
+CONTROL_ROUTES: frozenset[str] = frozenset({"counters", "report", "credit"})
+"""The emulator's own ``/_emulator/*`` routes: never faulted."""
+
+FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - CONTROL_ROUTES
+"""Routes a fault can target: every API route, none of the control plane."""
 
 CALLBACK = "callback"
 """The pseudo-route of outgoing callback deliveries in a ``FaultScript``."""
+
+SCOPED_FAULT_KINDS: frozenset[str] = frozenset({"429", "5xx", "drop", "slow"})
+"""Kinds of random fault that ``FaultRates.only_on`` can confine to some routes."""
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -23,7 +40,8 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
 
 
-def _check_money(name: str, value: Decimal) -> None:
+def check_money(name: str, value: Decimal) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite amount, not negative."""
     amount = Decimal(value)  # also takes an int
     if not (amount.is_finite() and amount >= 0):
         raise ValueError(f"{name} must be a finite amount, not negative, got {value}")
@@ -35,7 +53,11 @@ class FaultRates:
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
     ``rate_slow``) are mutually exclusive outcomes of one draw, so their sum must not
-    exceed 1.
+    exceed 1. Each kind applies to every route of ``applies_to`` unless ``only_on``
+    confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05, only_on={"5xx": frozenset(
+    {"get_run", "list_runs"})})`` answers 5% of all requests 429 and 5% of status reads
+    (only) 5xx. On a route a kind does not apply to, its share of the draw is no fault,
+    so every kind keeps its own rate on the routes it does apply to.
 
     Attributes:
         rate_429: Fraction of requests answered ``429 RATE_LIMITED``.
@@ -50,6 +72,9 @@ class FaultRates:
         rate_slow: Fraction of requests delayed by ``slow_seconds`` before answering.
         slow_seconds: Delay of a slow request, in emulated seconds.
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
+        only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
+            to these routes of ``applies_to``; a kind not named applies to all of them.
+            A lost create only ever happens on ``create``.
     """
 
     rate_429: float = 0.0
@@ -62,6 +87,9 @@ class FaultRates:
     rate_slow: float = 0.0
     slow_seconds: float = 1.0
     applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
+    only_on: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -81,6 +109,27 @@ class FaultRates:
         unknown = self.applies_to - FAULTABLE_ROUTES
         if unknown:
             raise ValueError(f"unknown routes in applies_to: {sorted(unknown)}")
+        self._check_only_on()
+
+    def _check_only_on(self) -> None:
+        scopes = {kind: frozenset(routes) for kind, routes in self.only_on.items()}
+        unknown = set(scopes) - SCOPED_FAULT_KINDS
+        if unknown:
+            known = ", ".join(sorted(SCOPED_FAULT_KINDS))
+            raise ValueError(f"only_on takes the kinds {known}, not {sorted(unknown)}")
+        for kind, routes in scopes.items():
+            outside = routes - self.applies_to
+            if outside:
+                raise ValueError(
+                    f"only_on[{kind!r}] names routes not in applies_to: {sorted(outside)}"
+                )
+        # Frozen: keep a read-only copy, so the caller's dict cannot change the rates.
+        object.__setattr__(self, "only_on", MappingProxyType(scopes))
+
+    def applies(self, kind: str, route: str) -> bool:
+        """Return whether a fault of ``kind`` (see ``only_on``) may hit ``route``."""
+        routes = self.only_on.get(kind)
+        return routes is None or route in routes
 
     @property
     def total(self) -> float:
@@ -146,7 +195,11 @@ class EmulatorConfig:
         url_ttl: Emulated seconds an output URL stays valid after a read signs it.
         pricing: The shared pricing policy that computes each run's cost.
         cost_multiplier: The emulator bills this times the policy price.
-        credit_usd: Once the billed total reaches this, creates answer 402.
+        credit_usd: Once the billed total reaches this, creates answer 402. Runs
+            admitted before that still finish and bill (the check is on what has
+            been billed, not on what runs in flight will cost). Change it while
+            running with :meth:`~runflow_async.emulator.Emulator.set_credit` or
+            ``POST /_emulator/credit`` (a top-up).
         faults: Seeded random fault rates.
         max_in_flight_runs: Per-organization concurrency cap: a create is answered
             ``429 RATE_LIMITED`` while this many runs are not terminal.
@@ -212,9 +265,9 @@ class EmulatorConfig:
         floor = self.callback_timeout_floor
         if not (math.isfinite(floor) and floor >= 0):
             raise ValueError(f"callback_timeout_floor must be finite, not negative, got {floor!r}")
-        _check_money("cost_multiplier", self.cost_multiplier)
+        check_money("cost_multiplier", self.cost_multiplier)
         if self.credit_usd is not None:
-            _check_money("credit_usd", self.credit_usd)
+            check_money("credit_usd", self.credit_usd)
         self._check_limits()
 
     def _check_limits(self) -> None:

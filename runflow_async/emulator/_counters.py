@@ -18,6 +18,7 @@ ROUTES = (
     "file",
     "counters",
     "report",
+    "credit",
     "asset_upload",
     "upload_put",
     "asset_confirm",

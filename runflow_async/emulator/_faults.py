@@ -241,18 +241,22 @@ class FaultDice:
             return None
         draw = self._rng.random()
         if draw < (edge := rates.rate_429):
+            if not rates.applies("429", route):
+                return None
             without = self._rng.random() < rates.rate_429_without_retry_after
             after = None if without else rates.retry_after_seconds
             return Fault.status(429, retry_after=after)
         if draw < (edge := edge + rates.rate_5xx):
+            if not rates.applies("5xx", route):
+                return None
             if self._rng.random() < rates.rate_5xx_html:
                 return Fault.status(502, html=True)
             return Fault.status(503)
         if draw < (edge := edge + rates.rate_drop):
-            return Fault.drop()
+            return Fault.drop() if rates.applies("drop", route) else None
         if draw < (edge := edge + rates.rate_lost_create):
             return Fault.lost_response() if route == "create" else None
-        if draw < edge + rates.rate_slow:
+        if draw < edge + rates.rate_slow and rates.applies("slow", route):
             return Fault.slow(rates.slow_seconds)
         return None
 

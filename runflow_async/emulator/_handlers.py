@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 from aiohttp import web
 
@@ -12,7 +13,7 @@ from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import parse_list_params, walk
 from runflow_async.emulator._middleware import FORCED_FAILURE, REQUEST_ID
 from runflow_async.emulator._query import QuerySyntaxError, named_values
-from runflow_async.emulator._responses import error_response, json_response
+from runflow_async.emulator._responses import error_response, json_body, json_response
 from runflow_async.emulator._state import STATE, EmulatorState, fingerprint
 from runflow_async.emulator._validation import field_error, validate_create
 
@@ -20,6 +21,7 @@ __all__ = [
     "base_url",
     "counters",
     "create_run",
+    "credit",
     "get_file",
     "get_run",
     "health",
@@ -39,7 +41,7 @@ def _admission(state: EmulatorState, now: float) -> web.Response | None:
     """Refuse a valid create for lack of credit (402) or by rate limit (429), or admit it."""
     store = state.store
     in_flight = store.in_flight(now)  # settles, so the billed total is current
-    credit = state.config.credit_usd
+    credit = state.credit_usd
     if credit is not None and store.billed_usd >= credit:
         message = f"Billed ${store.billed_usd} of ${credit} credit; top up to run more."
         return error_response(402, "INSUFFICIENT_CREDIT", message)
@@ -163,6 +165,28 @@ async def report(request: web.Request) -> web.Response:
     if errors:
         return error_response(422, "VALIDATION_ERROR", "Invalid report parameters.", errors)
     return json_response(request.app[STATE].report(**values))
+
+
+async def credit(request: web.Request) -> web.Response:
+    """``POST /_emulator/credit`` with ``{"credit_usd": "12.5"}`` (or ``null``): top up, no auth.
+
+    Answers the credit now and what has been billed so far.
+    """
+    state = request.app[STATE]
+    body, refused = await json_body(request)
+    if refused is not None:
+        return refused
+    value = body.get("credit_usd", "") if isinstance(body, dict) else ""
+    try:
+        state.set_credit(None if value is None else Decimal(str(value)))
+    except (ArithmeticError, ValueError):
+        error = field_error("credit_usd", "must be an amount of money, or null", "invalid_type")
+        return error_response(422, "VALIDATION_ERROR", "Invalid credit.", [error])
+    amount = state.credit_usd
+    billed = state.store.billed_usd
+    return json_response(
+        {"credit_usd": None if amount is None else str(amount), "billed_usd": str(billed)}
+    )
 
 
 async def get_file(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
@@ -73,6 +74,7 @@ def build_app(state: EmulatorState) -> web.Application:
     )
     router.add_get("/_emulator/counters", _handlers.counters, name="counters")
     router.add_get("/_emulator/report", _handlers.report, name="report")
+    router.add_post("/_emulator/credit", _handlers.credit, name="credit")
     return app
 
 
@@ -163,6 +165,21 @@ class Emulator:
     def faults(self) -> FaultScript:
         """Return the script of faults to inject into the next requests."""
         return self._state.script
+
+    def set_credit(self, credit_usd: Decimal | int | str | None) -> None:
+        """Top up (or cut) the credit: creates answer 402 once the billed total reaches it.
+
+        The same as ``POST /_emulator/credit`` with ``{"credit_usd": ...}``.
+
+        Args:
+            credit_usd: The new credit, in USD (not added to the old one); ``None``
+                lifts the limit.
+
+        Raises:
+            ValueError: If the amount is not finite or is negative.
+            decimal.InvalidOperation: If a string is not a number.
+        """
+        self._state.set_credit(None if credit_usd is None else Decimal(credit_usd))
 
     def advance(self, seconds: float) -> None:
         """Move the emulated clock ``seconds`` forward at once (no real waiting).

@@ -18,7 +18,7 @@ from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Siz
 from runflow_async.emulator._assets import AssetRecord, AssetStore
 from runflow_async.emulator._callbacks import CallbackCenter
 from runflow_async.emulator._clock import EPOCH, EmulatedClock
-from runflow_async.emulator._config import EmulatorConfig
+from runflow_async.emulator._config import EmulatorConfig, check_money
 from runflow_async.emulator._counters import EmulatorCounters, Tally
 from runflow_async.emulator._faults import FaultDice, FaultScript
 from runflow_async.emulator._images import ImageRenderer
@@ -64,6 +64,8 @@ class EmulatorState:
 
     Attributes:
         config: The configuration.
+        credit_usd: The credit now (``config.credit_usd`` until topped up); ``None``
+            for no limit.
         clock: The scaled clock.
         store: The runs.
         assets: Upload sessions and the assets they became.
@@ -80,6 +82,7 @@ class EmulatorState:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
+        self.credit_usd = config.credit_usd
         self.clock = EmulatedClock(config.time_scale)
         self.store = RunStore(config.retain_runs)
         self.assets = AssetStore(config.seed)
@@ -99,6 +102,16 @@ class EmulatorState:
         self._prices: dict[_PriceKey, tuple[Size, Decimal]] = {}
         prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
         self._request_ids = (f"req_{prefix:06x}{n:010x}" for n in itertools.count(1))
+
+    def set_credit(self, credit_usd: Decimal | None) -> None:
+        """Replace the credit: a top-up, or ``None`` to lift the limit.
+
+        Raises:
+            ValueError: If the amount is not finite or is negative.
+        """
+        if credit_usd is not None:
+            check_money("credit_usd", credit_usd)
+        self.credit_usd = None if credit_usd is None else Decimal(credit_usd)
 
     def next_request_id(self) -> str:
         """Return a new unique ``X-Request-Id``."""

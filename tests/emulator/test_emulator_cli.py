@@ -113,3 +113,50 @@ def test_the_callback_null_output_rate_flag_is_validated_as_a_fraction(
 ) -> None:
     assert main(["emulator", "--callback-null-output-rate", "1.5"]) == 2
     assert "callback_null_output_rate must be between 0 and 1" in capsys.readouterr().err
+
+
+async def test_fault_flags_reach_the_emulator() -> None:
+    flags = ["--time-scale", "1", "--median-duration", "1000", "--seed", "3"]
+    flags += ["--rate-5xx", "1", "--rate-5xx-html", "0", "--fault-only", "5xx=list_runs"]
+    flags += ["--rate-429", "0", "--fault-routes", "create,list_runs"]
+    async with _cli_emulator(*flags) as http:
+        created = [await _post(http) for _ in range(3)]
+        async with http.get("/v1/runs", headers=AUTH) as resp:
+            listed = resp.status
+        async with http.get(f"/v1/runs/{created[0][1]['id']}", headers=AUTH) as resp:
+            read = resp.status  # get_run draws nothing: not in --fault-routes
+        async with http.post("/_emulator/credit", json={"credit_usd": "0"}) as resp:
+            assert resp.status == 200
+        refused, *_ = await _post(http)
+        async with http.get("/_emulator/counters") as resp:
+            counters = await resp.json()
+    assert [status for status, *_ in created] == [201, 201, 201]
+    assert (listed, read, refused) == (503, 200, 402)
+    assert counters["faults_injected"] == {"status_503": 1}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rate-429", "0.7", "--rate-drop", "0.7"], "add up to"),
+        (["--rate-lost-create", "2"], "rate_lost_create must be between 0 and 1"),
+        (["--fault-routes", "create,counters"], "unknown routes in applies_to"),
+        (["--fault-only", "5xx=health"], "names routes not in applies_to"),
+        (["--fault-only", "teapot=create"], "only_on takes the kinds"),
+    ],
+)
+def test_invalid_fault_flags_exit_2_with_the_reason(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["emulator", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scope", ["5xx", "=create", "5xx="])
+def test_a_malformed_fault_scope_is_a_usage_error(
+    scope: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["emulator", "--fault-only", scope])
+    assert exit_info.value.code == 2
+    assert "expected KIND=ROUTE" in capsys.readouterr().err

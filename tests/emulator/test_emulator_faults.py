@@ -233,3 +233,78 @@ def test_fault_rates_are_validated() -> None:
         FaultRates(slow_seconds=-1.0)
     with pytest.raises(ValueError, match="unknown routes"):
         FaultRates(applies_to=frozenset({"counters"}))
+
+
+async def test_only_on_confines_a_kind_to_some_routes_and_keeps_its_rate_there() -> None:
+    rates = FaultRates(
+        rate_5xx=1.0, rate_5xx_html=0.0, only_on={"5xx": frozenset({"get_run", "list_runs"})}
+    )
+    async with running(faults=rates) as h:
+        created = [await h.create() for _ in range(5)]  # never a server error
+        async with h.http.get("/v1/runs", headers=AUTH) as resp:
+            listed = resp.status
+        async with h.http.get(f"/v1/runs/{created[0]['id']}", headers=AUTH) as resp:
+            read = resp.status
+        counters = h.emu.counters
+    assert (listed, read) == (503, 503)
+    assert counters.runs_created == 5
+    assert counters.faults_injected == {"status_503": 2}
+
+
+@pytest.mark.parametrize("kind", ["429", "drop", "slow"])
+async def test_only_on_confines_every_scoped_kind(kind: str) -> None:
+    rates = FaultRates(
+        rate_429=1.0 if kind == "429" else 0.0,
+        rate_drop=1.0 if kind == "drop" else 0.0,
+        rate_slow=1.0 if kind == "slow" else 0.0,
+        slow_seconds=0.0,
+        only_on={kind: frozenset({"get_run"})},
+    )
+    async with running(faults=rates) as h:
+        await h.create()
+        async with h.http.get("/v1/runs", headers=AUTH) as resp:
+            assert resp.status == 200
+        counters = h.emu.counters
+    assert counters.faults_injected == {}
+    assert counters.runs_created == 1
+
+
+async def test_the_chaos_mix_hits_each_route_at_its_own_rates() -> None:
+    # 429 and drops everywhere, server errors on status reads, lost answers on creates.
+    rates = FaultRates(
+        rate_429=0.25,
+        rate_5xx=0.25,
+        rate_drop=0.0,
+        rate_lost_create=0.25,
+        only_on={"5xx": frozenset({"get_run", "list_runs"})},
+    )
+    async with running(faults=rates, seed=4, **FROZEN) as h:
+        creates: dict[int, int] = {}
+        for _ in range(200):
+            status, *_ = await _raw_create(h)
+            creates[status] = creates.get(status, 0) + 1
+        reads: dict[int, int] = {}
+        for _ in range(200):
+            async with h.http.get("/v1/runs", headers=AUTH) as resp:
+                reads[resp.status] = reads.get(resp.status, 0) + 1
+    assert set(creates) == {201, 429, 502}  # 502: the lost answers (HTML pages)
+    assert set(reads) == {200, 429, 502, 503}
+    assert 25 <= creates[429] <= 75
+    assert 25 <= creates[502] <= 75
+    assert 25 <= reads[502] + reads[503] <= 75
+
+
+def test_only_on_is_validated_and_read_only() -> None:
+    with pytest.raises(ValueError, match="only_on takes the kinds"):
+        FaultRates(only_on={"lost_create": frozenset({"create"})})
+    with pytest.raises(ValueError, match="not in applies_to"):
+        FaultRates(only_on={"5xx": frozenset({"health"})})
+    scopes = {"drop": {"create"}}
+    rates = FaultRates(only_on=scopes)  # type: ignore[arg-type]
+    scopes["drop"].add("get_run")
+    assert rates.only_on == {"drop": frozenset({"create"})}
+    assert rates.applies("drop", "create")
+    assert not rates.applies("drop", "get_run")
+    assert rates.applies("429", "get_run")
+    with pytest.raises(TypeError):
+        rates.only_on["5xx"] = frozenset()  # type: ignore[index]
