@@ -94,6 +94,7 @@ class CallbackWaiter:
             return await self._fallback(run_id)
         polled: Run | None = None
         payload: CallbackPayload | None = None
+        refused: APIError | None = None
 
         async def by_callback() -> None:
             nonlocal payload
@@ -104,8 +105,11 @@ class CallbackWaiter:
             tg.cancel_scope.cancel()  # noticed: no more fallback reads
 
         async def by_fallback() -> None:
-            nonlocal polled
-            polled = await self._fallback(run_id)
+            nonlocal polled, refused
+            try:
+                polled = await self._fallback(run_id)
+            except APIError as exc:  # raised below as itself, not in an ExceptionGroup
+                refused = exc
             tg.cancel_scope.cancel()
 
         try:
@@ -114,6 +118,8 @@ class CallbackWaiter:
                 tg.start_soon(by_fallback)
         finally:
             watch.cancel()
+        if refused is not None:
+            raise refused
         if polled is not None:
             return polled
         assert payload is not None  # noqa: S101 - the group ends only once one is set
@@ -153,10 +159,17 @@ class CallbackWaiter:
             if final is not None:
                 return final
         while True:  # one run, or the list filter proved unusable
-            run = await fetch_run(self._transport, run_id)
-            if run.is_terminal:
-                self._stats.add(run)
-                return run
+            try:
+                run = await fetch_run(self._transport, run_id)
+            except APIError as exc:
+                if not exc.retryable:
+                    raise
+                # Transient even after the HTTP layer's retries: the run goes on.
+                logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
+            else:
+                if run.is_terminal:
+                    self._stats.add(run)
+                    return run
             await anyio.sleep(self._policy.callback_fallback_interval * scale)
 
 

@@ -273,7 +273,10 @@ class Engine:
             self._scopes.add(scope)
             try:
                 final = await self._wait(run, by_callback, slot)
-            except RunTimeoutError as exc:
+            except (RunTimeoutError, APIError) as exc:
+                # Timed out, or the run could not be read for good (a 404, a
+                # refused key): this item ends, never its siblings. The run
+                # exists and may still be billed: it stays listed, its money held.
                 del self.unfinished[index]
                 self.unsettled[index] = run.id
                 self.ledger.hold(est)  # it may still be billed

@@ -27,7 +27,7 @@ import anyio
 import pydantic
 
 from runflow_async._config import PollPolicy
-from runflow_async._errors import APIError, APIStatusError, ServerError
+from runflow_async._errors import APIError, APIResponseError, APIStatusError, ServerError
 from runflow_async._filters import TERMINAL_FILTER, any_of
 from runflow_async._http import Transport
 from runflow_async._models import TERMINAL_STATUSES, Run
@@ -229,6 +229,11 @@ async def poll_run(
 ) -> Run:
     """Poll one run: first near its expected finish, then at growing intervals.
 
+    A read that still fails after the HTTP layer's retries (429, 5xx, a dropped
+    connection) is tried again at the next interval, as the list poller does at
+    its next tick: the run goes on, and the caller's deadline bounds the wait.
+    Other errors (a 404, a refused key, an unreadable answer) are raised.
+
     Args:
         transport: The HTTP layer.
         run_id: The run.
@@ -241,13 +246,26 @@ async def poll_run(
     interval = max(0.1, median * 0.15)
     while True:
         await anyio.sleep(delay * policy.time_scale)
-        response = await transport.request("GET", f"/v1/runs/{quote(run_id, safe='')}")
+        delay = interval
+        interval = min(policy.max_interval, interval * 1.25)
+        try:
+            response = await transport.request("GET", f"/v1/runs/{quote(run_id, safe='')}")
+        except APIError as exc:
+            if not exc.retryable:
+                raise
+            logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
+            continue
         data = response.data
         # Only a finished run is worth a full parse.
         if not isinstance(data, dict) or data.get("status_code") in _TERMINAL:
-            run = Run.model_validate(data)
+            try:
+                run = Run.model_validate(data)
+            except pydantic.ValidationError as exc:
+                raise APIResponseError(
+                    f"Unexpected response shape from GET /v1/runs/{run_id}",
+                    method="GET",
+                    path=f"/v1/runs/{run_id}",
+                ) from exc
             if run.is_terminal:
                 stats.add(run)
                 return run
-        delay = interval
-        interval = min(policy.max_interval, interval * 1.25)

@@ -1,0 +1,173 @@
+"""Issue 6's chaos soaks, small: the library and the CLI under every fault at once.
+
+The benchmarks in ``benchmarks/chaos_soak.py`` and ``benchmarks/chaos_resume.py``
+at a few hundred runs, each against an emulator in its own process (429s, 5xx
+on status reads, lost creates, dropped connections, failed runs, a credit that
+runs out). The emulator's run listing is the ground truth: nothing unaccounted
+for, nothing billed twice, no paid result lost, nothing billed past the budget.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+from benchmarks import chaos_resume, chaos_soak
+from runflow_async import (
+    CallbackReceiver,
+    GenerateRequest,
+    NotFoundError,
+    PollPolicy,
+    RetryPolicy,
+    RunflowClient,
+)
+from runflow_async._waiting import WaitStrategy
+from runflow_async.emulator import Emulator, Fault
+from tests.conftest import API_KEY
+
+
+def _exercised(result: dict[str, Any]) -> None:
+    """The mix really happened: 429s, server errors and lost answers (lost creates, drops).
+
+    Expected counts at this size: about 40, 20 and 15, so a zero is no accident.
+    """
+    faults = result["emulator_faults"]
+    assert faults.get("status_429", 0) > 0, faults
+    assert faults.get("status_502", 0) + faults.get("status_503", 0) > 0, faults
+    assert faults.get("lost_response", 0) + faults.get("drop", 0) > 0, faults
+
+
+@pytest.mark.parametrize("api", ["batch", "map"])
+async def test_a_soak_that_runs_out_of_credit_loses_nothing_and_bills_nothing_twice(
+    api: Literal["batch", "map"],
+) -> None:
+    settings = chaos_soak.SoakSettings(
+        runs=400,
+        api=api,
+        concurrency=20,
+        credit_fraction=Decimal("0.6"),
+        budget_fraction=Decimal("0.9"),
+        timeout=60.0,
+    )
+    result = await chaos_soak.main_async(settings)
+    assert result["missed"] == []
+    assert result["unaccounted"] == 0
+    assert result["duplicate_billed_runs"] == 0
+    assert result["paid_results_lost"] == 0
+    assert Decimal(result["budget_overshoot_usd"]) == 0
+    assert result["creates_refused_402"] > 0
+    assert result["not_submitted"]["insufficient_credit"] > 0
+    assert result["failed"]["RunFailedError"] > 0
+    assert result["emulator_runs_billed"] == result["succeeded"]
+    assert result["emulator_billed_usd"] == result["client_billed_usd"]
+    _exercised(result)
+
+
+async def test_a_soak_stopped_by_its_budget_never_bills_past_it() -> None:
+    settings = chaos_soak.SoakSettings(
+        runs=400, concurrency=20, credit_fraction=None, budget_fraction=Decimal("0.5")
+    )
+    result = await chaos_soak.main_async(settings)
+    assert result["missed"] == []
+    assert result["creates_refused_402"] == 0
+    assert result["not_submitted"]["budget"] > 0
+    assert Decimal(result["emulator_billed_usd"]) <= Decimal(result["max_cost_usd"])
+    assert result["duplicate_billed_runs"] == 0
+    _exercised(result)
+
+
+async def test_kill_minus_nine_five_times_then_a_top_up_completes_the_dataset(
+    tmp_path: Path,
+) -> None:
+    settings = chaos_resume.ResumeSettings(prompts=250, concurrency=16, timeout=60.0)
+    result = await chaos_resume.main_async(settings, tmp_path)
+    assert result["missed"] == []
+    assert result["kills"] == 5
+    assert [run["exit"] for run in result["cli_runs"][:5]] == [-9] * 5
+    assert result["creates_refused_402"] > 0  # the credit ran out on the way
+    assert result["final_exit"] in (0, 1)  # 1: some runs failed, on purpose
+    assert result["prompts_without_outcome"] == 0
+    assert result["images"] + result["failures"] == 250
+    assert result["emulator_runs_created"] == 250  # one run per prompt, whatever the kills
+    assert result["duplicate_billed_runs"] == 0
+    assert result["manifest_inconsistencies"] == 0
+    assert result["manifest_usd"] == result["emulator_billed_usd"]
+    assert Decimal(result["budget_overshoot_usd"]) == 0
+
+
+# -- what the soaks found ------------------------------------------------------
+
+
+def _client(url: str, strategy: WaitStrategy) -> RunflowClient:
+    scale = 0.001
+    return RunflowClient(
+        API_KEY,
+        base_url=url,
+        retry=RetryPolicy(time_scale=scale),
+        poll=PollPolicy(time_scale=scale),
+        wait_strategy=strategy,
+    )
+
+
+async def test_status_reads_failing_past_their_retries_never_crash_a_per_run_batch() -> None:
+    # Six 503s in a row outlast a read's five attempts. Per-run polling let that
+    # error escape the item and tear the whole batch down (an ExceptionGroup,
+    # every sibling cancelled, paid runs never collected); the list poller
+    # already tried again next tick. Now a run is read again at its next poll.
+    async with Emulator(time_scale=0.001, seed=2) as emu, _client(emu.url, "per_run") as client:
+        emu.faults.next("get_run", Fault.status(503), times=6)
+        with anyio.fail_after(20):
+            async with client.batch(max_concurrency=1) as batch:  # one read at a time
+                batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(3))
+        outcomes = await batch.gather()
+        counters = emu.counters
+    assert [o.ok for o in outcomes] == [True, True, True]
+    assert counters.faults_injected == {"status_503": 6}
+    assert counters.runs_billed == 3
+
+
+async def test_a_run_that_cannot_be_read_fails_alone_and_stays_listed() -> None:
+    # A read refused for good (here a 404) ends that item, not the batch: the
+    # run exists and may be billed, so it stays listed and its money held.
+    async with Emulator(time_scale=0.001, seed=2) as emu, _client(emu.url, "per_run") as client:
+        emu.faults.next("get_run", Fault.status(404))
+        async with client.batch(max_concurrency=2, max_cost_usd="1") as batch:
+            batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(2))
+        outcomes = await batch.gather()
+    failed = [o for o in outcomes if not o.ok]
+    assert len(failed) == 1
+    assert isinstance(failed[0].error, NotFoundError)
+    assert failed[0].run_id is not None
+    assert batch.unfinished_run_ids == [failed[0].run_id]
+    assert batch._engine.ledger.held == failed[0].estimated_usd
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_the_callback_fallback_reads_a_run_again_after_a_failed_read(refused: bool) -> None:
+    # With the list filter unusable, runs whose callback never came are read one
+    # by one; a read failing past its retries is tried again at the next interval,
+    # and one refused for good (a 404) ends its own item only.
+    fault = Fault.status(404) if refused else Fault.status(502, html=True)
+    async with (
+        Emulator(time_scale=0.001, seed=2) as emu,
+        _client(emu.url, "auto") as client,
+    ):
+        secret = await client.create_callback_secret("chaos")
+        async with CallbackReceiver([secret.plain_secret.get_secret_value()]) as rx:
+            emu.faults.next("callback", Fault.drop(), times=2)  # no callback: fallback
+            emu.faults.next("list_runs", Fault.status(400))  # the list filter: refused
+            emu.faults.next("get_run", fault, times=1 if refused else 6)
+            with anyio.fail_after(20):
+                async with client.batch(max_concurrency=1, callbacks=rx) as batch:
+                    batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(2))
+        outcomes = await batch.gather()
+    if refused:
+        assert isinstance(outcomes[0].error, NotFoundError)
+        assert batch.unfinished_run_ids == [outcomes[0].run_id]
+        assert outcomes[1].ok
+    else:
+        assert [o.ok for o in outcomes] == [True, True]
