@@ -48,6 +48,7 @@ from runflow_async._errors import (
     PermissionDeniedError,
 )
 from runflow_async._estimate import estimate_requests
+from runflow_async._folder_lock import exclusive_folder
 from runflow_async._journal import ItemState, Journal, JournalItem
 from runflow_async._limits import Slot
 from runflow_async._models import GenerationResult, ImageOutput, Run
@@ -262,9 +263,12 @@ async def run_dataset(
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
+
+    Raises:
+        ConfigurationError: Another process is working on ``out_dir``.
     """
     await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with Journal.open(out_dir) as journal:
+    with exclusive_folder(out_dir), Journal.open(out_dir) as journal:
         runner = _Runner(
             client,
             out_dir,

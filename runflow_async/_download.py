@@ -32,10 +32,14 @@ class DownloadedFile:
     content_type: str | None
 
 
+TEMP_SUFFIX = ".rfa-part"
+"""Ends the name of a file being written (``.NAME.RANDOM.rfa-part``, hidden)."""
+
+
 def write_atomic(dest: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
