@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
-import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from runflow_async._errors import (
@@ -41,7 +40,7 @@ from runflow_async._errors import (
     ServerError,
     error_for_status,
 )
-from runflow_async._http import Transport, keyless_session
+from runflow_async._http import Transport, keyless_session, parse_response
 from runflow_async._imagesize import image_size_from_bytes
 from runflow_async._models import parse_error_body
 from runflow_async._retry import nominal_wait, report_retry
@@ -307,14 +306,7 @@ def _parse_asset(data: Any, method: str, path: str, extra: dict[str, int]) -> As
     if isinstance(data, dict):
         # Measured sizes fill in what the API leaves out (it does not document them).
         data = {**data, **{key: v for key, v in extra.items() if data.get(key) is None}}
-    try:
-        return Asset.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise APIResponseError(
-            f"Unexpected response shape from {path}: {exc.error_count()} problem(s)",
-            method=method,
-            path=path,
-        ) from exc
+    return parse_response(Asset, data, method=method, path=path)
 
 
 async def upload_asset(

@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Self, Unpack
 
 import aiohttp
 import anyio
-import pydantic
 
 from runflow_async._batch import Batch
 from runflow_async._by_callback import CallbackWaiter
@@ -25,8 +24,8 @@ from runflow_async._config import (
 )
 from runflow_async._create import create_run
 from runflow_async._engine import Engine
-from runflow_async._errors import APIResponseError, ConfigurationError, RunTimeoutError
-from runflow_async._http import Transport
+from runflow_async._errors import ConfigurationError, RunTimeoutError
+from runflow_async._http import Transport, parse_response
 from runflow_async._map import MapRun, RequestSource
 from runflow_async._models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._options import BatchOptions, EngineOptions, check_serving
@@ -39,8 +38,6 @@ from runflow_async._secrets import CallbackSecret, create_callback_secret
 from runflow_async._waiting import DurationStats, WaitStrategy
 
 __all__ = ["RunflowClient"]
-
-_M = TypeVar("_M", bound=pydantic.BaseModel)
 
 
 def _new_client_ref() -> str:
@@ -290,7 +287,7 @@ class RunflowClient(FilesMixin):
         if sort_by:
             params["sort_by"] = sort_by
         response = await self._transport.request("GET", "/v1/runs", params=params)
-        return _parse(RunPage, response.data, "/v1/runs")
+        return parse_response(RunPage, response.data, method="GET", path="/v1/runs")
 
     async def iter_runs(
         self, *, q: str | None = None, page_size: int = 100, sort_by: str | None = None
@@ -341,14 +338,3 @@ class RunflowClient(FilesMixin):
         """Return ``GET /v1/health``'s body; any 2xx means healthy."""
         response = await self._transport.request("GET", "/v1/health")
         return response.data if isinstance(response.data, dict) else {"body": response.data}
-
-
-def _parse(model: type[_M], data: Any, path: str) -> _M:
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise APIResponseError(
-            f"Unexpected response shape from {path}: {exc.error_count()} problem(s)",
-            method="GET",
-            path=path,
-        ) from exc

@@ -65,7 +65,6 @@ class CostLookup:
         self._wake = anyio.Event()
         self._full = anyio.Event()
         self.usable = True
-        self.requests = 0
 
     async def cost(self, run_id: str) -> tuple[bool, Decimal | None]:
         """Return ``(found, cost)`` for finished run ``run_id``.
@@ -113,7 +112,6 @@ class CostLookup:
             "fields": "id,cost,status_code",
             "limit": str(min(500, len(batch))),
         }
-        self.requests += 1
         try:
             response = await self._transport.request("GET", "/v1/runs", params=params)
         except APIError as exc:

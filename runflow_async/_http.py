@@ -14,10 +14,11 @@ import platform
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import backoff
+import pydantic
 
 from runflow_async._config import RetryPolicy, Timeouts
 from runflow_async._errors import (
@@ -32,7 +33,7 @@ from runflow_async._models import parse_error_body
 from runflow_async._retry import RetryHook, parse_retry_after, report_retry, wait_generator
 from runflow_async._version import __version__
 
-__all__ = ["Response", "Transport", "keyless_session"]
+__all__ = ["Response", "Transport", "keyless_session", "parse_response"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -307,3 +308,25 @@ def _status_error(
         method=method,
         path=path,
     )
+
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+
+def parse_response(model: type[_M], data: Any, *, method: str, path: str) -> _M:
+    """Validate a 2xx body as ``model``.
+
+    Raises:
+        APIResponseError: It does not fit; the message names the fields at fault
+            (never their values, which may be credentials).
+    """
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) or "(body)" for e in exc.errors()})
+        raise APIResponseError(
+            f"Unexpected response shape from {path}: {exc.error_count()} problem(s) "
+            f"({', '.join(fields[:5])})",
+            method=method,
+            path=path,
+        ) from exc

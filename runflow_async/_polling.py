@@ -13,17 +13,15 @@ import re
 from collections.abc import Awaitable, Callable
 
 import anyio
-import pydantic
 
 from runflow_async._config import PollPolicy
 from runflow_async._errors import (
-    APIResponseError,
     ConfigurationError,
     RunCanceledError,
     RunFailedError,
     RunTimeoutError,
 )
-from runflow_async._http import Transport
+from runflow_async._http import Transport, parse_response
 from runflow_async._models import Run, RunStatus
 
 __all__ = ["check_outcome", "check_run_id", "fetch_run", "poll_until_terminal"]
@@ -56,14 +54,7 @@ async def fetch_run(transport: Transport, run_id: str) -> Run:
     check_run_id(run_id)
     path = f"/v1/runs/{run_id}"
     response = await transport.request("GET", path)
-    try:
-        return Run.model_validate(response.data)
-    except pydantic.ValidationError as exc:
-        raise APIResponseError(
-            f"Unexpected response shape from {path}: {exc.error_count()} problem(s)",
-            method="GET",
-            path=path,
-        ) from exc
+    return parse_response(Run, response.data, method="GET", path=path)
 
 
 async def poll_until_terminal(

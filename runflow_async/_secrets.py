@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from runflow_async._errors import APIResponseError, RequestValidationError
-from runflow_async._http import Transport
+from runflow_async._errors import RequestValidationError
+from runflow_async._http import Transport, parse_response
 
 __all__ = ["CallbackSecret", "create_callback_secret"]
 
@@ -56,11 +55,4 @@ async def create_callback_secret(transport: Transport, label: str) -> CallbackSe
             errors=[{"field": "label", "message": "length 1-255"}],
         )
     response = await transport.send("POST", _PATH, json_body={"label": label})
-    try:
-        return CallbackSecret.model_validate(response.data)
-    except pydantic.ValidationError as exc:
-        raise APIResponseError(
-            f"Unexpected response shape from {_PATH}: no plain_secret",
-            method="POST",
-            path=_PATH,
-        ) from exc
+    return parse_response(CallbackSecret, response.data, method="POST", path=_PATH)

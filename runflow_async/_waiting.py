@@ -27,9 +27,9 @@ import anyio
 import pydantic
 
 from runflow_async._config import PollPolicy
-from runflow_async._errors import APIError, APIResponseError, APIStatusError, ServerError
+from runflow_async._errors import APIError, APIStatusError, ServerError
 from runflow_async._filters import TERMINAL_FILTER, any_of
-from runflow_async._http import Transport
+from runflow_async._http import Transport, parse_response
 from runflow_async._models import TERMINAL_STATUSES, Run
 
 __all__ = ["DurationStats", "ListPoller", "WaitStrategy", "poll_run"]
@@ -241,6 +241,7 @@ async def poll_run(
         policy: ``max_interval`` caps the gaps; ``time_scale`` scales them.
         elapsed: Seconds (before scaling) the run has already been going.
     """
+    path = f"/v1/runs/{quote(run_id, safe='')}"
     median = stats.median
     delay = max(median - elapsed, policy.initial_interval * 0.2)
     interval = max(0.1, median * 0.15)
@@ -249,7 +250,7 @@ async def poll_run(
         delay = interval
         interval = min(policy.max_interval, interval * 1.25)
         try:
-            response = await transport.request("GET", f"/v1/runs/{quote(run_id, safe='')}")
+            response = await transport.request("GET", path)
         except APIError as exc:
             if not exc.retryable:
                 raise
@@ -258,14 +259,7 @@ async def poll_run(
         data = response.data
         # Only a finished run is worth a full parse.
         if not isinstance(data, dict) or data.get("status_code") in _TERMINAL:
-            try:
-                run = Run.model_validate(data)
-            except pydantic.ValidationError as exc:
-                raise APIResponseError(
-                    f"Unexpected response shape from GET /v1/runs/{run_id}",
-                    method="GET",
-                    path=f"/v1/runs/{run_id}",
-                ) from exc
+            run = parse_response(Run, data, method="GET", path=path)
             if run.is_terminal:
                 stats.add(run)
                 return run
