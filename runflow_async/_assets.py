@@ -40,7 +40,7 @@ from runflow_async._errors import (
     ServerError,
     error_for_status,
 )
-from runflow_async._http import Transport, keyless_session, parse_response
+from runflow_async._http import Transport, is_plain_id, keyless_session, parse_response
 from runflow_async._imagesize import image_size_from_bytes
 from runflow_async._models import parse_error_body
 from runflow_async._retry import nominal_wait, report_retry
@@ -231,7 +231,7 @@ async def _open_session(
     body = {"filename": filename, "mime_type": mime_type, "size_bytes": size}
     data = await _post(transport, "/v1/asset-uploads", body)
     asset_id, upload_url = (data.get(key) for key in ("asset_id", "upload_url"))
-    if not (isinstance(asset_id, str) and isinstance(upload_url, str)) or not _safe_id(asset_id):
+    if not (isinstance(asset_id, str) and isinstance(upload_url, str)) or not is_plain_id(asset_id):
         message = "Malformed upload session: expected a string asset_id and upload_url"
         raise APIResponseError(message, method="POST", path="/v1/asset-uploads")
     return asset_id, upload_url
@@ -298,10 +298,6 @@ async def _stage(transport: Transport, data: bytes, filename: str, mime_type: st
     return asset_id
 
 
-def _safe_id(asset_id: str) -> bool:
-    return bool(asset_id) and "/" not in asset_id and asset_id not in (".", "..")
-
-
 def _parse_asset(data: Any, method: str, path: str, extra: dict[str, int]) -> Asset:
     if isinstance(data, dict):
         # Measured sizes fill in what the API leaves out (it does not document them).
@@ -345,7 +341,7 @@ async def get_asset(transport: Transport, asset_id: str) -> Asset:
         RequestValidationError: An empty id or one containing ``/``; nothing was sent.
         NotFoundError: No such asset.
     """
-    if not _safe_id(asset_id):
+    if not is_plain_id(asset_id):
         raise _invalid("asset_id", f"Invalid asset id {asset_id!r}.")
     path = f"/v1/assets/{asset_id}"
     response = await transport.request("GET", path)

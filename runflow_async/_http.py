@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from runflow_async._models import parse_error_body
 from runflow_async._retry import RetryHook, parse_retry_after, report_retry, wait_generator
 from runflow_async._version import __version__
 
-__all__ = ["Response", "Transport", "keyless_session", "parse_response"]
+__all__ = ["Response", "Transport", "is_plain_id", "keyless_session", "parse_response"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -308,6 +309,17 @@ def _status_error(
         method=method,
         path=path,
     )
+
+
+# Ids (runs, assets) are UUIDs. Anything outside URL-unreserved characters could
+# turn a read of one into a request for another resource (``?``, ``#``,
+# ``%2e%2e``, a ``/``); a leading dot is refused too (``.``, ``..``).
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}")
+
+
+def is_plain_id(value: object) -> bool:
+    """Whether ``value`` is safe as one path segment, as it is."""
+    return isinstance(value, str) and _PLAIN_ID.fullmatch(value) is not None
 
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)

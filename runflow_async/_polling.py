@@ -9,7 +9,6 @@ the HTTP layer, not here.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -21,14 +20,10 @@ from runflow_async._errors import (
     RunFailedError,
     RunTimeoutError,
 )
-from runflow_async._http import Transport, parse_response
+from runflow_async._http import Transport, is_plain_id, parse_response
 from runflow_async._models import Run, RunStatus
 
 __all__ = ["check_outcome", "check_run_id", "fetch_run", "poll_until_terminal"]
-
-# Run ids are UUIDs; anything outside URL-unreserved characters could turn a read
-# of one run into a request for another resource (``?``, ``#``, ``%2e%2e``).
-_RUN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}")
 
 logger = logging.getLogger("runflow_async")
 
@@ -40,7 +35,7 @@ def check_run_id(run_id: str) -> None:
         ConfigurationError: Empty, too long, or with characters outside
             ``A-Z a-z 0-9 . _ ~ -`` (or ``.``/``..``).
     """
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or run_id == "..":
+    if not is_plain_id(run_id):
         raise ConfigurationError(f"Invalid run id {run_id!r}.")
 
 

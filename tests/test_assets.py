@@ -477,7 +477,7 @@ async def test_get_asset_signs_a_fresh_url_after_the_old_one_expires(
     assert emulator.counters.credentials_on_presigned == 0
 
 
-@pytest.mark.parametrize("asset_id", ["", "a/b", ".", ".."])
+@pytest.mark.parametrize("asset_id", ["", "a/b", ".", "..", "a?b=1", "a#b", "%2e%2e", "a\r"])
 async def test_get_asset_refuses_a_malformed_id(
     emulator: Emulator, client: RunflowClient, asset_id: str
 ) -> None:
