@@ -239,7 +239,7 @@ async def measure(url: str, name: str, runs: int, concurrency: int) -> dict[str,
 async def orchestrate(args: argparse.Namespace) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "runflow_async._cli", "emulator", "--port", str(port)]
+    argv = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)]
     argv += ["--seed", "11", "--median-duration", str(args.median), "--duration-sigma", "0.5"]
     if args.map_items:
         argv += ["--retain-runs", "10000"]

@@ -80,7 +80,7 @@ async def main(runs: int, concurrency: int) -> list[dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A separate process on purpose; our own module and fixed arguments.
     proc = subprocess.Popen(  # noqa: ASYNC220, S603
-        [sys.executable, "-m", "runflow_async._cli", "emulator", "--port", str(port)],
+        [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         env=env,
     )

@@ -3,12 +3,15 @@
 Everything public is importable from here; modules starting with ``_`` are private.
 """
 
-from runflow_async._assets import MAX_UPLOAD_BYTES, Asset
-from runflow_async._batch import Batch
-from runflow_async._client import RunflowClient
-from runflow_async._config import PollPolicy, RetryPolicy, Timeouts
-from runflow_async._download import DownloadedFile
-from runflow_async._errors import (
+from runflow_async._batch.batch import Batch
+from runflow_async._batch.map import MapRun
+from runflow_async._batch.observe import BatchEvent, BatchObserver, ProgressBarObserver
+from runflow_async._batch.options import BatchOptions
+from runflow_async._batch.outcomes import CostReport, ItemCost, Outcome, RunFuture
+from runflow_async._callbacks.receiver import CallbackReceiver, CallbackWatch, ReceiverCounters
+from runflow_async._client.client import RunflowClient
+from runflow_async._core.config import PollPolicy, RetryPolicy, Timeouts
+from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
@@ -38,10 +41,8 @@ from runflow_async._errors import (
     UnprocessableEntityError,
     WebhookVerificationError,
 )
-from runflow_async._estimate import Estimate, ItemEstimate
-from runflow_async._imagesize import image_size_from_bytes, image_size_from_path
-from runflow_async._map import MapRun
-from runflow_async._models import (
+from runflow_async._core.estimate import Estimate, ItemEstimate
+from runflow_async._core.models import (
     TERMINAL_STATUSES,
     CallbackPayload,
     GenerationResult,
@@ -51,14 +52,13 @@ from runflow_async._models import (
     RunPage,
     RunStatus,
 )
-from runflow_async._observe import BatchEvent, BatchObserver, ProgressBarObserver
-from runflow_async._options import BatchOptions
-from runflow_async._outcomes import CostReport, ItemCost, Outcome, RunFuture
+from runflow_async._core.requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
+from runflow_async._http.assets import MAX_UPLOAD_BYTES, Asset
+from runflow_async._http.download import DownloadedFile
+from runflow_async._http.retry import RetryEvent
+from runflow_async._http.secrets import CallbackSecret
+from runflow_async._imagesize import image_size_from_bytes, image_size_from_path
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, PricingPolicy
-from runflow_async._receiver import CallbackReceiver, CallbackWatch, ReceiverCounters
-from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
-from runflow_async._retry import RetryEvent
-from runflow_async._secrets import CallbackSecret
 from runflow_async._version import __version__
 from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, sign, verify_signature
 

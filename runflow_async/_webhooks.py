@@ -17,7 +17,7 @@ import hmac
 import re
 from collections.abc import Sequence
 
-from runflow_async._errors import WebhookVerificationError
+from runflow_async._core.errors import WebhookVerificationError
 
 __all__ = ["REQUEST_ID_HEADER", "SIGNATURE_HEADER", "sign", "verify_signature"]
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from runflow_async import PollPolicy, RetryPolicy, RunflowClient, Timeouts
-from runflow_async._retry import RetryHook
+from runflow_async._http.retry import RetryHook
 from runflow_async.emulator import Emulator
 
 API_KEY = "rf_test_key_0123456789"

@@ -33,8 +33,8 @@ from runflow_async import (
     RunflowClient,
     ServerError,
     UnprocessableEntityError,
-    _assets,
 )
+from runflow_async._http import assets as _assets
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY, TIME_SCALE, make_client
 

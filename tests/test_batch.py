@@ -28,8 +28,8 @@ from runflow_async import (
     RunTimeoutError,
     UnprocessableEntityError,
 )
-from runflow_async._limits import Pacer
-from runflow_async._waiting import WaitStrategy
+from runflow_async._batch.limits import Pacer
+from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY, client_tasks
 

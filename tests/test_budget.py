@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
-from runflow_async._budget import BudgetLedger
+from runflow_async._batch.budget import BudgetLedger
 
 
 def test_reservations_are_scaled_until_a_run_settles_then_by_what_was_seen() -> None:

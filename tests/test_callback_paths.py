@@ -27,9 +27,9 @@ from runflow_async import (
     RunflowClient,
     sign,
 )
-from runflow_async._by_callback import CallbackWaiter
-from runflow_async._costs import CostLookup
-from runflow_async._waiting import DurationStats
+from runflow_async._callbacks.waiter import CallbackWaiter
+from runflow_async._waiting.costs import CostLookup
+from runflow_async._waiting.list_poller import DurationStats
 from tests.conftest import API_KEY, TIME_SCALE
 
 pytestmark = pytest.mark.anyio

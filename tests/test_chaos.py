@@ -25,7 +25,7 @@ from runflow_async import (
     RetryPolicy,
     RunflowClient,
 )
-from runflow_async._waiting import WaitStrategy
+from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY
 

@@ -15,7 +15,7 @@ import aiohttp
 import anyio
 import pytest
 
-from runflow_async._cli import main
+from runflow_async._cli.main import main
 from runflow_async.emulator import Emulator
 from tests.conftest import TIME_SCALE, make_client
 from tests.test_http import unused_port
@@ -57,7 +57,7 @@ async def test_emulator_command_serves_until_stopped(stop: int, ignore_sigint: b
 
     # A real process is the point of this test; the arguments are our own.
     proc = subprocess.Popen(  # noqa: ASYNC220, S603
-        [sys.executable, "-m", "runflow_async._cli", "emulator", "--port", str(port)],
+        [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)],
         stdout=subprocess.PIPE,
         env=env,
         preexec_fn=background if ignore_sigint else None,  # runs before any thread exists

@@ -21,7 +21,7 @@ from runflow_async import (
     Timeouts,
     UnprocessableEntityError,
 )
-from runflow_async._create import client_ref_query
+from runflow_async._http.create import client_ref_query
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY, TIME_SCALE, Handler, make_client
 from tests.test_http import unused_port

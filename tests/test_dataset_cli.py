@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from runflow_async._cli import main
+from runflow_async._cli.main import main
 from runflow_async.emulator import Emulator, Fault, FaultRates
 from tests.conftest import API_KEY
 
@@ -96,7 +96,7 @@ async def test_kill_minus_nine_at_any_point_never_bills_twice(tmp_path: Path) ->
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=9
     ) as emu:
         args = cli_args(inp, out, emu.url, scale=0.01)
-        argv = [sys.executable, "-m", "runflow_async._cli", *args]
+        argv = [sys.executable, "-m", "runflow_async._cli.main", *args]
         for state, count in points:
             quiet = subprocess.DEVNULL
             proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
@@ -267,7 +267,7 @@ async def test_edit_dataset_uploads_local_images_and_bills_them_by_size(
     assert sum(Decimal(r["cost_usd"]) for r in rows) == counters.billed_usd
     # The reservations are the confirmed estimates, local images measured (not
     # assumed 1 MP, which would give $0.022 and $0.033).
-    from runflow_async._journal import Journal
+    from runflow_async._dataset.journal import Journal
 
     with Journal.open(out) as journal:
         reserved = {e.estimate_usd for e in journal.items()}
@@ -333,7 +333,7 @@ async def test_ctrl_c_exits_130_and_the_next_run_finishes_the_job(tmp_path: Path
         args = cli_args(inp, out, emu.url, "--json", scale=0.01)
         quiet = subprocess.DEVNULL
         proc = await anyio.open_process(
-            [sys.executable, "-m", "runflow_async._cli", *args],
+            [sys.executable, "-m", "runflow_async._cli.main", *args],
             env=env, stdin=quiet, stdout=subprocess.PIPE, stderr=quiet,
         )  # fmt: skip
         with anyio.fail_after(60):
@@ -353,8 +353,8 @@ async def test_ctrl_c_exits_130_and_the_next_run_finishes_the_job(tmp_path: Path
 
 
 def test_progress_lines_live_and_plain() -> None:
-    from runflow_async._cli_progress import ProgressPrinter
-    from runflow_async._dataset import DatasetProgress
+    from runflow_async._cli.progress import ProgressPrinter
+    from runflow_async._dataset.pipeline import DatasetProgress
 
     progress = DatasetProgress(total=10, done=4, failed=1, in_flight=3)
     assert ProgressPrinter.line(progress).startswith("done 4/10  failed 1  in flight 3")

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from runflow_async._dataset_input import (
+from runflow_async._core.errors import RunflowError
+from runflow_async._core.requests import CustomImageSize, EditRequest, GenerateRequest
+from runflow_async._dataset.input import (
     MAX_LOCAL_IMAGE_BYTES,
     DatasetItem,
     Defaults,
@@ -20,8 +22,6 @@ from runflow_async._dataset_input import (
     read_generate_file,
     sniff_kind,
 )
-from runflow_async._errors import RunflowError
-from runflow_async._requests import CustomImageSize, EditRequest, GenerateRequest
 
 NO_DEFAULTS = Defaults()
 KEY = re.compile(r"[0-9a-f]{24}-\d+")

@@ -23,7 +23,7 @@ from runflow_async import (
     GenerateRequest,
     PricingPolicy,
 )
-from runflow_async._estimate import (
+from runflow_async._core.estimate import (
     DEFAULT_PROBE_TIMEOUT,
     Estimate,
     estimate_request,
@@ -31,9 +31,9 @@ from runflow_async._estimate import (
     policy_assumptions,
     probe_input_sizes,
 )
+from runflow_async._core.requests import RunRequest
 from runflow_async._imagesize import HEADER_BYTES
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, Size
-from runflow_async._requests import RunRequest
 from tests.conftest import Handler
 
 Start = Callable[[Handler], Awaitable[str]]

@@ -18,9 +18,9 @@ from runflow_async import (
     RetryPolicy,
     RunflowClient,
 )
-from runflow_async._cli import main
-from runflow_async._download import TEMP_SUFFIX, write_atomic
-from runflow_async._folder_lock import exclusive_folder
+from runflow_async._cli.main import main
+from runflow_async._dataset.folder_lock import exclusive_folder
+from runflow_async._http.download import TEMP_SUFFIX, write_atomic
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, TIME_SCALE
 

@@ -29,7 +29,7 @@ from runflow_async import (
     Timeouts,
     UnprocessableEntityError,
 )
-from runflow_async._retry import nominal_wait, parse_retry_after
+from runflow_async._http.retry import nominal_wait, parse_retry_after
 from tests.conftest import API_KEY, TIME_SCALE, Handler, make_client
 
 Start = Callable[[Handler], Awaitable[str]]

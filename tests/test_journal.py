@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runflow_async import _journal
-from runflow_async._errors import RunflowError
-from runflow_async._journal import (
+from runflow_async._core.errors import RunflowError
+from runflow_async._dataset import journal as _journal
+from runflow_async._dataset.journal import (
     JOURNAL_PATH,
     SCHEMA_VERSION,
     ItemState,
@@ -26,7 +26,7 @@ from runflow_async._journal import (
 )
 
 S = ItemState
-PACKAGE_ROOT = Path(_journal.__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(_journal.__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -318,7 +318,7 @@ def test_every_write_survives_kill_9(tmp_path: Path) -> None:
         import os, signal, sys
         from decimal import Decimal
         from pathlib import Path
-        from runflow_async._journal import Journal
+        from runflow_async._dataset.journal import Journal
 
         journal = Journal.open(Path(sys.argv[1]))
         journal.add_items([("a-0", 0, "generate", Decimal("0.006"))])

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runflow_async._cli import main
+from runflow_async._cli.main import main
 from runflow_async.emulator import Emulator, FaultRates
 
 KEY = "rf_live_SCAN9f3c1e7a5b2d4068aa71"

@@ -19,8 +19,8 @@ from runflow_async import (
     RunPage,
     RunStatus,
 )
-from runflow_async._models import parse_error_body
-from runflow_async._requests import build_request
+from runflow_async._core.models import parse_error_body
+from runflow_async._core.requests import build_request
 
 
 def fields_of(exc: RequestValidationError) -> set[str]:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from runflow_async import GenerateRequest, PollPolicy, RetryPolicy, Run, RunflowClient
-from runflow_async._waiting import DurationStats, WaitStrategy
+from runflow_async._waiting.list_poller import DurationStats, WaitStrategy
 from tests.conftest import API_KEY, Handler
 
 Start = Callable[[Handler], Awaitable[str]]

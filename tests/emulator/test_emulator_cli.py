@@ -16,7 +16,7 @@ import aiohttp
 import anyio
 import pytest
 
-from runflow_async._cli import main
+from runflow_async._cli.main import main
 from runflow_async._pricing import PricingPolicy
 from tests.emulator.emulator_support import AUTH, GENERATE
 
@@ -29,7 +29,7 @@ BODY = {"input": {"prompt": "a red fox"}}
 async def _cli_emulator(*flags: str) -> AsyncIterator[aiohttp.ClientSession]:
     """Start the command on a free port; yield a session bound to the URL it prints."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "runflow_async._cli", "emulator", "--port", "0", *flags]
+    command = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", "0", *flags]
     # A real process is the point (started once, not awaited); the arguments are our own.
     with subprocess.Popen(  # noqa: ASYNC220, S603
         command, stdout=subprocess.PIPE, env=env, text=True

@@ -1,6 +1,6 @@
 """Creates against a server that answers anything: never resent unless provably not created.
 
-The rules (runflow_async._create): a create is sent again only after an answer
+The rules (runflow_async._http.create): a create is sent again only after an answer
 that proves nothing was created (429; 503 ``MODEL_UNAVAILABLE``) or after a
 lookup by ``client_ref`` (``GET /v1/runs?q=client_ref:...``) whose readable
 answer holds no run. A 2xx, readable or not, is never followed by another POST.
@@ -23,7 +23,7 @@ from runflow_async import (
     RunflowError,
     RunPage,
 )
-from runflow_async._models import parse_error_body
+from runflow_async._core.models import parse_error_body
 from tests.conftest import make_client
 from tests.fuzz.support import NO_BODY, Reply, Script, Stage, async_settings, replies
 

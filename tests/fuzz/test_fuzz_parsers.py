@@ -23,10 +23,10 @@ from runflow_async import (
     RunPage,
     RunStatus,
 )
-from runflow_async._errors import error_for_status
-from runflow_async._http import _parse_json, _status_error
-from runflow_async._models import parse_error_body
-from runflow_async._polling import check_outcome
+from runflow_async._core.errors import error_for_status
+from runflow_async._core.models import parse_error_body
+from runflow_async._http.runs import check_outcome
+from runflow_async._http.transport import _parse_json, _status_error
 from tests.fuzz.support import (
     STATUS_CODES,
     bodies,

@@ -24,7 +24,7 @@ from runflow_async import (
     RequestValidationError,
     RunflowClient,
 )
-from runflow_async._requests import build_request
+from runflow_async._core.requests import build_request
 from runflow_async.emulator import Emulator
 from runflow_async.emulator._validation import validate_create
 from tests.fuzz.support import async_settings, json_values

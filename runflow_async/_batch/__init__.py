@@ -1,0 +1,1 @@
+"""The engine (its task group, slots, admission, budget) and its adapters, batch and map."""

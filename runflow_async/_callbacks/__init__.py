@@ -1,0 +1,1 @@
+"""Callback deliveries: the receiver and waiting for runs by callback."""

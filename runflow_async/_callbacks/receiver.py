@@ -1,0 +1,341 @@
+"""``CallbackReceiver``: an aiohttp endpoint that turns signed callbacks into awaitables.
+
+A delivery is size-checked, verified on its raw bytes, parsed, and then resolves
+the watch for its run exactly once; retries are answered 200 and ignored. One
+that comes before anyone watches its run (a run can finish before its create
+response is read) waits in a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Self
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
+
+from runflow_async._core.errors import (
+    ClientClosedError,
+    ConfigurationError,
+    WebhookVerificationError,
+)
+from runflow_async._core.models import CallbackPayload
+from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, verify_signature
+
+__all__ = ["CallbackReceiver", "CallbackWatch", "ReceiverCounters"]
+
+logger = logging.getLogger("runflow_async")
+
+_CHUNK = 64 * 1024
+_CLOSED = "This CallbackReceiver was closed; create a new one."
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverCounters:
+    """A snapshot of what a :class:`CallbackReceiver` has seen.
+
+    Every request counts in ``received`` and, unless it came after the receiver
+    closed, in exactly one of ``accepted``, ``duplicates`` or ``rejected_*``.
+
+    Attributes:
+        received: Requests that reached the handler.
+        accepted: Signed, well-formed deliveries seen for the first time
+            (including ones without a ``run_id``, such as batch callbacks).
+        duplicates: Further deliveries for a run id already delivered.
+        rejected_signature: Answered 401: missing, malformed or wrong signature.
+        rejected_oversized: Answered 413: body over ``max_body_bytes``.
+        rejected_invalid: Answered 400: a body cut short, or signed but not a
+            callback payload.
+        unknown_run: Accepted deliveries that nobody was watching yet (buffered).
+        watching: Watches currently waiting.
+        buffered: Deliveries currently waiting for a watch.
+    """
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected_signature: int = 0
+    rejected_oversized: int = 0
+    rejected_invalid: int = 0
+    unknown_run: int = 0
+    watching: int = 0
+    buffered: int = 0
+
+
+class CallbackWatch:
+    """Interest in one run's callback, from :meth:`CallbackReceiver.watch`.
+
+    Like an ``asyncio.Future`` it settles once: with the first valid delivery
+    for the run, by :meth:`cancel`, or when the receiver closes.
+
+    Attributes:
+        run_id: The run being watched.
+    """
+
+    def __init__(self, run_id: str, receiver: CallbackReceiver) -> None:
+        self.run_id = run_id
+        self._receiver = receiver
+        self._event = asyncio.Event()
+        self._outcome: CallbackPayload | BaseException | None = None
+
+    async def wait(self) -> CallbackPayload:
+        """Wait for the run's callback; its ``run_status`` says how the run ended.
+
+        Cancelling the waiting task leaves the watch in place: wait again, or
+        :meth:`cancel` it.
+
+        Raises:
+            asyncio.CancelledError: The watch was cancelled with :meth:`cancel`.
+            ClientClosedError: The receiver closed before the callback came.
+        """
+        await self._event.wait()
+        if isinstance(self._outcome, CallbackPayload):
+            return self._outcome
+        raise self._outcome or asyncio.CancelledError()
+
+    def done(self) -> bool:
+        """Return whether the watch has settled (delivered, cancelled or closed)."""
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Stop watching and free the slot; a no-op once settled.
+
+        A later delivery for the run is buffered as if nobody had watched it.
+        """
+        if not self.done():
+            self._receiver._forget(self)
+            self._settle(None)
+
+    def _settle(self, outcome: CallbackPayload | BaseException | None) -> None:
+        self._outcome = outcome
+        self._event.set()
+
+
+def _put(
+    lru: OrderedDict[str, CallbackPayload], key: str, value: CallbackPayload, size: int
+) -> str | None:
+    """Store ``value`` as the newest entry; return the key evicted to keep ``size``, if any."""
+    lru[key] = value
+    lru.move_to_end(key)
+    return lru.popitem(last=False)[0] if len(lru) > size else None
+
+
+class CallbackReceiver:
+    """Receives Runflow callbacks and hands each run's payload to whoever watches it.
+
+    Serve it yourself (or mount it into your aiohttp app with :meth:`add_routes`)::
+
+        async with CallbackReceiver([secret], public_url=PUBLIC_URL) as rx:
+            run = await client.submit(GenerateRequest(prompt=p, callback_url=rx.url))
+            payload = await rx.watch(run.id).wait()
+
+    Watch a run as soon as its id is known; a delivery that came first waits in
+    a buffer and settles the watch at once.
+
+    Args:
+        secrets: The accepted signing secrets (``whsec_...``); during a rotation
+            pass the old and the new one. A single ``str`` is one secret.
+        host: The interface to listen on when serving.
+        port: The port to listen on; ``0`` picks a free one.
+        path: The URL path callbacks are POSTed to.
+        public_url: The URL Runflow should call, if not the local address
+            (behind a proxy or tunnel).
+        max_body_bytes: Larger bodies are refused with 413, unread.
+        buffer_size: How many runs' deliveries are remembered, both the
+            unwatched and the handed-out (to recognise retries); oldest go first.
+
+    Raises:
+        ConfigurationError: No non-empty secret, a path without a leading
+            ``/``, or a limit below 1.
+    """
+
+    def __init__(
+        self,
+        secrets: Sequence[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/runflow/callbacks",
+        public_url: str | None = None,
+        max_body_bytes: int = 1 << 20,
+        buffer_size: int = 10_000,
+    ) -> None:
+        keys = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+        if not keys or not all(keys):
+            raise ConfigurationError("CallbackReceiver needs at least one non-empty secret.")
+        if not path.startswith("/"):
+            raise ConfigurationError(f"The callback path must start with '/': {path!r}.")
+        if max_body_bytes < 1 or buffer_size < 1:
+            raise ConfigurationError("max_body_bytes and buffer_size must be at least 1.")
+        self._secrets = keys
+        self._host = host
+        self._port = port
+        self._path = path
+        self._public_url = public_url
+        self._max_body_bytes = max_body_bytes
+        self._buffer_size = buffer_size
+        self._watches: dict[str, list[CallbackWatch]] = {}
+        # run id -> first delivery: not yet watched / already handed to a watch.
+        self._buffer: OrderedDict[str, CallbackPayload] = OrderedDict()
+        self._delivered: OrderedDict[str, CallbackPayload] = OrderedDict()
+        self._counts: Counter[str] = Counter()  # ReceiverCounters field -> count
+        self._runner: web.AppRunner | None = None
+        self._bound_url: str | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise ClientClosedError(_CLOSED)
+        if self._runner is not None:
+            raise RuntimeError("This CallbackReceiver is already serving.")
+        app = web.Application()
+        self.add_routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        port = runner.addresses[0][1]
+        self._bound_url = str(URL.build(scheme="http", host=self._host, port=port, path=self._path))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop serving and settle pending watches with ``ClientClosedError``; idempotent."""
+        self._closed = True
+        for watches in self._watches.values():
+            for watch in watches:
+                message = f"The callback receiver closed before run {watch.run_id}'s callback came."
+                watch._settle(ClientClosedError(message))
+        self._watches.clear()
+        self._buffer.clear()
+        self._delivered.clear()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        """``public_url``, else the bound address (``RuntimeError`` before it is bound)."""
+        if self._public_url is not None:
+            return self._public_url
+        if self._bound_url is None:
+            raise RuntimeError("CallbackReceiver.url is known once the server has started.")
+        return self._bound_url
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    @property
+    def counters(self) -> ReceiverCounters:
+        """A snapshot of the receiver's counters."""
+        watching = sum(len(w) for w in self._watches.values())
+        return ReceiverCounters(**self._counts, watching=watching, buffered=len(self._buffer))
+
+    def add_routes(self, app: web.Application) -> None:
+        """Serve callbacks (``POST path``) from ``app``, before it starts, instead of our own."""
+        app.router.add_post(self._path, self._handle)
+
+    def watch(self, run_id: str) -> CallbackWatch:
+        """Start watching ``run_id``; settled at once if its callback already came.
+
+        Args:
+            run_id: The run's id, as the create response gave it.
+
+        Raises:
+            ClientClosedError: The receiver was closed.
+        """
+        if self._closed:
+            raise ClientClosedError(_CLOSED)
+        watch = CallbackWatch(run_id, self)
+        payload = self._buffer.pop(run_id, None)
+        if payload is None:
+            payload = self._delivered.get(run_id)
+        if payload is not None:
+            _put(self._delivered, run_id, payload, self._buffer_size)
+            watch._settle(payload)
+        else:
+            self._watches.setdefault(run_id, []).append(watch)
+        return watch
+
+    def _forget(self, watch: CallbackWatch) -> None:
+        # Only pending watches are cancelled, and every pending watch is listed here.
+        watches = self._watches[watch.run_id]
+        watches.remove(watch)
+        if not watches:
+            del self._watches[watch.run_id]
+
+    async def _read_bounded(self, request: web.Request) -> bytes | None:
+        # None when over the limit, which is found out without reading past it.
+        limit = self._max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        body = bytearray()
+        while len(body) <= limit:
+            chunk = await request.content.read(min(_CHUNK, limit + 1 - len(body)))
+            if not chunk:
+                return bytes(body)
+            body += chunk
+        return None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self._counts["received"] += 1
+        request_id = request.headers.get(REQUEST_ID_HEADER, "-")[:64]
+        if self._closed:
+            return web.Response(status=503, text="receiver closed")
+        try:
+            raw = await self._read_bounded(request)
+        except (ConnectionError, HttpProcessingError):  # dropped mid-body, or bad chunking
+            return self._reject("rejected_invalid", 400, "unreadable body", request_id)
+        if raw is None:
+            response = self._reject("rejected_oversized", 413, "body too large", request_id)
+            response.force_close()  # the unread rest of the body must not be parsed as a request
+            return response
+        try:
+            verify_signature(raw, request.headers.get(SIGNATURE_HEADER), self._secrets)
+        except WebhookVerificationError as exc:
+            why = f"invalid signature ({exc.reason})"
+            return self._reject("rejected_signature", 401, why, request_id)
+        try:
+            payload = CallbackPayload.model_validate_json(raw)
+        except ValueError:
+            return self._reject("rejected_invalid", 400, "invalid payload", request_id)
+        return web.Response(text=self._dispatch(payload))
+
+    def _reject(self, counter: str, status: int, why: str, request_id: str) -> web.Response:
+        self._counts[counter] += 1
+        logger.info("Rejected callback %s with %d: %s", request_id, status, why)
+        return web.Response(status=status, text=why)
+
+    def _dispatch(self, payload: CallbackPayload) -> str:
+        run_id = payload.run_id
+        if run_id in self._buffer or run_id in self._delivered:
+            self._counts["duplicates"] += 1
+            return "duplicate"
+        self._counts["accepted"] += 1
+        if not run_id:
+            return "ignored"  # a batch callback, or one for no run: nothing to resolve
+        watches = self._watches.pop(run_id, None)
+        if watches is None:
+            self._counts["unknown_run"] += 1
+            dropped = _put(self._buffer, run_id, payload, self._buffer_size)
+            if dropped is not None:
+                logger.info("Dropped the unwatched callback for run %s: buffer full", dropped)
+            return "buffered"
+        _put(self._delivered, run_id, payload, self._buffer_size)
+        for watch in watches:
+            watch._settle(payload)
+        return "accepted"

@@ -1,0 +1,342 @@
+"""``runflow-async generate | edit | estimate | status``: datasets from the command line.
+
+Order of checks, so that nothing is billed by mistake: the input file is parsed
+whole (a bad line is reported with its number and nothing is sent), the API
+key is resolved, the estimate is shown and confirmed (``--yes``, or within
+``--max-cost``, or an answer on a terminal; without a terminal and without
+either flag the command refuses rather than hang), and only then does any run
+start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import aiohttp
+
+from runflow_async._cli.progress import ProgressPrinter
+from runflow_async._client.client import RunflowClient
+from runflow_async._core.config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
+from runflow_async._core.errors import ConfigurationError, RunflowError
+from runflow_async._core.estimate import Estimate, estimate_requests, probe_input_sizes
+from runflow_async._core.requests import EditRequest
+from runflow_async._dataset.input import (
+    DatasetItem,
+    Defaults,
+    InputFileError,
+    parse_size,
+    read_edit_file,
+    read_generate_file,
+    sniff_kind,
+)
+from runflow_async._dataset.journal import Journal
+from runflow_async._dataset.outputs import summarize, unfinished
+from runflow_async._dataset.pipeline import run_dataset
+from runflow_async._imagesize import image_size_from_path
+from runflow_async._pricing import PricingPolicy, Size
+
+__all__ = ["add_dataset_commands", "run_command"]
+
+EMULATOR_TIME_SCALE = 0.01  # --emulator: a "2 s" run takes 20 ms
+
+
+def _money(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _size(text: str) -> str | tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=_size, help="preset name or WxH, e.g. 1024x768")
+    parser.add_argument("--num-images", type=int, choices=range(1, 5), metavar="1-4")
+    parser.add_argument("--output-format", choices=["jpeg", "png", "webp"])
+    parser.add_argument("--seed", type=int, help="base seed; item N gets seed+N")
+
+
+def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``generate``, ``edit``, ``estimate`` and ``status`` to the parser."""
+    for name, what in (("generate", "PROMPTS (.txt, .jsonl or .csv)"), ("edit", "JOBS.jsonl")):
+        cmd = sub.add_parser(name, help=f"{name} a dataset from {what}")
+        cmd.add_argument("input", type=Path, metavar=what.split()[0])
+        cmd.add_argument("--out", type=Path, required=True, help="output folder")
+        cmd.add_argument("--concurrency", type=int, default=16)
+        cmd.add_argument("--max-cost", type=_money, help="budget in USD")
+        _request_options(cmd)
+        cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        cmd.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+        cmd.add_argument("--base-url", help="API root (default: RUNFLOW_BASE_URL or the API)")
+        cmd.add_argument("--api-key", help=f"API key (default: {ENV_API_KEY})")
+        cmd.add_argument("--emulator", action="store_true", help="run on an in-process emulator")
+        cmd.add_argument(
+            "--time-scale",
+            type=float,
+            default=None,
+            help="scale client waits (retries, polls) to match an emulator started with "
+            "--time-scale; default 1, or 0.01 with --emulator",
+        )
+    est = sub.add_parser("estimate", help="print the cost estimate of an input file")
+    est.add_argument("input", type=Path, metavar="PROMPTS|JOBS")
+    _request_options(est)
+    est.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="summarise a dataset folder")
+    status.add_argument("out", type=Path, metavar="DIR")
+    status.add_argument("--json", action="store_true")
+
+
+def _err(message: str) -> None:
+    print(f"runflow-async: {message}", file=sys.stderr)
+
+
+def _read(args: argparse.Namespace, kind: str) -> list[DatasetItem]:
+    defaults = Defaults(
+        image_size=args.image_size,
+        num_images=args.num_images,
+        output_format=args.output_format,
+        base_seed=args.seed,
+    )
+    reader = read_edit_file if kind == "edit" else read_generate_file
+    return reader(args.input, defaults)
+
+
+async def _estimate(items: Sequence[DatasetItem], policy: PricingPolicy) -> Estimate:
+    """Estimate with local image sizes read from disk and remote ones probed (no key)."""
+    remote = [
+        url
+        for item in items
+        if isinstance(item.request, EditRequest)
+        for pos, url in enumerate(item.request.image_urls)
+        if pos not in item.local_positions
+    ]
+    sizes: dict[str, Size | None] = {}
+    if remote:
+        async with aiohttp.ClientSession() as session:
+            sizes.update(await probe_input_sizes(session, remote))
+    requests = []
+    for item in items:
+        request = item.request
+        if isinstance(request, EditRequest) and item.local_images:
+            urls = list(request.image_urls)
+            for pos, path in zip(item.local_positions, item.local_images, strict=True):
+                urls[pos] = f"https://local.invalid/{item.ordinal}/{pos}"
+                sizes[urls[pos]] = image_size_from_path(path)
+            request = request.model_copy(update={"image_urls": urls})
+        requests.append(request)
+    return estimate_requests(requests, policy=policy, input_sizes=sizes)
+
+
+def _show_estimate(estimate: Estimate) -> None:
+    print(f"Estimate: {estimate.summary()}", file=sys.stderr)
+    for assumption in estimate.assumptions:
+        print(f"  assumes: {assumption}", file=sys.stderr)
+
+
+def _confirmed(args: argparse.Namespace, estimate: Estimate, spent: Decimal) -> bool | None:
+    """True to go, False if the user said no, None if we must refuse (no terminal)."""
+    within = args.max_cost is not None and spent + estimate.total_usd <= args.max_cost
+    if args.yes or within:
+        return True
+    if not sys.stdin.isatty():
+        return None
+    answer = input(f"Spend about ${estimate.total_usd}? [y/N] ")
+    return answer.strip().lower() in {"y", "yes"}
+
+
+@contextlib.asynccontextmanager
+async def _client(args: argparse.Namespace, api_key: str) -> AsyncIterator[RunflowClient]:
+    scale = args.time_scale or (EMULATOR_TIME_SCALE if args.emulator else 1.0)
+    retry, poll = RetryPolicy(time_scale=scale), PollPolicy(time_scale=scale)
+    if not args.emulator:
+        async with RunflowClient(api_key, base_url=args.base_url, retry=retry, poll=poll) as c:
+            yield c
+        return
+    from runflow_async.emulator import Emulator  # only with --emulator
+
+    async with (
+        Emulator(time_scale=scale) as emu,
+        RunflowClient(api_key, base_url=emu.url, retry=retry, poll=poll) as client,
+    ):
+        yield client
+
+
+LOG_PATH = Path(".runflow", "log.txt")
+"""Where ``generate``/``edit`` append the library's log (retries, throttling, stops)."""
+
+
+@contextlib.contextmanager
+def _log_to_folder(out: Path) -> Iterator[None]:
+    """Append ``runflow_async`` INFO records to ``DIR/.runflow/log.txt`` for the run."""
+    path = out / LOG_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("runflow_async")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+async def _run(
+    args: argparse.Namespace,
+    items: list[DatasetItem],
+    api_key: str,
+    estimates: dict[str, Decimal],
+) -> int:
+    printer = ProgressPrinter(sys.stderr, live=sys.stderr.isatty())
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - inside asyncio.run
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Handled ourselves: a background start inherits SIGINT as ignored. Only
+        # possible in the main thread (tests call main() from a worker thread).
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.add_signal_handler(sig, task.cancel)
+            handled.append(sig)
+    try:
+        async with _client(args, api_key) as client:
+            summary = await run_dataset(
+                client,
+                args.out,
+                items,
+                concurrency=args.concurrency,
+                max_cost_usd=args.max_cost,
+                on_progress=printer,
+                estimates=estimates,
+            )
+    except asyncio.CancelledError:
+        printer.close()
+        manifest = args.out / "metadata.jsonl"
+        images = len(manifest.read_text().splitlines()) if manifest.exists() else 0
+        with Journal.open(args.out) as journal:
+            summary = summarize(args.out, journal, items, images=images, interrupted=True)
+    else:
+        printer.close()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    print(
+        f"{summary.succeeded}/{summary.total} done, {summary.failed} failed, "
+        f"{summary.pending} not finished, spent ${summary.spent_usd} -> {summary.out_dir}",
+        file=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    return summary.exit_code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``generate``/``edit``/``estimate``/``status``; returns the exit status."""
+    if args.command == "status":
+        return _status(args)
+    kind = args.command if args.command != "estimate" else _sniff(args.input)
+    try:
+        items = _read(args, kind)
+    except InputFileError as exc:
+        _err(str(exc))
+        return 2
+    spent = Decimal(0)
+    todo = items
+    if args.command != "estimate":
+        todo, spent = unfinished(args.out, items)
+        if len(todo) < len(items):
+            print(
+                f"{len(items) - len(todo)} of {len(items)} items already finished in "
+                f"{args.out} (spent ${spent}); estimating the rest",
+                file=sys.stderr,
+            )
+    estimate = asyncio.run(_estimate(todo, PricingPolicy()))
+    if args.command == "estimate":
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "items": len(estimate),
+                        "images": estimate.images,
+                        "megapixels": str(estimate.megapixels),
+                        "total_usd": str(estimate.total_usd),
+                        "assumptions": list(estimate.assumptions),
+                    }
+                )
+            )
+        else:
+            _show_estimate(estimate)
+        return 0
+    try:
+        api_key = "emulator-key" if args.emulator else resolve_api_key(args.api_key)
+    except ConfigurationError as exc:
+        _err(str(exc))
+        return 2
+    _show_estimate(estimate)
+    go = _confirmed(args, estimate, spent)
+    if go is None:
+        _err("no terminal to confirm on: pass --yes or a --max-cost that covers the estimate")
+        return 2
+    if not go:
+        _err("nothing submitted")
+        return 1
+    try:
+        confirmed = {i.key: e.usd for i, e in zip(todo, estimate.items, strict=True)}
+        with _log_to_folder(args.out):
+            return asyncio.run(_run(args, items, api_key, confirmed))
+    except RunflowError as exc:
+        _err(str(exc))
+        return 1
+
+
+def _sniff(path: Path) -> str:
+    try:
+        return sniff_kind(path)
+    except (OSError, ValueError):
+        return "generate"  # reading it again reports the problem properly
+
+
+def _status(args: argparse.Namespace) -> int:
+    if not (args.out / ".runflow").is_dir():
+        _err(f"{args.out} is not a dataset folder (no .runflow journal)")
+        return 2
+    with Journal.open(args.out) as journal:
+        raw = journal.summary()
+    counts = raw["counts"]
+    status = {
+        "total": raw["total"],
+        "succeeded": counts["succeeded"],
+        "failed": counts["failed"],
+        "in_flight": counts["submitting"] + counts["created"],
+        "not_submitted": counts["pending"] + counts["not_submitted"],
+        "spent_usd": str(raw["spent_usd"]),
+        "remaining_estimate_usd": str(raw["estimated_usd"]),
+    }
+    if args.json:
+        print(json.dumps(status))
+    else:
+        for name, value in status.items():
+            print(f"{name.replace('_', ' ')}: {value}")
+    return 0

@@ -1,0 +1,1 @@
+"""RunflowClient: lifecycle and thin public methods that delegate."""

@@ -1,0 +1,340 @@
+"""``RunflowClient``: the session's lifecycle and thin public methods that delegate."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Self, Unpack
+
+import aiohttp
+import anyio
+
+from runflow_async._batch.batch import Batch
+from runflow_async._batch.engine import Engine
+from runflow_async._batch.map import MapRun, RequestSource
+from runflow_async._batch.options import BatchOptions, EngineOptions, check_serving
+from runflow_async._callbacks.receiver import CallbackReceiver
+from runflow_async._callbacks.waiter import CallbackWaiter
+from runflow_async._client.files import FilesMixin
+from runflow_async._core.config import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_WAIT_TIMEOUT,
+    PollPolicy,
+    RetryPolicy,
+    Timeouts,
+    resolve_api_key,
+    resolve_base_url,
+)
+from runflow_async._core.errors import ConfigurationError, RunTimeoutError
+from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
+from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
+from runflow_async._http.create import create_run
+from runflow_async._http.retry import RetryHook
+from runflow_async._http.runs import check_outcome, check_run_id, fetch_run, poll_until_terminal
+from runflow_async._http.secrets import CallbackSecret, create_callback_secret
+from runflow_async._http.transport import Transport, parse_response
+from runflow_async._pricing import PricingPolicy
+from runflow_async._waiting.list_poller import DurationStats, WaitStrategy
+
+__all__ = ["RunflowClient"]
+
+
+def _new_client_ref() -> str:
+    return f"rfa-{uuid.uuid4().hex}"
+
+
+class RunflowClient(FilesMixin):
+    """An asyncio client for Runflow's FLUX.2 [klein] 9B endpoints.
+
+    Use it as an async context manager; it owns one connection pool::
+
+        async with RunflowClient() as client:
+            result = await client.generate("a lighthouse at dawn")
+
+    Args:
+        api_key: Your API key; defaults to ``RUNFLOW_API_KEY``.
+        base_url: API root; defaults to ``RUNFLOW_BASE_URL``, then ``https://api.runflow.io``.
+        organization_id: Sent as ``X-Organization-Id`` (defaults to the key's organisation).
+        timeouts: Per-request time limits.
+        retry: Backoff for retried calls (``RetryPolicy(time_scale=...)`` in tests).
+        poll: Spacing of status reads while waiting.
+        max_connections: Connection pool size; size it to the concurrency you use.
+        session: An ``aiohttp.ClientSession`` to use instead of our own; we never close it.
+        on_retry: A synchronous hook told about each retry.
+        pricing: The megapixel price rules used for estimates and budgets.
+        wait_strategy: How batches notice finished runs: ``"auto"`` (a shared
+            list poller, verified on first use, falling back to per-run polling),
+            ``"list"`` or ``"per_run"``.
+        callbacks: A started :class:`CallbackReceiver`: ``run``/``generate``/``edit``,
+            batches and maps create runs with its ``url`` as ``callback_url`` and
+            wait for its signed deliveries, polling slowly as a safety net.
+
+    Raises:
+        ConfigurationError: No API key, or a malformed key or URL.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        organization_id: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        session: aiohttp.ClientSession | None = None,
+        on_retry: RetryHook | None = None,
+        pricing: PricingPolicy | None = None,
+        wait_strategy: WaitStrategy = "auto",
+        callbacks: CallbackReceiver | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1.")
+        self.base_url = resolve_base_url(base_url)
+        self.poll_policy = poll or PollPolicy()
+        self.pricing = pricing or PricingPolicy()
+        if wait_strategy not in ("auto", "list", "per_run"):
+            raise ConfigurationError(f"Unknown wait_strategy {wait_strategy!r}.")
+        self.wait_strategy: WaitStrategy = wait_strategy
+        self.callbacks = callbacks
+        self._durations = DurationStats()
+        self._transport = Transport(
+            base_url=self.base_url,
+            api_key=resolve_api_key(api_key),
+            organization_id=organization_id,
+            timeouts=timeouts or Timeouts(),
+            retry=retry or RetryPolicy(),
+            max_connections=max_connections,
+            session=session,
+            on_retry=on_retry,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._transport.closed else "open"
+        return f"<RunflowClient base_url={self.base_url!r} {state}>"
+
+    async def __aenter__(self) -> Self:
+        self._transport.session()  # created here, inside the running loop
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pool (if we created it). Idempotent; the client is unusable after."""
+        await self._transport.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client has been closed."""
+        return self._transport.closed
+
+    async def submit(self, request: RunRequest) -> Run:
+        """Create a run and return it as created (``queued``), without waiting.
+
+        The create carries a fresh ``Idempotency-Key`` and (unless the request
+        sets one) a fresh ``client_ref``, both reused on every retry, so a
+        create is billed at most once.
+
+        Raises:
+            APIError: The create failed (see :class:`CreateOutcomeUnknownError`).
+        """
+        body = request.to_body(client_ref=_new_client_ref())
+        return await create_run(
+            self._transport, request.model, body, idempotency_key=str(uuid.uuid4())
+        )
+
+    async def get_run(self, run_id: str) -> Run:
+        """Fetch a run (fresh signed output URLs on every read)."""
+        check_run_id(run_id)
+        return await fetch_run(self._transport, run_id)
+
+    async def wait(
+        self, run_id: str, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT, check: bool = True
+    ) -> Run:
+        """Poll a run until it is terminal.
+
+        Args:
+            run_id: The run to wait for.
+            timeout: Seconds to wait; ``None`` waits forever.
+            check: Raise for failed and canceled runs (else return them).
+
+        Raises:
+            RunTimeoutError: The deadline passed (the run may still finish).
+            RunFailedError: The run failed (``check=True``).
+            RunCanceledError: The run was canceled (``check=True``).
+        """
+        check_run_id(run_id)
+        run = await poll_until_terminal(
+            self.get_run, run_id, timeout=timeout, policy=self.poll_policy
+        )
+        return check_outcome(run) if check else run
+
+    async def run(
+        self, request: RunRequest, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT
+    ) -> GenerationResult:
+        """Submit a request and wait for its images (by callback with ``callbacks``).
+
+        Raises:
+            RunFailedError: The run failed; ``failure_code``/``failure_message`` say why.
+            RunTimeoutError: The run did not finish in time (it may still).
+        """
+        rx = self.callbacks
+        if rx is not None and request.callback_url is None:
+            request = request.model_copy(update={"callback_url": check_serving(rx)})
+        created = await self.submit(request)
+        if rx is not None and request.callback_url == rx.url and not created.is_terminal:
+            run = await self._wait_by_callback(rx, created.id, timeout)
+        else:
+            run = await poll_until_terminal(
+                self.get_run, created.id, timeout=timeout, policy=self.poll_policy, last=created
+            )
+        run = check_outcome(run)
+        return GenerationResult(run, partial=run.status is RunStatus.PARTIAL_SUCCEEDED)
+
+    async def _wait_by_callback(
+        self, rx: CallbackReceiver, run_id: str, timeout: float | None
+    ) -> Run:
+        waiter = CallbackWaiter(
+            self._transport, rx, self._durations, self.poll_policy, shared=False
+        )
+        with anyio.move_on_after(timeout):
+            return await waiter.wait(run_id)
+        raise RunTimeoutError(
+            f"Run {run_id} did not finish within {timeout}s; it may still finish and be "
+            "billed, so fetch it later with get_run().",
+            run=Run(id=run_id),
+        )
+
+    async def create_callback_secret(self, label: str) -> CallbackSecret:
+        """Create a callback signing secret (``POST /v1/callback-secrets``).
+
+        The new secret signs new deliveries; older ones stay valid, so during a
+        rotation give your :class:`CallbackReceiver` both. Store
+        ``secret.plain_secret.get_secret_value()`` now: it is shown only once.
+        The call is sent once, never retried.
+        """
+        return await create_callback_secret(self._transport, label)
+
+    async def generate(
+        self, prompt: str, *, timeout: float | None = DEFAULT_WAIT_TIMEOUT, **fields: Any
+    ) -> GenerationResult:
+        """Generate images from a prompt and wait for them.
+
+        Args:
+            prompt: What to draw.
+            timeout: Seconds to wait for the run.
+            **fields: Any :class:`GenerateRequest` field (``image_size``, ``seed``, ...).
+
+        Raises:
+            RequestValidationError: Invalid fields; nothing was sent.
+        """
+        request = build_request(GenerateRequest, {"prompt": prompt, **fields})
+        return await self.run(request, timeout=timeout)
+
+    async def edit(
+        self,
+        prompt: str,
+        *,
+        image_urls: Sequence[str],
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        **fields: Any,
+    ) -> GenerationResult:
+        """Edit 1-4 images (http(s) URLs) as the prompt says and wait for the result.
+
+        Raises:
+            RequestValidationError: Invalid fields; nothing was sent.
+        """
+        request = build_request(
+            EditRequest, {"prompt": prompt, "image_urls": list(image_urls), **fields}
+        )
+        return await self.run(request, timeout=timeout)
+
+    async def list_runs(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        q: str | None = None,
+        fields: Sequence[str] | None = None,
+        sort_by: str | None = None,
+    ) -> RunPage:
+        """Fetch one page of runs (``GET /v1/runs``).
+
+        Args:
+            limit: Page size, 1-500.
+            cursor: ``next_cursor`` of the previous page.
+            q: A filter such as ``status_code:succeeded AND created_at>2026-04-01``.
+            fields: Only return these fields of each run (``id`` is always added).
+            sort_by: Such as ``created_at:desc``.
+        """
+        if not 1 <= limit <= 500:
+            raise ConfigurationError("limit must be between 1 and 500.")
+        params = {"limit": str(limit)}
+        if cursor:
+            params["pq"] = cursor
+        if q:
+            params["q"] = q
+        if fields:
+            params["fields"] = ",".join(dict.fromkeys(["id", *fields]))
+        if sort_by:
+            params["sort_by"] = sort_by
+        response = await self._transport.request("GET", "/v1/runs", params=params)
+        return parse_response(RunPage, response.data, method="GET", path="/v1/runs")
+
+    async def iter_runs(
+        self, *, q: str | None = None, page_size: int = 100, sort_by: str | None = None
+    ) -> AsyncIterator[Run]:
+        """Yield every run matching ``q``, following cursors page by page."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_runs(limit=page_size, cursor=cursor, q=q, sort_by=sort_by)
+            for run in page.items:
+                yield run
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    def batch(self, **options: Unpack[BatchOptions]) -> Batch:
+        """Open a batch: futures for many runs under one window, rate and budget.
+
+        Use it as ``async with client.batch(max_concurrency=50) as batch``.
+        Options (all keyword, see :class:`BatchOptions`): ``max_concurrency``,
+        ``max_cost_usd``, ``submits_per_second``, ``adaptive``, ``fail_fast``,
+        ``timeout``, ``observer``, ``callbacks``.
+
+        Raises:
+            ConfigurationError: A nonsensical option.
+        """
+        return Batch(self._engine(options))
+
+    def map(self, requests: RequestSource, **options: Unpack[BatchOptions]) -> MapRun:
+        """Run a lazy (even endless) stream of requests; outcomes arrive as they finish.
+
+        Use it as ``async with client.map(requests) as outcomes: async for o in outcomes``.
+        Memory stays bounded by ``max_concurrency``. Options as for :meth:`batch`.
+        """
+        return MapRun(self._engine(options), requests)
+
+    def _engine(self, options: BatchOptions) -> Engine:
+        return Engine(
+            self._transport,
+            pricing=self.pricing,
+            poll=self.poll_policy,
+            stats=self._durations,
+            options=EngineOptions.build(
+                options, wait_strategy=self.wait_strategy, callbacks=self.callbacks
+            ),
+        )
+
+    async def health(self) -> dict[str, Any]:
+        """Return ``GET /v1/health``'s body; any 2xx means healthy."""
+        response = await self._transport.request("GET", "/v1/health")
+        return response.data if isinstance(response.data, dict) else {"body": response.data}

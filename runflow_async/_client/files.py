@@ -1,0 +1,98 @@
+"""The client's file methods: uploads, assets, downloads and cost estimates."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from runflow_async._core.estimate import Estimate, estimate_requests, probe_input_sizes
+from runflow_async._core.models import ImageOutput
+from runflow_async._core.requests import EditRequest, RunRequest
+from runflow_async._http.assets import Asset, get_asset, read_upload_source, upload_asset
+from runflow_async._http.download import DownloadedFile, download_to
+from runflow_async._http.transport import Transport
+from runflow_async._pricing import PricingPolicy
+
+__all__ = ["FilesMixin"]
+
+
+class FilesMixin:
+    """Methods of :class:`RunflowClient` that move images or price them."""
+
+    _transport: Transport
+    pricing: PricingPolicy
+
+    async def download(
+        self, image: ImageOutput | str, dest: str | os.PathLike[str]
+    ) -> DownloadedFile:
+        """Download one output image to ``dest``, atomically, without the API key.
+
+        Signed output URLs expire; if this raises ``PermissionDeniedError`` (403),
+        read the run again with :meth:`get_run` for fresh URLs.
+
+        Returns:
+            The path written, its SHA-256 and size.
+        """
+        url = image if isinstance(image, str) else image.url
+        return await download_to(
+            self._transport.session(), url, Path(dest), timeout=self._transport.timeout
+        )
+
+    async def estimate(
+        self, requests: Iterable[RunRequest], *, probe_inputs: bool = True
+    ) -> Estimate:
+        """Estimate what ``requests`` will cost, before anything is submitted.
+
+        Args:
+            requests: Generate and edit requests.
+            probe_inputs: Read each edit input's size from its header with a small
+                ranged GET (never carrying the API key); unknown sizes are
+                assumed per the pricing policy and listed in ``assumptions``.
+        """
+        requests = list(requests)
+        sizes = None
+        if probe_inputs:
+            urls = [u for r in requests if isinstance(r, EditRequest) for u in r.image_urls]
+            if urls:
+                sizes = await probe_input_sizes(
+                    self._transport.session(), urls, timeout=self._transport.timeout
+                )
+        return estimate_requests(requests, policy=self.pricing, input_sizes=sizes)
+
+    async def upload(
+        self,
+        source: bytes | str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        mime_type: str | None = None,
+    ) -> Asset:
+        """Upload a local image as an asset, to pass its ``url`` in an edit's ``image_urls``.
+
+        The bytes go to storage without the API key; an expired upload URL starts over once.
+
+        Args:
+            source: The file's bytes, or a path to it (its size is checked
+                against :data:`MAX_UPLOAD_BYTES` before it is read).
+            filename: The asset's name; required for bytes, a path's name otherwise.
+            mime_type: Read from the file's magic bytes (PNG, JPEG, WebP, GIF) if omitted.
+
+        Returns:
+            The asset; ``width`` and ``height`` are read from the file's header.
+
+        Raises:
+            RequestValidationError: Unreadable, empty, too large or unrecognised input.
+            APIResponseError: A malformed answer, or an upload URL neither https nor loopback.
+            APIError: A step failed after its retries (network, 429, 5xx: unbilled calls).
+        """
+        data, name = await read_upload_source(source, filename)
+        return await upload_asset(self._transport, data, filename=name, mime_type=mime_type)
+
+    async def get_asset(self, asset_id: str) -> Asset:
+        """Fetch an asset with a freshly signed ``url`` (asset URLs are short-lived).
+
+        Raises:
+            RequestValidationError: A malformed id; nothing was sent.
+            NotFoundError: No such asset.
+        """
+        return await get_asset(self._transport, asset_id)

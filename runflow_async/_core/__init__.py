@@ -1,0 +1,1 @@
+"""Pure building blocks: errors, config, wire models, requests, filters, estimates."""

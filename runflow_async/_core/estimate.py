@@ -1,0 +1,306 @@
+"""Cost estimates for lists of runs, and probing edit inputs for their size.
+
+Pure ``Decimal`` sums of what :class:`PricingPolicy` (which the emulator bills
+with) says, plus a sentence for every guess. Runflow does not document how it
+counts megapixels, so a finished run's ``cost`` is the authoritative number.
+The only I/O is :func:`probe_input_sizes`, a ranged GET of each input's header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+import aiohttp
+import anyio
+
+from runflow_async._core.errors import ConfigurationError
+from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest
+from runflow_async._http.transport import keyless_session
+from runflow_async._imagesize import HEADER_BYTES, image_size_from_bytes
+from runflow_async._pricing import _DEFAULT_GENERATE_PRESET, PRESET_SIZES, PricingPolicy, Size
+
+__all__ = [
+    "DEFAULT_PROBE_TIMEOUT",
+    "Estimate",
+    "ItemEstimate",
+    "estimate_request",
+    "estimate_requests",
+    "policy_assumptions",
+    "probe_input_sizes",
+]
+
+DEFAULT_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=10.0, sock_connect=5.0)
+"""Per-URL limit of :func:`probe_input_sizes` when the caller gives none."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemEstimate:
+    """The estimated cost of one run.
+
+    Attributes:
+        index: Position of the request in the list that was estimated.
+        model: The request's model id.
+        images: Images the run will produce.
+        output_size: Size of each output image, defaults resolved.
+        input_sizes: Size of each edit input (``None``: unknown); ``()`` for text-to-image.
+        megapixels: Billed megapixels, inputs plus outputs.
+        usd: Estimated cost, rounded as the policy rounds one run.
+        assumptions: What was assumed for this run, one sentence each.
+    """
+
+    index: int
+    model: str
+    images: int
+    output_size: Size
+    input_sizes: tuple[Size | None, ...]
+    megapixels: Decimal
+    usd: Decimal
+    assumptions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The estimated cost of a list of runs.
+
+    Attributes:
+        items: One estimate per request, in order.
+        total_usd: Sum of the items' ``usd``.
+        megapixels: Sum of the items' billed megapixels.
+        images: Sum of the items' images.
+        assumptions: The policy's rules, then every item's assumptions once each.
+    """
+
+    items: tuple[ItemEstimate, ...]
+    total_usd: Decimal
+    megapixels: Decimal
+    images: int
+    assumptions: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def summary(self) -> str:
+        """Return one line, e.g. ``"12 runs, 14 images, 9.75 MP, $0.0585 (estimate)"``."""
+        runs = len(self.items)
+        mp = self.megapixels.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        return (
+            f"{runs} run{'' if runs == 1 else 's'}, "
+            f"{self.images} image{'' if self.images == 1 else 's'}, "
+            f"{mp} MP, ${_usd_text(self.total_usd)} (estimate)"
+        )
+
+
+def _number(value: Decimal) -> str:
+    """Plain notation without trailing zeros: ``1``, ``0.25``, ``100``."""
+    return f"{value.normalize():f}"
+
+
+def _usd_text(value: Decimal) -> str:
+    """Dollars with at least cents and no trailing zeros beyond: ``0.0585``, ``1.50``."""
+    text = _number(value)
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents.ljust(2, '0')}"
+
+
+def _check_count(sizes: Sequence[Size | None] | None, expected: int) -> None:
+    if sizes is not None and len(sizes) != expected:
+        raise ValueError(f"{len(sizes)} input sizes given for a request with {expected} inputs")
+
+
+def _unknown_input_sentence(policy: PricingPolicy, number: int, url: str) -> str:
+    shown = url.split("?", 1)[0].split("#", 1)[0]  # presigned query strings are credentials
+    width, height = policy.assumed_input_size
+    billed = _number(policy.input_megapixels(None))
+    return f"input {number} ({shown}): size unknown, assumed {width}x{height} (billed {billed} MP)"
+
+
+def estimate_request(
+    request: RunRequest,
+    *,
+    policy: PricingPolicy,
+    input_sizes: Sequence[Size | None] | None = None,
+    index: int = 0,
+) -> ItemEstimate:
+    """Estimate the cost of one run.
+
+    Args:
+        request: A :class:`GenerateRequest` or :class:`EditRequest`.
+        policy: The pricing rules.
+        input_sizes: Size of each of an edit's ``image_urls``, ``None`` where
+            unknown (billed as the policy's ``assumed_input_size``); default all unknown.
+        index: Stored as :attr:`ItemEstimate.index`.
+
+    Returns:
+        The run's estimate.
+
+    Raises:
+        ValueError: If ``input_sizes`` does not match the request's inputs.
+        TypeError: If ``request`` is neither a generate nor an edit request.
+        KeyError: If the policy has no price for the request's model.
+    """
+    images = request.images_per_run
+    if isinstance(request, GenerateRequest):
+        _check_count(input_sizes, 0)
+        output = request.size or PRESET_SIZES[_DEFAULT_GENERATE_PRESET]
+        sizes: tuple[Size | None, ...] = ()
+        assumptions = (
+            [f"image_size not set: assumed {_DEFAULT_GENERATE_PRESET} {output[0]}x{output[1]}"]
+            if request.size is None
+            else []
+        )
+        megapixels = policy.generate_megapixels(request.size, images)
+        usd = policy.generate_cost(request.size, images)
+    elif isinstance(request, EditRequest):
+        urls = request.image_urls
+        sizes = (None,) * len(urls) if input_sizes is None else tuple(input_sizes)
+        _check_count(sizes, len(urls))
+        assumptions = [
+            _unknown_input_sentence(policy, number, url)
+            for number, (url, size) in enumerate(zip(urls, sizes, strict=True), start=1)
+            if size is None
+        ]
+        output = request.size or policy.default_edit_output_size(sizes[0])
+        if request.size is None:
+            assumptions.append(
+                f"image_size not set: edit output assumed {output[0]}x{output[1]}, "
+                "following input 1 (scaled down to at most 1 MP)"
+            )
+        megapixels = policy.edit_megapixels(sizes, request.size, images)
+        usd = policy.edit_cost(sizes, request.size, images)
+    else:
+        raise TypeError(f"cannot estimate a {type(request).__name__}")
+    facts = (request.model, images, output, sizes, megapixels, usd, tuple(assumptions))
+    return ItemEstimate(index, *facts)
+
+
+def policy_assumptions(policy: PricingPolicy) -> tuple[str, ...]:
+    """Return the policy's undocumented choices as sentences, for any estimate."""
+    ppm = policy.pixels_per_megapixel
+    cap = policy.edit_input_max_megapixels
+    prices = ", ".join(
+        f"{model} ${_number(price)}" for model, price in policy.prices_usd_per_megapixel.items()
+    )
+    return (
+        "estimate only: Runflow does not document how megapixels are counted; "
+        "a finished run's cost is authoritative",
+        f"price per MP: {prices} (text-to-image bills output MP, edit bills input + output MP)",
+        f"1 MP = {ppm:,} px" + (" (2^20)" if ppm == 2**20 else ""),
+        "each image rounded up to a whole MP"
+        if policy.round_up_per_image
+        else "each image billed at its exact MP, not rounded up",
+        f"each run's cost rounded half-up to ${_number(policy.cost_quantum)}",
+        "edit inputs billed at full size"
+        if cap is None
+        else f"edit inputs capped at {_number(cap)} MP (the provider resizes larger inputs)",
+    )
+
+
+def estimate_requests(
+    requests: Iterable[RunRequest],
+    *,
+    policy: PricingPolicy,
+    input_sizes: Mapping[str, Size | None] | None = None,
+) -> Estimate:
+    """Estimate the cost of a list of runs.
+
+    Args:
+        requests: The runs, in order.
+        policy: The pricing rules.
+        input_sizes: Known sizes of edit inputs by URL (for example from
+            :func:`probe_input_sizes`); a URL missing or mapped to ``None`` is unknown.
+
+    Returns:
+        The estimate: per-run items, totals, and every assumption made.
+
+    Raises:
+        TypeError: If a request is neither a generate nor an edit request.
+        KeyError: If the policy has no price for a request's model.
+    """
+    known = input_sizes or {}
+    items: list[ItemEstimate] = []
+    for index, request in enumerate(requests):
+        sizes = None
+        if isinstance(request, EditRequest):
+            sizes = [known.get(url) for url in request.image_urls]
+        items.append(estimate_request(request, policy=policy, input_sizes=sizes, index=index))
+    item_assumptions = (sentence for item in items for sentence in item.assumptions)
+    return Estimate(
+        items=tuple(items),
+        total_usd=sum((item.usd for item in items), policy.quantize(Decimal(0))),
+        megapixels=sum((item.megapixels for item in items), Decimal(0)),
+        images=sum(item.images for item in items),
+        assumptions=tuple(dict.fromkeys((*policy_assumptions(policy), *item_assumptions))),
+    )
+
+
+async def _fetch_size(
+    session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout, max_bytes: int
+) -> Size | None:
+    data = b""
+    try:
+        headers = {"Range": f"bytes=0-{max_bytes - 1}"}
+        async with session.get(url, headers=headers, timeout=timeout) as resp:
+            if resp.status not in (200, 206):  # 200: the server ignored Range
+                return None
+            while len(data) < max_bytes and image_size_from_bytes(data) is None:
+                chunk = await resp.content.read(max_bytes - len(data))
+                if not chunk:
+                    break
+                data += chunk
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
+    return image_size_from_bytes(data)
+
+
+async def probe_input_sizes(
+    session: aiohttp.ClientSession,
+    urls: Iterable[str],
+    *,
+    timeout: aiohttp.ClientTimeout | None = None,
+    concurrency: int = 8,
+    max_bytes: int = HEADER_BYTES,
+) -> dict[str, Size | None]:
+    """Find the pixel size of each image URL from its first bytes.
+
+    Each distinct URL is fetched once with ``Range: bytes=0-{max_bytes-1}``; a
+    ``206``, or a ``200`` from a server that ignores Range, is read only until
+    the header parses or ``max_bytes`` have arrived. Any failure (other status,
+    network error, timeout, unknown format) gives ``None`` for that URL.
+
+    Input URLs may name any host, so no credentials travel: the fetches share
+    ``session``'s connection pool but none of its default headers, ``auth``,
+    cookie jar or environment (proxy, netrc) settings, and cookies the hosts set
+    are discarded. Only ``Range`` and aiohttp's automatic headers are sent.
+
+    Args:
+        session: An open session, whose connector is borrowed (never closed).
+        urls: Image URLs; duplicates are fetched once.
+        timeout: Limit for each fetch; :data:`DEFAULT_PROBE_TIMEOUT` if omitted.
+        concurrency: Most fetches in flight at once.
+        max_bytes: Most bytes read per URL.
+
+    Returns:
+        Every distinct URL, in first-seen order, mapped to its size or ``None``.
+
+    Raises:
+        ConfigurationError: If ``concurrency`` or ``max_bytes`` is below 1.
+        RuntimeError: If ``session`` is closed.
+    """
+    if concurrency < 1 or max_bytes < 1:
+        raise ConfigurationError("concurrency and max_bytes must be at least 1")
+    if session.closed or session.connector is None:
+        raise RuntimeError("cannot probe input sizes with a closed session")
+    results: dict[str, Size | None] = dict.fromkeys(urls)
+    limiter = anyio.CapacityLimiter(concurrency)
+    per_url_timeout = timeout or DEFAULT_PROBE_TIMEOUT
+
+    async def probe(bare: aiohttp.ClientSession, url: str) -> None:
+        async with limiter:
+            results[url] = await _fetch_size(bare, url, per_url_timeout, max_bytes)
+
+    async with keyless_session(session) as bare, anyio.create_task_group() as tg:
+        for url in results:
+            tg.start_soon(probe, bare, url)
+    return results

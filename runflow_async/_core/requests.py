@@ -1,0 +1,262 @@
+"""Request models for the two FLUX.2 [klein] 9B endpoints.
+
+Every input field of the model pages (docs.runflow.io/models/black-forest-labs/
+flux-2-klein-9b and ``.../edit``) plus the request envelope (``callback_url``,
+``metadata``, ``client_ref``). Bounds the docs leave open are ours, stated on
+each field; the server stays authoritative and its 422 ``errors`` surface as
+:class:`~runflow_async.UnprocessableEntityError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+from runflow_async._core.errors import RequestValidationError
+from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
+
+__all__ = [
+    "CUSTOM_SIZE_MAX",
+    "CUSTOM_SIZE_MIN",
+    "MAX_SEED",
+    "CustomImageSize",
+    "EditRequest",
+    "GenerateRequest",
+    "ImagePreset",
+    "ImageSize",
+    "OutputFormat",
+    "RunRequest",
+    "build_request",
+]
+
+ImagePreset = Literal[
+    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
+]
+OutputFormat = Literal["jpeg", "png", "webp"]
+
+# Not documented by Runflow. Third-party listings give klein 9B a 2048x2048
+# maximum; 64 px is the smallest size any FLUX endpoint we know accepts.
+CUSTOM_SIZE_MIN = 64
+CUSTOM_SIZE_MAX = 2048
+# Not documented by Runflow; the widest range seen for klein (a signed 32-bit int).
+MAX_SEED = 2**31 - 1
+# Runflow's 4B page allows 1-50 steps; fal allows 4-8 for 9B. We take the wider range.
+MAX_STEPS = 50
+
+_INPUT_FIELDS = (
+    "prompt",
+    "image_urls",
+    "seed",
+    "num_inference_steps",
+    "image_size",
+    "num_images",
+    "sync_mode",
+    "enable_safety_checker",
+    "output_format",
+)
+
+_Dimension = Annotated[int, Field(ge=CUSTOM_SIZE_MIN, le=CUSTOM_SIZE_MAX)]
+
+
+class CustomImageSize(BaseModel):
+    """A custom output size in pixels (``{"width": W, "height": H}`` on the wire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    width: _Dimension
+    height: _Dimension
+
+
+def _http_url(value: str, *, max_length: int | None = None) -> str:
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("https", "http") or not sep or not rest:
+        raise ValueError("must be an http:// or https:// URL")
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"must be at most {max_length} characters")
+    return value
+
+
+def _check_json(value: Any, path: set[int]) -> None:
+    """Raise ``ValueError`` unless ``value`` is plain JSON (all the API can receive)."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must hold finite numbers only (JSON has no NaN or Infinity)")
+    elif isinstance(value, list | tuple | dict):
+        if id(value) in path:
+            raise ValueError("must not contain itself")
+        path.add(id(value))
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise ValueError("must have string keys at every level")
+                _check_text(key)
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_json(item, path)
+        path.discard(id(value))
+    else:
+        raise ValueError(f"must hold JSON values only, not {type(value).__name__}")
+
+
+def _check_text(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must hold valid Unicode text (no lone surrogates)") from None
+
+
+def _size_kind(value: Any) -> str:
+    return "preset" if isinstance(value, str) else "custom"
+
+
+ImageSize = Annotated[
+    Annotated[ImagePreset, Tag("preset")] | Annotated[CustomImageSize, Tag("custom")],
+    Discriminator(_size_kind),
+]
+"""A preset name or a :class:`CustomImageSize` (a ``(width, height)`` pair also works)."""
+
+
+class RunRequest(BaseModel):
+    """Fields shared by both endpoints. Use :class:`GenerateRequest` or :class:`EditRequest`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    model: ClassVar[str]
+
+    prompt: str = Field(min_length=1)
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    num_inference_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    image_size: ImageSize | None = None
+    num_images: Annotated[int, Field(ge=1, le=4)] | None = None
+    sync_mode: bool | None = None
+    enable_safety_checker: bool | None = None
+    output_format: OutputFormat | None = None
+    callback_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    client_ref: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_from_pair(cls, value: Any) -> Any:
+        if isinstance(value, tuple) and len(value) == 2:
+            return {"width": value[0], "height": value[1]}
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_is_http(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value, max_length=2048)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            _check_json(value, set())
+        except RecursionError:
+            raise ValueError("is nested too deeply") from None
+        return value
+
+    @property
+    def size(self) -> Size | None:
+        """The requested output size in pixels, or ``None`` for the model's default."""
+        if self.image_size is None:
+            return None
+        if isinstance(self.image_size, CustomImageSize):
+            return (self.image_size.width, self.image_size.height)
+        return PRESET_SIZES[self.image_size]
+
+    @property
+    def images_per_run(self) -> int:
+        """How many images the run will produce."""
+        return self.num_images or 1
+
+    def input_payload(self) -> dict[str, Any]:
+        """Return the ``input`` object exactly as the API documents it (unset fields omitted)."""
+        data = self.model_dump(mode="json", exclude_none=True, include=set(_INPUT_FIELDS))
+        return {name: data[name] for name in _INPUT_FIELDS if name in data}
+
+    def to_body(self, *, client_ref: str | None = None) -> dict[str, Any]:
+        """Return the JSON body of a create call.
+
+        Args:
+            client_ref: Used when the request does not set its own.
+        """
+        body: dict[str, Any] = {"input": self.input_payload()}
+        if self.callback_url is not None:
+            body["callback_url"] = self.callback_url
+        if self.metadata is not None:
+            body["metadata"] = self.metadata
+        ref = self.client_ref or client_ref
+        if ref is not None:
+            body["client_ref"] = ref
+        return body
+
+
+class GenerateRequest(RunRequest):
+    """A text-to-image run (``black-forest-labs/flux-2-klein-9b``, $0.006/MP)."""
+
+    model: ClassVar[str] = GENERATE_MODEL
+
+
+class EditRequest(RunRequest):
+    """An image edit run (``black-forest-labs/flux-2-klein-9b/edit``, $0.011/MP in + out).
+
+    ``image_urls`` takes 1-4 http(s) URLs; FLUX.2 klein accepts up to four
+    reference images upstream.
+    """
+
+    model: ClassVar[str] = EDIT_MODEL
+
+    image_urls: list[str] = Field(min_length=1, max_length=4)
+
+    @field_validator("image_urls", mode="before")
+    @classmethod
+    def _urls_as_list(cls, value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    @field_validator("image_urls")
+    @classmethod
+    def _urls_are_http(cls, value: list[str]) -> list[str]:
+        return [_http_url(url) for url in value]
+
+
+_R = TypeVar("_R", bound=RunRequest)
+
+
+def build_request(cls: type[_R], fields: Mapping[str, Any]) -> _R:
+    """Validate ``fields`` into ``cls``, raising our own error type.
+
+    Raises:
+        RequestValidationError: Naming every invalid field; nothing was sent.
+    """
+    try:
+        return cls.model_validate(dict(fields))
+    except pydantic.ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(
+                    str(part) for part in err["loc"] if part not in ("preset", "custom")
+                )
+                or "(request)",
+                "message": err["msg"].removeprefix("Value error, "),
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise RequestValidationError(f"Invalid {cls.__name__}: {detail}.", errors=errors) from exc

@@ -1,0 +1,1 @@
+"""Datasets: inputs, the journal, output folders and the pipeline that drives the engine."""

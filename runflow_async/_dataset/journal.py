@@ -1,0 +1,377 @@
+"""The dataset journal: one SQLite file in the output folder, the source of truth for resuming.
+
+The pipeline writes *before* each create (``mark_submitting``: the item's
+``client_ref``), as soon as the create returns (``mark_created``: the run id)
+and when the item ends. So after any crash, even ``kill -9``, a re-run knows
+which runs exist (collect them), which creates may exist (look them up by
+``client_ref``) and which were never sent (submit them).
+
+Each method is one short transaction on one connection. WAL with
+``synchronous=NORMAL`` loses nothing when the *process* dies (a power cut may
+lose the last commits, which a re-run reconciles by ``client_ref``). Money is
+stored as decimal text, so sums are exact. Use a journal from one thread.
+
+Transitions (any other is refused with :class:`JournalStateError`)::
+
+    mark_submitting      pending, submitting, not_submitted  -> submitting
+    mark_created         submitting                          -> created
+    mark_succeeded       submitting, created                 -> succeeded
+    mark_failed          pending, submitting, created        -> failed
+    mark_not_submitted   pending, submitting, not_submitted  -> not_submitted
+    reset_for_retry      failed, not_submitted               -> pending
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from runflow_async._core.errors import RunflowError
+
+__all__ = [
+    "JOURNAL_PATH",
+    "SCHEMA_VERSION",
+    "ItemState",
+    "Journal",
+    "JournalError",
+    "JournalItem",
+    "JournalStateError",
+]
+
+JOURNAL_PATH = Path(".runflow", "journal.sqlite3")
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE items (key TEXT PRIMARY KEY, ordinal INTEGER NOT NULL, kind TEXT NOT NULL,"
+    " state TEXT NOT NULL, client_ref TEXT, run_id TEXT, estimate_usd TEXT, cost_usd TEXT,"
+    " error_type TEXT, error TEXT, files TEXT NOT NULL DEFAULT '[]',"
+    " attempts INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,"
+    " prior_cost_usd TEXT NOT NULL DEFAULT '0')",
+    "CREATE INDEX items_by_ordinal ON items (ordinal)",
+)
+
+
+class ItemState(StrEnum):
+    """Where an item stands."""
+
+    PENDING = "pending"
+    """Never sent."""
+    SUBMITTING = "submitting"
+    """A create is (or was) under way: a run may exist under the item's ``client_ref``."""
+    CREATED = "created"
+    """A run exists (``run_id``); it may not have finished."""
+    SUCCEEDED = "succeeded"
+    """Done, images saved."""
+    FAILED = "failed"
+    """Done without images."""
+    NOT_SUBMITTED = "not_submitted"
+    """Held back (budget, credit, stop); a re-run submits it."""
+
+
+_P, _S, _C, _OK, _F, _N = ItemState
+# Which states each mark_* moves from; anything else is a pipeline bug, refused.
+_FROM: dict[ItemState, tuple[ItemState, ...]] = {
+    _S: (_P, _S, _N),  # _S again: a retried create, or one resumed after a crash
+    _C: (_S,),
+    _OK: (_S, _C),  # from _S: a create that answered with a finished run
+    _F: (_P, _S, _C),  # from _P: e.g. an upload failed before any create
+    _N: (_P, _S, _N),
+    _P: (_F, _N),  # reset_for_retry
+}
+
+
+class JournalError(RunflowError):
+    """The journal cannot be used (not a journal, or written by a newer version)."""
+
+
+class JournalStateError(JournalError, KeyError):
+    """No such item, or the item's state does not allow the change."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True, slots=True)
+class JournalItem:
+    """One item as the journal records it.
+
+    Attributes:
+        key: The item's stable key.
+        ordinal: Its position in the input file.
+        kind: ``"generate"`` or ``"edit"``.
+        state: Where it stands.
+        client_ref: Sent with its create; set once, kept for every later attempt.
+        run_id: Its run, once created.
+        estimate_usd: What it was estimated to cost.
+        cost_usd: What its current run cost, once known.
+        error_type: The error class name of a failure.
+        error: Why it failed, or why it was not submitted.
+        files: What the pipeline recorded on success (e.g. one JSON row per image).
+        attempts: How many creates were started.
+        updated_at: UTC ISO 8601 time of the last change.
+        prior_cost_usd: What runs before a :meth:`Journal.reset_for_retry` cost.
+    """
+
+    key: str
+    ordinal: int
+    kind: str
+    state: ItemState
+    client_ref: str | None
+    run_id: str | None
+    estimate_usd: Decimal | None
+    cost_usd: Decimal | None
+    error_type: str | None
+    error: str | None
+    files: tuple[str, ...]
+    attempts: int
+    updated_at: str
+    prior_cost_usd: Decimal
+
+
+_SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
+
+
+class Journal:
+    """The journal of one output folder (``DIR/.runflow/journal.sqlite3``).
+
+    Open with :meth:`open`; close with :meth:`close` or a ``with`` block.
+
+    Attributes:
+        path: The SQLite file.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, out_dir: Path) -> Journal:
+        """Open (creating if need be) the journal of ``out_dir``.
+
+        Raises:
+            JournalError: The file is not a journal, or a newer version wrote it.
+        """
+        path = out_dir / JOURNAL_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            _prepare(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        """Close the journal (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def add_items(self, items: Iterable[tuple[str, int, str, Decimal]]) -> int:
+        """Record new ``(key, ordinal, kind, estimate_usd)`` items as pending (known keys: no-op).
+
+        Returns:
+            How many items were new.
+        """
+        now = _now()
+        rows = [(k, o, kind, _money(e), _P.value, now) for k, o, kind, e in items]
+        before = self._conn.total_changes
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO items (key, ordinal, kind, estimate_usd, state, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return self._conn.total_changes - before
+
+    def get(self, key: str) -> JournalItem | None:
+        """Return the item recorded under ``key``, or ``None``."""
+        row = self._conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _item(row)
+
+    def items(self, *, states: Iterable[ItemState] | None = None) -> list[JournalItem]:
+        """Return the items, in input order, optionally only those in ``states``."""
+        sql, args = _SELECT, list[str]()
+        if states is not None:
+            args = [ItemState(s).value for s in states]
+            sql += f" WHERE state IN ({', '.join('?' * len(args))})"
+        return [_item(row) for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args)]
+
+    def mark_submitting(self, key: str, client_ref: str) -> None:
+        """Record, *before* sending it, that a create is starting (write-ahead).
+
+        ``client_ref`` is stored only the first time: every later attempt of the
+        same item keeps the first one, so a lost create can always be found.
+        """
+        self._move(
+            key,
+            _S,
+            "client_ref = coalesce(client_ref, ?), attempts = attempts + 1,"
+            " error_type = NULL, error = NULL",
+            client_ref,
+        )
+
+    def mark_created(self, key: str, run_id: str) -> None:
+        """Record the run a create returned (marking the same run again is a no-op)."""
+        item = self._get(key)
+        if item.state is _C and item.run_id == run_id:
+            return
+        self._move(key, _C, "run_id = ?", run_id)
+
+    def mark_succeeded(self, key: str, *, cost_usd: Decimal | None, files: Sequence[str]) -> None:
+        """Record that the item finished with ``files`` (what the pipeline wants to keep)."""
+        self._move(
+            key,
+            _OK,
+            "cost_usd = ?, files = ?, error_type = NULL, error = NULL",
+            _money(cost_usd),
+            json.dumps(list(files)),
+        )
+
+    def mark_failed(
+        self, key: str, *, error_type: str, error: str, cost_usd: Decimal | None = None
+    ) -> None:
+        """Record that the item finished without images."""
+        self._move(
+            key, _F, "error_type = ?, error = ?, cost_usd = ?", error_type, error, _money(cost_usd)
+        )
+
+    def mark_not_submitted(self, key: str, *, reason: str) -> None:
+        """Record that no run was created for the item; a re-run submits it (client_ref kept)."""
+        self._move(key, _N, "error_type = NULL, error = ?", reason)
+
+    def reset_for_retry(self, key: str) -> None:
+        """Send a failed or not-submitted item back to pending.
+
+        A failed *run* is forgotten (run id and ``client_ref`` cleared, its cost
+        kept in ``prior_cost_usd``) so the retry creates a new run; without a
+        run, the ``client_ref`` is kept.
+        """
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            item = self._get(key)
+            prior = item.prior_cost_usd + (item.cost_usd or 0)
+            ref = item.client_ref if item.run_id is None else None
+            self._move(
+                key,
+                _P,
+                "client_ref = ?, run_id = NULL, cost_usd = NULL, prior_cost_usd = ?,"
+                " error_type = NULL, error = NULL, files = '[]'",
+                ref,
+                str(prior),
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """Count the items per state and add up the money.
+
+        Returns:
+            ``total``, ``counts`` (every state), ``spent_usd`` (costs of finished
+            runs, and of runs before a retry) and ``estimated_usd`` (the
+            estimates of every item that may still be billed: pending,
+            submitting, created and not submitted).
+        """
+        counts = dict.fromkeys(ItemState, 0)
+        spent = estimated = Decimal(0)
+        for state, estimate, cost, prior in self._conn.execute(
+            "SELECT state, estimate_usd, cost_usd, prior_cost_usd FROM items"
+        ):
+            state = ItemState(state)
+            counts[state] += 1
+            spent += Decimal(prior)
+            if state in (_OK, _F):
+                spent += Decimal(cost or 0)
+            else:
+                estimated += Decimal(estimate or 0)
+        total = sum(counts.values())
+        counts_out = {state.value: n for state, n in counts.items()}
+        return {
+            "total": total,
+            "counts": counts_out,
+            "spent_usd": spent,
+            "estimated_usd": estimated,
+        }
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store a named value (e.g. the input file, the dataset id)."""
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def get_meta(self, name: str) -> str | None:
+        """Return a value stored with :meth:`set_meta`, or ``None``."""
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _get(self, key: str) -> JournalItem:
+        item = self.get(key)
+        if item is None:
+            raise JournalStateError(f"no item {key!r} in the journal")
+        return item
+
+    def _move(self, key: str, to: ItemState, assignments: str, *args: object) -> None:
+        sources = _FROM[to]
+        sql = (
+            f"UPDATE items SET state = ?, updated_at = ?, {assignments}"  # noqa: S608 - ours
+            f" WHERE key = ? AND state IN ({', '.join('?' * len(sources))})"
+        )
+        cursor = self._conn.execute(
+            sql, (to.value, _now(), *args, key, *(s.value for s in sources))
+        )
+        if cursor.rowcount == 0:
+            state = self._get(key).state
+            raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")  # lets a `status` reader wait out a write
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone():
+                (version,) = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            else:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                version = SCHEMA_VERSION
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path} is not a usable journal: {exc}") from exc
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"{path} was written by a newer runflow-async (journal schema {version}; "
+            f"this version reads up to {SCHEMA_VERSION}); upgrade runflow-async"
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _money(value: Decimal | None) -> str | None:
+    if value is not None and not Decimal(value).is_finite():
+        raise ValueError(f"not an amount of money: {value}")
+    return None if value is None else str(value)
+
+
+def _item(row: sqlite3.Row) -> JournalItem:
+    values = dict(zip(row.keys(), row, strict=True))
+    values["state"] = ItemState(values["state"])
+    values["files"] = tuple(json.loads(values["files"]))
+    for name in ("estimate_usd", "cost_usd", "prior_cost_usd"):
+        values[name] = None if values[name] is None else Decimal(values[name])
+    return JournalItem(**values)

@@ -1,0 +1,164 @@
+"""What a dataset folder holds: manifest rows, ``metadata.jsonl``, ``failures.jsonl``, summaries.
+
+The journal is the source of truth; these functions derive the folder's files
+and summaries from it, so they never hold duplicates or stale rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any
+
+from runflow_async._core.models import ImageOutput, Run
+from runflow_async._dataset.input import DatasetItem
+from runflow_async._dataset.journal import ItemState, Journal
+from runflow_async._http.download import write_atomic
+
+__all__ = [
+    "FAILURES",
+    "MANIFEST",
+    "DatasetSummary",
+    "manifest_row",
+    "split_cost",
+    "summarize",
+    "unfinished",
+    "write_outputs",
+]
+
+MANIFEST = "metadata.jsonl"
+FAILURES = "failures.jsonl"
+_MICRO = Decimal("0.000001")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    """What a run of the pipeline did, for people (and ``--json``)."""
+
+    out_dir: Path
+    total: int
+    succeeded: int
+    failed: int
+    pending: int
+    images: int
+    spent_usd: Decimal
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 some items failed or pending, 130 interrupted."""
+        if self.interrupted:
+            return 130
+        return 0 if self.failed == 0 and self.pending == 0 else 1
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "out_dir": str(self.out_dir),
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "pending": self.pending,
+            "images": self.images,
+            "spent_usd": str(self.spent_usd),
+            "interrupted": self.interrupted,
+            "exit_code": self.exit_code,
+        }
+
+
+def split_cost(total: Decimal | None, parts: int) -> list[Decimal | None]:
+    """Split a run's cost over its images so the parts add up exactly to the total."""
+    if total is None:
+        return [None] * parts
+    share = (total / parts).quantize(_MICRO, rounding=ROUND_DOWN)
+    return [total - share * (parts - 1), *([share] * (parts - 1))]
+
+
+def manifest_row(
+    item: DatasetItem, run: Run, image: ImageOutput, name: str, cost: Decimal | None, sha: str
+) -> dict[str, Any]:
+    params = item.request.input_payload()
+    prompt = params.pop("prompt")
+    seed = run.output.seed if run.output and run.output.seed is not None else params.get("seed")
+    return {
+        "file_name": name,
+        "prompt": prompt,
+        "seed": seed,
+        "run_id": run.id,
+        "model": item.request.model,
+        "width": image.width,
+        "height": image.height,
+        "cost_usd": None if cost is None else str(cost),
+        "sha256": sha,
+        "key": item.key,
+        "parameters": json.dumps(params, sort_keys=True),
+        "metadata": json.dumps(item.metadata, sort_keys=True),
+    }
+
+
+def unfinished(out_dir: Path, items: Sequence[DatasetItem]) -> tuple[list[DatasetItem], Decimal]:
+    """Items of ``items`` not yet finished in ``out_dir``, and what the folder already spent."""
+    if not (out_dir / ".runflow").is_dir():
+        return list(items), Decimal(0)
+    with Journal.open(out_dir) as journal:
+        done = {e.key for e in journal.items(states=(ItemState.SUCCEEDED, ItemState.FAILED))}
+        spent: Decimal = journal.summary()["spent_usd"]
+    return [i for i in items if i.key not in done], spent
+
+
+def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem]) -> tuple[int, int]:
+    """Rewrite ``metadata.jsonl`` and ``failures.jsonl`` from the journal (atomically).
+
+    Returns:
+        ``(images, failures)`` written.
+    """
+    lines: list[str] = []
+    failures: list[str] = []
+    by_key = {i.key: i for i in items}
+    for entry in journal.items():
+        if entry.state is ItemState.SUCCEEDED:
+            lines.extend(entry.files)
+        elif entry.state is ItemState.FAILED:
+            item = by_key.get(entry.key)
+            failures.append(
+                json.dumps(
+                    {
+                        "key": entry.key,
+                        "line": item.line if item else None,
+                        "prompt": item.request.prompt if item else None,
+                        "run_id": entry.run_id,
+                        "error_type": entry.error_type,
+                        "error": entry.error,
+                    },
+                    sort_keys=True,
+                )
+            )
+    write_atomic(out_dir / MANIFEST, "".join(f"{line}\n" for line in lines).encode())
+    write_atomic(out_dir / FAILURES, "".join(f"{line}\n" for line in failures).encode())
+    return len(lines), len(failures)
+
+
+def summarize(
+    out_dir: Path,
+    journal: Journal,
+    items: Sequence[DatasetItem],
+    *,
+    images: int,
+    interrupted: bool = False,
+) -> DatasetSummary:
+    """Summarise the items of this input as the journal records them."""
+    keys = {i.key for i in items}
+    states = [e for e in journal.items() if e.key in keys]
+    return DatasetSummary(
+        out_dir=out_dir,
+        total=len(items),
+        succeeded=sum(e.state is ItemState.SUCCEEDED for e in states),
+        failed=sum(e.state is ItemState.FAILED for e in states),
+        pending=sum(e.state not in (ItemState.SUCCEEDED, ItemState.FAILED) for e in states),
+        images=images,
+        spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
+        interrupted=interrupted,
+    )

@@ -1,0 +1,286 @@
+"""Datasets: items in; images, ``metadata.jsonl`` and ``failures.jsonl`` out; resumable.
+
+The SQLite journal (:mod:`runflow_async._dataset.journal`) is the source of truth. The
+engine's write-ahead hooks record an item's ``client_ref`` *before* its create
+is sent and its run id as soon as the create returns, so after any crash
+(even ``kill -9``) a re-run:
+
+* skips items that finished (succeeded or failed);
+* re-attaches runs already created, by id, and collects them (never re-creates);
+* reconciles creates whose answer was lost, by ``client_ref``, before anything
+  is resubmitted (with the same ``client_ref``);
+* submits only items never submitted.
+
+Images are downloaded as soon as their run finishes (signed URLs expire), with
+bounded concurrency, atomically, under a name derived from the item's stable
+key; a 403/404 on a download re-reads the run once for fresh URLs. The
+manifest and the failures file are rewritten from the journal at the end of
+every run, so they never hold duplicates or stale rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from runflow_async._batch.limits import Slot
+from runflow_async._batch.outcomes import Outcome
+from runflow_async._core.errors import (
+    APIError,
+    CreateOutcomeUnknownError,
+    NotFoundError,
+    NotSubmittedError,
+    PermissionDeniedError,
+)
+from runflow_async._core.estimate import estimate_requests
+from runflow_async._core.models import GenerationResult, ImageOutput, Run
+from runflow_async._core.requests import EditRequest, RunRequest
+from runflow_async._dataset.folder_lock import exclusive_folder
+from runflow_async._dataset.input import DatasetItem
+from runflow_async._dataset.journal import ItemState, Journal, JournalItem
+from runflow_async._dataset.outputs import (
+    DatasetSummary,
+    manifest_row,
+    split_cost,
+    summarize,
+    write_outputs,
+)
+from runflow_async._http.create import find_by_client_ref
+
+if TYPE_CHECKING:
+    from runflow_async._client.client import RunflowClient
+
+__all__ = ["DatasetProgress", "run_dataset"]
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+@dataclass
+class DatasetProgress:
+    """Live counts, for a progress display."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    spent_usd: Decimal = Decimal(0)
+    started: float = field(default_factory=time.monotonic)
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far, or ``None`` before anything finished."""
+        finished = self.done + self.failed
+        if finished == 0:
+            return None
+        rate = finished / max(1e-9, time.monotonic() - self.started)
+        return max(0.0, (self.total - finished) / rate)
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: RunflowClient,
+        out_dir: Path,
+        items: Sequence[DatasetItem],
+        journal: Journal,
+        *,
+        concurrency: int,
+        max_cost_usd: Decimal | None,
+        download_concurrency: int,
+        on_progress: Callable[[DatasetProgress], None] | None,
+    ) -> None:
+        self.client = client
+        self.out_dir = out_dir
+        self.items = items
+        self.journal = journal
+        # The pipeline is part of the package: it drives the engine directly.
+        self.engine = client._engine({"max_concurrency": concurrency, "max_cost_usd": max_cost_usd})
+        # A budget covers the whole folder: what earlier runs spent counts too.
+        self.engine.ledger.add_spent(journal.summary()["spent_usd"])
+        self.engine.on_submitting = lambda i, ref: journal.mark_submitting(items[i].key, ref)
+        self.engine.on_created = lambda i, run: journal.mark_created(items[i].key, run.id)
+        self.downloads = anyio.CapacityLimiter(download_concurrency)
+        self.progress = DatasetProgress(total=len(items))
+        self.on_progress = on_progress
+        self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
+        journal.set_meta("dataset_id", self.dataset_id)
+
+    def _tick(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    async def run(self, known: Mapping[str, Decimal]) -> None:
+        # Reuse the estimates the user confirmed (local inputs measured); estimate
+        # only what the caller did not (finished items, or a caller without one).
+        missing = [i for i in self.items if i.key not in known]
+        extra = estimate_requests([i.request for i in missing], policy=self.client.pricing)
+        usd = {**{i.key: e.usd for i, e in zip(missing, extra.items, strict=True)}, **known}
+        self.journal.add_items(
+            (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
+        )
+        async with anyio.create_task_group() as background:
+            background.start_soon(self.engine.run_background)
+            async with anyio.create_task_group() as work:
+                for index, item in enumerate(self.items):
+                    entry = self.journal.get(item.key)
+                    assert entry is not None  # noqa: S101 - added above
+                    if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
+                        self.progress.done += entry.state is ItemState.SUCCEEDED
+                        self.progress.failed += entry.state is ItemState.FAILED
+                        continue
+                    fresh = entry.state in (ItemState.PENDING, ItemState.NOT_SUBMITTED)
+                    if self.engine.stop_reason is not None and fresh and not entry.attempts:
+                        # Created or possibly created runs are still collected below.
+                        self.journal.mark_not_submitted(item.key, reason=self.engine.stop_reason)
+                        continue
+                    slot = Slot(self.engine.window)
+                    await slot.acquire()
+                    work.start_soon(self._item, index, item, entry, usd[item.key], slot)
+            background.cancel_scope.cancel()
+
+    async def _item(
+        self, index: int, item: DatasetItem, entry: JournalItem, estimate: Decimal, slot: Slot
+    ) -> None:
+        self.progress.in_flight += 1
+        self._tick()
+        try:
+            outcome = await self._collect(index, item, entry, estimate, slot)
+        finally:
+            slot.release()
+            self.progress.in_flight -= 1
+        await self._record(item, outcome)
+        self._tick()
+
+    async def _collect(
+        self, index: int, item: DatasetItem, entry: JournalItem, estimate: Decimal, slot: Slot
+    ) -> Outcome:
+        # One client_ref per item for ever: the journal keeps the first one.
+        client_ref = entry.client_ref or f"rfa-{self.dataset_id}-{item.key}"
+        request = item.request.model_copy(update={"client_ref": client_ref})
+        if entry.state is ItemState.CREATED and entry.run_id is not None:
+            return await self.engine.attach(index, request, entry.run_id, estimate)
+        if entry.client_ref is not None and entry.attempts > 0:
+            # A create was (perhaps) sent before: find it before sending another.
+            try:
+                found = await find_by_client_ref(
+                    self.client._transport,
+                    client_ref,
+                    idempotency_key="(resume)",
+                )
+            except CreateOutcomeUnknownError as exc:
+                return Outcome(index, request, error=exc, estimated_usd=estimate)
+            if found is not None:
+                self.journal.mark_created(item.key, found.id)
+                return await self.engine.attach(index, request, found.id, estimate)
+        if isinstance(request, EditRequest) and item.local_images:
+            request = await self._with_uploads(request, item)
+        return await self.engine.run_item(index, request, slot, estimate)
+
+    async def _with_uploads(self, request: EditRequest, item: DatasetItem) -> EditRequest:
+        urls = list(request.image_urls)
+        for position, path in zip(item.local_positions, item.local_images, strict=True):
+            asset = await self.client.upload(path)
+            urls[position] = asset.url
+        return request.model_copy(update={"image_urls": urls})
+
+    async def _record(self, item: DatasetItem, outcome: Outcome) -> None:
+        error = outcome.error
+        if outcome.result is not None:
+            try:
+                rows = await self._download(item, outcome.result)
+            except APIError:
+                # The run succeeded and stays "created": the next run re-reads it
+                # (fresh URLs) and downloads again, never creating it again.
+                return
+            cost = outcome.billed_usd
+            self.journal.mark_succeeded(
+                item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
+            )
+            self.progress.done += 1
+            self.progress.spent_usd += cost or 0
+        elif isinstance(error, NotSubmittedError):
+            self.journal.mark_not_submitted(item.key, reason=error.reason)
+        elif isinstance(error, CreateOutcomeUnknownError):
+            pass  # stays "submitting": the next run reconciles it by client_ref
+        else:
+            assert error is not None  # noqa: S101 - an outcome has one or the other
+            self.journal.mark_failed(
+                item.key,
+                error_type=type(error).__name__,
+                error=str(error),
+                cost_usd=outcome.billed_usd,
+            )
+            self.progress.failed += 1
+            self.progress.spent_usd += outcome.billed_usd or 0
+
+    async def _download(self, item: DatasetItem, result: GenerationResult) -> list[dict[str, Any]]:
+        run = result.run
+        images = result.images
+        costs = split_cost(result.cost_usd, max(1, len(images)))
+        rows = []
+        for n, (image, cost) in enumerate(zip(images, costs, strict=False)):
+            ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
+            name = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
+            async with self.downloads:
+                saved = await self._fetch(run, n, image, self.out_dir / name)
+            rows.append(manifest_row(item, run, image, name, cost, saved.sha256))
+        return rows
+
+    async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> Any:
+        try:
+            return await self.client.download(image, dest)
+        except (PermissionDeniedError, NotFoundError):
+            fresh = await self.client.get_run(run.id)  # expired URL: re-sign once
+            return await self.client.download(fresh.images[n], dest)
+
+
+def _kind(request: RunRequest) -> str:
+    return "edit" if isinstance(request, EditRequest) else "generate"
+
+
+async def run_dataset(
+    client: RunflowClient,
+    out_dir: Path,
+    items: Sequence[DatasetItem],
+    *,
+    concurrency: int = 16,
+    max_cost_usd: Decimal | None = None,
+    download_concurrency: int = 8,
+    on_progress: Callable[[DatasetProgress], None] | None = None,
+    estimates: Mapping[str, Decimal] | None = None,
+) -> DatasetSummary:
+    """Run (or resume) a dataset into ``out_dir`` and return its summary.
+
+    ``estimates`` (USD by item key), when given, are the reservations used for
+    those items instead of estimating them again.
+
+    Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
+    already holds every created run, and the manifest is rewritten first.
+
+    Raises:
+        ConfigurationError: Another process is working on ``out_dir``.
+    """
+    await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with exclusive_folder(out_dir), Journal.open(out_dir) as journal:
+        runner = _Runner(
+            client,
+            out_dir,
+            items,
+            journal,
+            concurrency=concurrency,
+            max_cost_usd=max_cost_usd,
+            download_concurrency=download_concurrency,
+            on_progress=on_progress,
+        )
+        try:
+            await runner.run(estimates or {})
+        finally:  # also when cancelled: the folder always matches the journal
+            images, _ = write_outputs(out_dir, journal, items)
+        return summarize(out_dir, journal, items, images=images)

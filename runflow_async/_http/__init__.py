@@ -1,0 +1,1 @@
+"""The only aiohttp-client code and the only place that retries."""

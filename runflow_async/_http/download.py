@@ -1,0 +1,82 @@
+"""Downloading output images: no API key, atomic writes, SHA-256 of what was written.
+
+Output URLs are presigned and expire (docs: concepts/callbacks), so they are
+fetched without our ``Authorization`` header: the key must never travel to a
+storage host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import anyio
+
+from runflow_async._core.errors import APIConnectionError, APITimeoutError, error_for_status
+from runflow_async._http.transport import keyless_session
+
+__all__ = ["DownloadedFile", "download_to", "write_atomic"]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedFile:
+    """A file written by :meth:`RunflowClient.download`."""
+
+    path: Path
+    sha256: str
+    size: int
+    content_type: str | None
+
+
+TEMP_SUFFIX = ".rfa-part"
+"""Ends the name of a file being written (``.NAME.RANDOM.rfa-part``, hidden)."""
+
+
+def write_atomic(dest: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def download_to(
+    session: aiohttp.ClientSession, url: str, dest: Path, *, timeout: aiohttp.ClientTimeout
+) -> DownloadedFile:
+    """GET ``url`` (no credentials) and write it to ``dest`` atomically.
+
+    Raises:
+        APIStatusError: The storage host answered an error (403: the URL expired).
+        APIConnectionError: The download failed; nothing is left at ``dest``.
+    """
+    safe_url = url.split("?", 1)[0]  # presigned query strings are credentials too
+    try:
+        async with keyless_session(session) as bare, bare.get(url, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise error_for_status(resp.status)(
+                    f"HTTP {resp.status} downloading {safe_url}",
+                    status=resp.status,
+                    method="GET",
+                    path=safe_url,
+                )
+            content_type = resp.content_type
+            data = await resp.read()
+    except TimeoutError as exc:
+        raise APITimeoutError(
+            f"Timed out downloading {safe_url}", method="GET", path=safe_url
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise APIConnectionError(
+            f"Download of {safe_url} failed ({type(exc).__name__})", method="GET", path=safe_url
+        ) from exc
+    await anyio.to_thread.run_sync(write_atomic, dest, data)
+    return DownloadedFile(dest, hashlib.sha256(data).hexdigest(), len(data), content_type)

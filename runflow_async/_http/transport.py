@@ -1,0 +1,344 @@
+"""The HTTP layer: the one place that talks to aiohttp and the one place that retries.
+
+:class:`Transport` owns (or borrows) the ``aiohttp.ClientSession``, sends single
+attempts with :meth:`Transport.send` and maps every failure onto the error tree,
+and retries idempotent calls with :meth:`Transport.request`. Creates, which cost
+money, are retried by :mod:`runflow_async._http.create` under stricter rules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import backoff
+import pydantic
+
+from runflow_async._core.config import RetryPolicy, Timeouts
+from runflow_async._core.errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APITimeoutError,
+    ClientClosedError,
+    error_for_status,
+)
+from runflow_async._core.models import parse_error_body
+from runflow_async._http.retry import RetryHook, parse_retry_after, report_retry, wait_generator
+from runflow_async._version import __version__
+
+__all__ = ["Response", "Transport", "is_plain_id", "keyless_session", "parse_response"]
+
+logger = logging.getLogger("runflow_async")
+
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "runflow-request-id", "x-runflow-request-id")
+USER_AGENT = (
+    f"runflow-async/{__version__} python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful (2xx) response with its JSON body."""
+
+    status: int
+    data: Any
+    request_id: str | None
+
+
+@asynccontextmanager
+async def keyless_session(session: aiohttp.ClientSession) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session sharing ``session``'s connection pool and nothing else.
+
+    For requests to hosts other than the API (signed output URLs, presigned
+    uploads, image probes): none of ``session``'s default headers, ``auth`` or
+    cookies (a session lent by the caller may carry credentials), no proxy or
+    netrc from the environment, and cookies set by those hosts are dropped.
+
+    Raises:
+        ClientClosedError: ``session`` is closed.
+    """
+    if session.closed or session.connector is None:
+        raise ClientClosedError("The HTTP session is closed; create a new RunflowClient.")
+    async with aiohttp.ClientSession(
+        connector=session.connector,
+        connector_owner=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as bare:
+        yield bare
+
+
+class _Secret:
+    """Holds the API key so that no repr, str or traceback local shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+class Transport:
+    """Sends requests to the Runflow API.
+
+    Args:
+        base_url: API root, e.g. ``https://api.runflow.io``.
+        api_key: Sent as a bearer token to ``base_url`` only.
+        organization_id: Sent as ``X-Organization-Id`` when set.
+        timeouts: Per-request limits.
+        retry: Retry policy for idempotent calls and creates.
+        max_connections: Size of the connection pool we create.
+        session: A session to borrow instead of creating one (never closed by us).
+        on_retry: Called before each retry.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        organization_id: str | None,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        max_connections: int,
+        session: aiohttp.ClientSession | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self._api_key = _Secret(api_key)
+        self.retry = retry
+        self.on_retry = on_retry
+        self._max_connections = max_connections
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if organization_id:
+            self._headers["X-Organization-Id"] = organization_id
+        self._request_with_retries = backoff.on_exception(
+            lambda: wait_generator(retry),
+            APIError,
+            max_tries=retry.max_attempts,
+            max_time=retry.max_time,
+            jitter=None,
+            giveup=_not_retryable,
+            on_backoff=self._on_backoff,
+            logger=None,
+        )(self.send)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has been called."""
+        return self._closed
+
+    def session(self) -> aiohttp.ClientSession:
+        """Return the session, creating it on first use (inside the running loop).
+
+        Raises:
+            ClientClosedError: After :meth:`aclose`.
+        """
+        if self._closed:
+            raise ClientClosedError("The client is closed; create a new RunflowClient.")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if we created it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    def _on_backoff(self, details: Mapping[str, Any]) -> None:
+        error: APIError = details["exception"]
+        report_retry(
+            self.on_retry,
+            self.retry,
+            error.method,
+            error.path,
+            details["tries"],
+            details["wait"],
+            error,
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Response:
+        """Send an idempotent request, retrying retryable failures.
+
+        Retries 429, 5xx (HTML error pages included) and network errors with
+        backoff; never 400/401/403/404/409/422. Do not use for creates.
+        """
+        result: Response = await self._request_with_retries(
+            method, path, params=params, json_body=json_body
+        )
+        return result
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Send one attempt and map any failure onto the error tree.
+
+        Raises:
+            APIConnectionError: No response (``sent`` says whether it may have arrived).
+            APITimeoutError: The request timed out.
+            APIStatusError: An error status (the subclass for it).
+            APIResponseError: A 2xx whose body is not JSON.
+        """
+        session = self.session()
+        all_headers = {**self._headers, "Authorization": f"Bearer {self._api_key.reveal()}"}
+        if headers:
+            all_headers.update(headers)
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body, separators=(",", ":")).encode()
+            all_headers["Content-Type"] = "application/json"
+        try:
+            async with session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=data,
+                headers=all_headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as resp:
+                status, resp_headers = resp.status, resp.headers
+                try:
+                    body = await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # The status arrived, the body did not: keep the status, so a
+                    # create answered 2xx is known to exist (never resent).
+                    msg = f"The HTTP {status} response was cut off ({type(exc).__name__})"
+                    raise APIConnectionError(msg, status=status, method=method, path=path) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise APITimeoutError(
+                "Timed out connecting to the API", sent=False, method=method, path=path
+            ) from exc
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                "Timed out waiting for the API", method=method, path=path
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unreachable or DNS failure: nothing was sent.
+            msg = f"Could not connect to the API: {exc.os_error.strerror or type(exc).__name__}"
+            raise APIConnectionError(msg, sent=False, method=method, path=path) from exc
+        except aiohttp.ClientError as exc:
+            msg = f"The connection failed mid-request ({type(exc).__name__})"
+            raise APIConnectionError(msg, method=method, path=path) from exc
+        request_id = next((resp_headers[h] for h in _REQUEST_ID_HEADERS if h in resp_headers), None)
+        if 200 <= status < 300:
+            return Response(status, _parse_json(body, status, request_id, method, path), request_id)
+        raise _status_error(status, body, resp_headers, request_id, method, path)
+
+
+def _not_retryable(exc: Exception) -> bool:
+    return not getattr(exc, "retryable", False)
+
+
+def _parse_json(body: bytes, status: int, request_id: str | None, method: str, path: str) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise APIResponseError(
+            f"HTTP {status} response body is not JSON",
+            status=status,
+            request_id=request_id,
+            retryable=False,
+            method=method,
+            path=path,
+        ) from exc
+
+
+def _status_error(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    request_id: str | None,
+    method: str,
+    path: str,
+) -> APIError:
+    try:
+        data = json.loads(body) if body.strip() else None
+    except (ValueError, RecursionError):
+        data = None  # an HTML error page from a proxy, say, or absurdly deep nesting
+    code, message, errors = parse_error_body(data)
+    cls = error_for_status(status)
+    text = message or (body[:200].decode("utf-8", "replace").strip() if data is None else "")
+    summary = f"HTTP {status}" + (f" {code}" if code else "") + (f": {text}" if text else "")
+    return cls(
+        summary,
+        status=status,
+        code=code,
+        errors=errors,
+        request_id=request_id,
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+        method=method,
+        path=path,
+    )
+
+
+# Ids (runs, assets) are UUIDs. Anything outside URL-unreserved characters could
+# turn a read of one into a request for another resource (``?``, ``#``,
+# ``%2e%2e``, a ``/``); a leading dot is refused too (``.``, ``..``).
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}")
+
+
+def is_plain_id(value: object) -> bool:
+    """Whether ``value`` is safe as one path segment, as it is."""
+    return isinstance(value, str) and _PLAIN_ID.fullmatch(value) is not None
+
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+
+def parse_response(model: type[_M], data: Any, *, method: str, path: str) -> _M:
+    """Validate a 2xx body as ``model``.
+
+    Raises:
+        APIResponseError: It does not fit; the message names the fields at fault
+            (never their values, which may be credentials).
+    """
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        fields = sorted({".".join(map(str, e["loc"])) or "(body)" for e in exc.errors()})
+        raise APIResponseError(
+            f"Unexpected response shape from {path}: {exc.error_count()} problem(s) "
+            f"({', '.join(fields[:5])})",
+            method=method,
+            path=path,
+        ) from exc

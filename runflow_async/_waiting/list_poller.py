@@ -1,0 +1,265 @@
+"""Noticing that runs finished, cheaply, for many runs at once.
+
+A batch slot is freed only when the client *notices* a run ended, so late
+noticing costs throughput as well as latency, and per-run polling costs about
+one GET per interval per run. The shared :class:`ListPoller` instead asks
+``GET /v1/runs`` about up to ``chunk_size`` runs per request (``q=(id:a OR id:b
+...) AND (status_code:succeeded OR ...)``), so a tick costs a request or two
+whatever the number of runs in flight, and only finished runs come back.
+
+The filter grammar is documented (docs: concepts/requests) but this use of it is
+not, so the poller verifies the server's answers on first use: its first query
+names ids without a status filter and must get back exactly those runs. Any
+rejection (4xx) or contradiction (a run it did not ask for, a non-terminal
+status under a terminal-only filter) switches the batch to per-run polling
+that learns run durations and polls first near the expected finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import deque
+from typing import Any, Literal
+from urllib.parse import quote
+
+import anyio
+import pydantic
+
+from runflow_async._core.config import PollPolicy
+from runflow_async._core.errors import APIError, APIStatusError, ServerError
+from runflow_async._core.filters import TERMINAL_FILTER, any_of
+from runflow_async._core.models import TERMINAL_STATUSES, Run
+from runflow_async._http.transport import Transport, parse_response
+
+__all__ = ["DurationStats", "ListPoller", "WaitStrategy", "poll_run"]
+
+logger = logging.getLogger("runflow_async")
+
+WaitStrategy = Literal["auto", "list", "per_run"]
+"""``auto``: the list poller, falling back to per-run polling if the server
+rejects or contradicts it; ``list``: the list poller only; ``per_run``: one
+adaptive poll loop per run."""
+
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+
+
+class DurationStats:
+    """Recent run durations (server clock), to time polls near the expected finish.
+
+    Args:
+        default: Median assumed before any run has finished (seconds).
+        keep: How many recent durations to remember.
+    """
+
+    def __init__(self, default: float = 2.0, keep: int = 256) -> None:
+        self._recent: deque[float] = deque(maxlen=keep)
+        self._median = default
+        self._since_update = 0
+
+    def add(self, run: Run) -> None:
+        """Learn from a finished run (needs ``created_at`` and ``completed_at``)."""
+        if run.created_at is None or run.completed_at is None:
+            return
+        seconds = (run.completed_at - run.created_at).total_seconds()
+        if seconds > 0:
+            self._recent.append(seconds)
+            self._since_update += 1
+            # Re-sorting 256 floats on every run is waste; every 16th is plenty.
+            if self._since_update >= 16 or len(self._recent) < 16:
+                self._median = statistics.median(self._recent)
+                self._since_update = 0
+
+    @property
+    def median(self) -> float:
+        """The median duration in seconds."""
+        return self._median
+
+
+class _Fallback(Exception):
+    """The server rejected or contradicted the list filter."""
+
+
+class _Watch:
+    __slots__ = ("done", "run")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.run: Run | None = None
+
+
+class ListPoller:
+    """One shared loop that reports on every watched run with a few list requests per tick.
+
+    Args:
+        transport: The HTTP layer (reads are retried there).
+        stats: Learned durations; the tick is a fifteenth of the median run, so
+            the median notice delay stays near 4% of a run.
+        policy: Its ``time_scale`` scales the tick (tests).
+        allow_fallback: On rejection, hand waiters back to per-run polling
+            (``auto``); otherwise keep trying the list (``list``).
+        chunk_size: Runs named per request (keeps URLs well under 8 KiB).
+        min_tick: Shortest tick in seconds.
+        max_tick: Longest tick in seconds.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        stats: DurationStats,
+        policy: PollPolicy,
+        *,
+        allow_fallback: bool = True,
+        chunk_size: int = 100,
+        min_tick: float = 0.1,
+        max_tick: float = 2.0,
+    ) -> None:
+        self._transport = transport
+        self._stats = stats
+        self._policy = policy
+        self._allow_fallback = allow_fallback
+        self._chunk_size = chunk_size
+        self._min_tick = min_tick
+        self._max_tick = max_tick
+        self._watches: dict[str, _Watch] = {}
+        self._wake = anyio.Event()
+        self.verified = False
+        self.fell_back = False
+
+    @property
+    def tick(self) -> float:
+        """Seconds between polls (before ``time_scale``)."""
+        return min(self._max_tick, max(self._min_tick, self._stats.median / 15))
+
+    async def wait(self, run_id: str) -> Run | None:
+        """Wait until ``run_id`` is terminal; ``None`` means "poll it yourself" (fallback)."""
+        if self.fell_back:
+            return None
+        watch = self._watches[run_id] = _Watch()
+        self._wake.set()
+        try:
+            await watch.done.wait()
+        finally:
+            self._watches.pop(run_id, None)
+        return watch.run
+
+    async def run(self) -> None:
+        """Poll until cancelled (run it in the batch's task group)."""
+        while not self.fell_back:
+            if not self._watches:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            await anyio.sleep(self.tick * self._policy.time_scale)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """Ask about every watched run once."""
+        ids = list(self._watches)
+        for start in range(0, len(ids), self._chunk_size):
+            chunk = ids[start : start + self._chunk_size]
+            try:
+                await self._poll(chunk)
+            except _Fallback as exc:
+                if not self._allow_fallback:
+                    logger.warning("Run list poll contradicted (%s); trying again.", exc)
+                    continue
+                logger.warning("Run list filter unusable (%s); polling runs one by one.", exc)
+                self._fall_back()
+                return
+            except (APIError, pydantic.ValidationError) as exc:
+                # Transient after the HTTP layer's retries: the next tick tries again.
+                logger.info("Run list poll failed (%s); retrying next tick.", exc)
+
+    def _fall_back(self) -> None:
+        self.fell_back = True
+        for watch in self._watches.values():
+            watch.done.set()  # run stays None: the waiter polls on its own
+
+    async def _poll(self, chunk: list[str]) -> None:
+        ids = any_of("id", chunk)
+        filtered = self.verified
+        q = f"({ids}) AND ({TERMINAL_FILTER})" if filtered else ids
+        try:
+            response = await self._transport.request(
+                "GET", "/v1/runs", params={"q": q, "limit": str(min(500, len(chunk)))}
+            )
+        except APIStatusError as exc:
+            if isinstance(exc, ServerError) or exc.status == 429:
+                raise
+            raise _Fallback(f"the API answered {exc.status} to the filter") from exc
+        items = _items(response.data)
+        asked = set(chunk)
+        seen = {item.get("id") for item in items}
+        if not seen <= asked:
+            raise _Fallback("the API returned runs it was not asked about")
+        if not self.verified:
+            if seen != asked:
+                raise _Fallback("the API did not return every run it was asked about")
+            self.verified = True
+        for item in items:
+            status = item.get("status_code")
+            if status in _TERMINAL:
+                self._resolve(item)
+            elif filtered:
+                raise _Fallback(f"the API returned a {status!r} run under a terminal filter")
+
+    def _resolve(self, item: dict[str, Any]) -> None:
+        run = Run.model_validate(item)
+        self._stats.add(run)
+        watch = self._watches.get(run.id)
+        if watch is not None:
+            watch.run = run
+            watch.done.set()
+
+
+def _items(data: Any) -> list[dict[str, Any]]:
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise _Fallback("the list response has no items array")
+    return items
+
+
+async def poll_run(
+    transport: Transport,
+    run_id: str,
+    *,
+    stats: DurationStats,
+    policy: PollPolicy,
+    elapsed: float = 0.0,
+) -> Run:
+    """Poll one run: first near its expected finish, then at growing intervals.
+
+    A read that still fails after the HTTP layer's retries (429, 5xx, a dropped
+    connection) is tried again at the next interval, as the list poller does at
+    its next tick: the run goes on, and the caller's deadline bounds the wait.
+    Other errors (a 404, a refused key, an unreadable answer) are raised.
+
+    Args:
+        transport: The HTTP layer.
+        run_id: The run.
+        stats: Learned durations (the first read comes at the median).
+        policy: ``max_interval`` caps the gaps; ``time_scale`` scales them.
+        elapsed: Seconds (before scaling) the run has already been going.
+    """
+    path = f"/v1/runs/{quote(run_id, safe='')}"
+    median = stats.median
+    delay = max(median - elapsed, policy.initial_interval * 0.2)
+    interval = max(0.1, median * 0.15)
+    while True:
+        await anyio.sleep(delay * policy.time_scale)
+        delay = interval
+        interval = min(policy.max_interval, interval * 1.25)
+        try:
+            response = await transport.request("GET", path)
+        except APIError as exc:
+            if not exc.retryable:
+                raise
+            logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
+            continue
+        data = response.data
+        # Only a finished run is worth a full parse.
+        if not isinstance(data, dict) or data.get("status_code") in _TERMINAL:
+            run = parse_response(Run, data, method="GET", path=path)
+            if run.is_terminal:
+                stats.add(run)
+                return run
