@@ -183,7 +183,7 @@ async def test_the_shared_fallback_polls_one_by_one_when_the_list_is_unusable(
 
 
 async def cost_of(client: RunflowClient, *run_ids: str) -> list[tuple[bool, Decimal | None]]:
-    lookup = CostLookup(client._transport, time_scale=TIME_SCALE, chunk_size=2)
+    lookup = CostLookup(client._transport, chunk_size=2)
     results: list[tuple[bool, Decimal | None]] = [(False, None)] * len(run_ids)
 
     async def one(i: int) -> None:
@@ -218,7 +218,7 @@ async def test_a_cost_lookup_that_fails_says_read_it_yourself(
 ) -> None:
     fake, client = api
     fake.listing = [reply]
-    lookup = CostLookup(client._transport, time_scale=TIME_SCALE)
+    lookup = CostLookup(client._transport)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lookup.run)
         assert await lookup.cost("a") == (False, None)

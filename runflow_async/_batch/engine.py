@@ -1,62 +1,72 @@
-"""One batch item's life, shared by :class:`Batch` and ``map``: limits, money, create, wait.
+"""The batch engine: one owner for a batch's whole life.
 
-An item holds a slot of the :class:`AdaptiveWindow` from before its create until
-the client notices its run ended. In between it waits out any shared 429
-cool-down and the pacer, reserves its estimate in the :class:`BudgetLedger`,
-creates the run (the HTTP layer retries; this only listens), waits with the
-chosen strategy, then settles the cost with what the API billed.
+``async with Engine(...)`` owns everything a batch starts: its task group, the
+shared pollers, the only loop that acquires slots (:meth:`Engine._dispatch`),
+and every item task. Items come in by :meth:`Engine.submit` (queued at once) or
+:meth:`Engine.put` (waits for a slot: backpressure for lazy sources); each
+ends in one :class:`Outcome`, told to ``hooks.on_outcome`` and offered to
+:attr:`Engine.outcomes`. :class:`Batch`, ``map`` and the dataset pipeline are
+thin adapters over it; nothing outside reads or steers its ledger, window or
+slots (:meth:`Engine.snapshot` is the read-only view).
+
+Leaving the block normally waits until every item has its outcome. Leaving it
+by an exception or a cancellation stops submitting at once: queued items end
+"not submitted", creates already sent are read to the end (shielded) and their
+runs listed, waits are abandoned; then the exception leaves as itself. An
+unexpected failure inside (the client closed under the batch, a bug) stops the
+batch the same way and is raised from the block as itself; only failures of
+different kinds form an ``ExceptionGroup``.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from types import MappingProxyType, TracebackType
+from typing import Self
 
 import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runflow_async._batch.budget import BudgetLedger
-from runflow_async._batch.gate import GaveUp, ItemGate
+from runflow_async._batch.groups import exit_group
+from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
+from runflow_async._batch.items import STOP_MESSAGES, ItemLife
 from runflow_async._batch.limits import AdaptiveWindow, Pacer, Slot
-from runflow_async._batch.observe import BatchEvent
 from runflow_async._batch.options import EngineOptions
 from runflow_async._batch.outcomes import Outcome
 from runflow_async._callbacks.waiter import CallbackWaiter
 from runflow_async._core.config import PollPolicy
-from runflow_async._core.errors import (
-    APIError,
-    CreateOutcomeUnknownError,
-    InsufficientCreditError,
-    NotSubmittedError,
-    RunAbandonedError,
-    RunError,
-    RunTimeoutError,
-)
-from runflow_async._core.estimate import estimate_request
-from runflow_async._core.models import GenerationResult, Run, RunStatus
+from runflow_async._core.errors import BudgetExceededError, ClientClosedError
+from runflow_async._core.estimate import Estimate, estimate_request, estimate_requests
 from runflow_async._core.requests import RunRequest
-from runflow_async._http.create import create_run
-from runflow_async._http.retry import RetryEvent
-from runflow_async._http.runs import check_outcome
 from runflow_async._http.transport import Transport
 from runflow_async._pricing import PricingPolicy
-from runflow_async._waiting.list_poller import DurationStats, ListPoller, poll_run
+from runflow_async._waiting.durations import DurationStats
+from runflow_async._waiting.list_poller import ListPoller
 
-__all__ = ["Engine", "EngineView"]
+__all__ = ["Engine"]
 
 logger = logging.getLogger("runflow_async")
 
-_STOP_MESSAGES = {
-    "budget": "it would exceed max_cost_usd",
-    "insufficient_credit": "the organisation ran out of credit (402 INSUFFICIENT_CREDIT)",
-    "fail_fast": "an earlier item failed and fail_fast is set",
-    "cancelled": "the batch was cancelled",
-}
 
+class Engine(ItemLife):
+    """Runs items under one batch's limits; an async context manager that owns its tasks.
 
-class Engine:
-    """Runs items under one batch's limits; the driver owns the task group."""
+    Args:
+        transport: The client's HTTP layer.
+        pricing: Prices estimates.
+        poll: Poll spacing.
+        stats: Learned run durations (shared by the client's batches).
+        options: Validated batch options.
+        hooks: Record-only hooks (write-ahead journals, futures).
+        outcome_buffer: How many outcomes :attr:`outcomes` holds before items
+            wait for a reader (holding their slots): ``0`` for backpressure.
+        spent_usd: Money spent earlier that counts against ``max_cost_usd``.
+    """
 
     def __init__(
         self,
@@ -66,323 +76,313 @@ class Engine:
         poll: PollPolicy,
         stats: DurationStats,
         options: EngineOptions,
+        hooks: EngineHooks | None = None,
+        outcome_buffer: float = float("inf"),
+        spent_usd: Decimal = Decimal(0),
     ) -> None:
-        self.transport = transport
-        self.pricing = pricing
-        self.poll = poll
-        self.stats = stats
-        self.options = options
-        scale = transport.retry.time_scale
-        self.window = AdaptiveWindow(
-            options.max_concurrency, adaptive=options.adaptive, time_scale=scale
+        clock = transport.clock
+        self._transport = transport
+        self._pricing = pricing
+        self._poll = poll
+        self._stats = stats
+        self._options = options
+        self._hooks = hooks if hooks is not None else NoHooks()
+        self._window = AdaptiveWindow(
+            options.max_concurrency, adaptive=options.adaptive, clock=clock
         )
-        self.ledger = BudgetLedger(options.max_cost_usd)
+        self._ledger = BudgetLedger(options.max_cost_usd)
+        if spent_usd:
+            self._ledger.add_spent(spent_usd)
         rate = options.submits_per_second
-        self.pacer = Pacer(rate, time_scale=scale) if rate else None
-        self.poller = (
+        self._pacer = Pacer(rate, clock=clock) if rate else None
+        strategy = options.wait_strategy
+        self._poller = (
             None
-            if options.wait_strategy == "per_run"
-            else ListPoller(transport, stats, poll, allow_fallback=options.wait_strategy == "auto")
+            if strategy == "per_run"
+            else ListPoller(transport, stats, poll, allow_fallback=strategy == "auto")
         )
         rx = options.callbacks
-        self.callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
-        self.stop_reason: str | None = None
-        self.on_stop: Callable[[str], None] | None = None
-        self.on_abandon: Callable[[Outcome], None] | None = None
-        # Write-ahead hooks (the dataset journal): told the client_ref before a
-        # create is sent, and the run as soon as the create returns.
-        self.on_submitting: Callable[[int, str], None] | None = None
-        self.on_created: Callable[[int, Run], None] | None = None
-        self.unfinished: dict[int, str] = {}
-        self.uncertain: dict[int, str] = {}
-        self.unsettled: dict[int, str] = {}
-        self.billed_total = Decimal(0)
-        self._scopes: set[anyio.CancelScope] = set()
+        self._callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
+        self._stop_reason: str | None = None
+        self._unfinished: dict[int, str] = {}
+        self._unsettled: dict[int, str] = {}
+        self._uncertain: dict[int, str] = {}
+        self._undelivered: dict[int, str] = {}
+        self._billed = Decimal(0)
+        self._wait_scopes: set[anyio.CancelScope] = set()
+        self._queue: deque[tuple[WorkItem, Decimal, anyio.Event | None]] = deque()
+        self._queued = anyio.Event()
+        self._outstanding = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._fatal: list[BaseException] = []
+        self._send: MemoryObjectSendStream[Outcome]
+        self._receive: MemoryObjectReceiveStream[Outcome]
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome](outcome_buffer)
+        self._tg: TaskGroup | None = None
+        self._work: TaskGroup | None = None
+        self._closing = self._aborted = False
 
-    async def run_background(self) -> None:
-        """Serve the shared pollers (run it in the driver's task group until cancelled)."""
-        async with anyio.create_task_group() as tg:
-            if self.poller is not None:
-                tg.start_soon(self.poller.run)
-            if self.callbacks is not None:
-                tg.start_soon(self.callbacks.run)
+    # -- lifecycle -----------------------------------------------------------
 
-    def _by_callback(self, request: RunRequest) -> bool:
-        rx = self.callbacks.receiver if self.callbacks is not None else None
-        return rx is not None and request.callback_url in (None, rx.url)
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise RuntimeError("An Engine can be entered only once.")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        # The work runs in a task group of its own, so that stopping it never
+        # cancels the caller's block (which runs inside the outer group's scope).
+        await self._tg.start(self._supervise)
+        return self
 
-    # -- events and stopping -------------------------------------------------
+    async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as work:
+            self._work = work
+            if self._poller is not None:
+                work.start_soon(self._guard, self._poller.run)
+            if self._callbacks is not None:
+                work.start_soon(self._guard, self._callbacks.run)
+            work.start_soon(self._dispatch)
+            task_status.started()
 
-    def emit(self, event: BatchEvent) -> None:
-        """Pass an event to the observer, if any."""
-        if self.options.observer is not None:
-            self.options.observer(event)
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        if exc is None and not self._aborted:
+            try:
+                await self._idle.wait()
+            except BaseException as caught:  # cancelled (Ctrl-C) while waiting for the last items
+                self.abort()
+                await self._end(caught)
+                raise
+        elif exc is not None:
+            self.abort()
+        await self._end(exc)
+        if exc is None and self._fatal:
+            self._raise_fatal()
 
-    def stop(self, reason: str, *, cancel_in_flight: bool = False) -> None:
-        """Stop submitting (first reason wins); optionally abandon runs being waited on."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            logger.info("Batch stopped submitting: %s.", _STOP_MESSAGES[reason])
-            if self.on_stop is not None:
-                self.on_stop(reason)
-        if cancel_in_flight:
-            for scope in self._scopes:
-                scope.cancel()
+    async def _end(self, exc: BaseException | None) -> None:
+        assert self._tg is not None  # noqa: S101 - entered before exited
+        # Ends the pollers and the dispatcher, and (after an abort) every item
+        # still admitting or waiting; creates in flight are shielded.
+        if self._work is not None:
+            self._work.cancel_scope.cancel()
+        try:
+            await exit_group(self._tg, exc)
+        finally:
+            self._send.close()
 
-    def not_submitted(
-        self, index: int, request: RunRequest, estimate: Decimal, reason: str
-    ) -> Outcome:
-        """Build (and announce) the outcome of an item that was never created."""
-        error = NotSubmittedError(
-            f"Item {index} was not submitted: {_STOP_MESSAGES[reason]}.", reason=reason
-        )
-        self.emit(BatchEvent("not_submitted", index=index, error=error))
-        return Outcome(index, request, error=error, estimated_usd=estimate)
+    def _raise_fatal(self) -> None:
+        first = self._fatal[0]
+        if all(type(e) is type(first) for e in self._fatal):
+            raise first
+        raise BaseExceptionGroup("the batch failed in several ways", self._fatal)
+
+    async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await loop()
+        except Exception as exc:  # the client closed under us, or a bug: stop it all
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._fatal.append(exc)
+        self.stop("closed" if isinstance(exc, ClientClosedError) else "error")
+        self.abort()
+
+    def start(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` in the engine's task group (ended with it; its error ends the batch)."""
+        assert self._work is not None  # noqa: S101 - entered
+        self._work.start_soon(self._guard, task)
+
+    def abort(self) -> None:
+        """Stop submitting and abandon every item still admitting or waiting (runs stay listed).
+
+        Creates already sent are read to the end; the caller's block goes on.
+        """
+        self.stop("cancelled", cancel_in_flight=True)
+        self._closing = self._aborted = True
+        if self._work is not None:
+            self._work.cancel_scope.cancel()
+
+    @property
+    def outcomes(self) -> MemoryObjectReceiveStream[Outcome]:
+        """Every outcome as it happens (the reader closes it when done)."""
+        return self._receive
+
+    # -- submitting ----------------------------------------------------------
 
     def estimate(self, request: RunRequest, index: int = 0) -> Decimal:
         """The USD estimate reserved for ``request``."""
-        return estimate_request(request, policy=self.pricing, index=index).usd
+        return estimate_request(request, policy=self._pricing, index=index).usd
 
-    def _on_create_retry(self, index: int, event: RetryEvent) -> None:
-        self.emit(BatchEvent("retried", index=index, error=event.error))
+    def estimate_all(self, requests: list[RunRequest]) -> Estimate:
+        """Estimate ``requests`` with the engine's pricing (no I/O)."""
+        return estimate_requests(requests, policy=self._pricing)
 
-    def throttled(self, index: int, retry_after: float | None) -> None:
-        """A create of item ``index`` got 429: adapt the whole batch."""
-        self.window.on_throttle(retry_after)
-        self.emit(
-            BatchEvent(
-                "throttled", index=index, retry_after=retry_after, window=self.window.capacity
-            )
-        )
+    def check_budget(self, estimate: Estimate) -> None:
+        """Refuse ``estimate`` if it cannot fit on top of what is committed.
 
-    # -- one item ------------------------------------------------------------
-
-    async def run_item(
-        self, index: int, request: RunRequest, slot: Slot, estimate: Decimal | None = None
-    ) -> Outcome:
-        """Run one item to its outcome. The caller acquires ``slot`` and releases it after.
-
-        On cancellation the item's outcome (abandoned, with its run id, or not
-        submitted) goes to ``on_abandon`` before the cancellation propagates.
+        Raises:
+            BudgetExceededError: It would exceed ``max_cost_usd``; nothing was queued.
         """
-        est = self.estimate(request, index) if estimate is None else estimate
-        run_id: str | None = None
-        try:
-            if self.stop_reason is None:
-                await self.window.wait_cooldown()
-                if self.pacer is not None:
-                    await self.pacer.wait_turn()
-            if self.stop_reason is not None:
-                return self.not_submitted(index, request, est, self.stop_reason)
-            if not await self.ledger.reserve(est):
-                return self.not_submitted(index, request, est, "budget")
-            if self.stop_reason is not None:  # stopped while waiting for money
-                self.ledger.release(est)
-                return self.not_submitted(index, request, est, self.stop_reason)
-            created = await self._create(index, request, est, slot)
-            if isinstance(created, Outcome):
-                return created
-            run_id = created.id
-            return await self._finish(
-                index, request, est, created, by_callback=self._by_callback(request), slot=slot
+        ledger = self._ledger
+        if ledger.cap is not None and ledger.committed + estimate.total_usd > ledger.cap:
+            raise BudgetExceededError(
+                f"The batch would cost about ${estimate.total_usd} on top of "
+                f"${ledger.committed} already committed, over max_cost_usd ${ledger.cap}; "
+                "nothing was submitted.",
+                estimate=estimate,
+                max_cost_usd=ledger.cap,
+                committed_usd=ledger.committed,
             )
-        except anyio.get_cancelled_exc_class():
-            if self.on_abandon is not None:
-                self.on_abandon(self._abandoned(index, request, est, run_id))
-            raise
 
-    async def attach(
-        self, index: int, request: RunRequest, run_id: str, estimate: Decimal
-    ) -> Outcome:
-        """Collect a run created earlier (a resumed dataset): wait, settle, never create.
+    def submit(self, item: WorkItem) -> None:
+        """Queue ``item``; it starts when a slot is free (its outcome comes to the hooks).
 
-        The run exists and will be billed whatever the cap says, so its estimate
-        is reserved unconditionally.
+        Raises:
+            ClientClosedError: The engine is not running, or it is ending.
         """
-        self.ledger.reserve_unchecked(estimate)
-        self.unfinished[index] = run_id
+        est = self._accept(item)
+        if self._stop_reason is not None and _creates(item):
+            self._deliver_now(self.not_submitted(item.index, item.request, est, self._stop_reason))
+            return
+        self._queue.append((item, est, None))
+        self._queued.set()
+
+    async def put(self, item: WorkItem) -> bool:
+        """Queue ``item`` and wait until it has a slot; ``False`` if the engine stopped.
+
+        An item refused because the engine stopped still gets its outcome.
+        """
+        est = self._accept(item)
+        stopped = self._stop_reason
+        if stopped is not None and _creates(item):
+            await self._deliver(self.not_submitted(item.index, item.request, est, stopped))
+            return False
+        started = anyio.Event()
+        self._queue.append((item, est, started))
+        self._queued.set()
+        await started.wait()
+        return self._stop_reason is None
+
+    async def end_input(self) -> None:
+        """No more items will come: once every item has its outcome, end :attr:`outcomes`."""
+        self._closing = True
+        while self._outstanding:
+            await self._idle.wait()
+        self._send.close()
+
+    def _accept(self, item: WorkItem) -> Decimal:
+        if self._tg is None or self._closing:
+            raise ClientClosedError("Submit inside `async with client.batch(...)`, before it ends.")
+        self._outstanding += 1
+        self._idle = anyio.Event()
+        if item.estimate_usd is not None:
+            return item.estimate_usd
+        return self.estimate(item.request, item.index)
+
+    async def _dispatch(self) -> None:
+        assert self._work is not None  # noqa: S101 - started from _supervise
+        while True:
+            while not self._queue:
+                self._queued = anyio.Event()
+                await self._queued.wait()
+            slot = Slot(self._window)
+            await slot.acquire()
+            if not self._queue:  # stopped meanwhile: the queue was emptied
+                slot.release()
+                continue
+            item, est, started = self._queue.popleft()
+            self._work.start_soon(self._run, item, est, slot)
+            if started is not None:
+                started.set()
+
+    async def _run(self, item: WorkItem, est: Decimal, slot: Slot) -> None:
         try:
-            return await self._finish(index, request, estimate, Run(id=run_id))
+            outcome = await self._live(item, est, slot)
         except anyio.get_cancelled_exc_class():
-            if self.on_abandon is not None:
-                self.on_abandon(self._abandoned(index, request, estimate, run_id))
+            slot.release()
+            self._deliver_now(self.abandoned(item.index, item.request, est))
             raise
-
-    async def _create(
-        self, index: int, request: RunRequest, est: Decimal, slot: Slot
-    ) -> Run | Outcome:
-        client_ref = request.client_ref or f"rfa-{uuid.uuid4().hex}"
-        self.uncertain[index] = client_ref
-        if self.on_submitting is not None:
-            self.on_submitting(index, client_ref)
-        gate = ItemGate(self, index, slot, est) if self.options.adaptive else None
-        body = request.to_body(client_ref=client_ref)
-        if self.callbacks is not None and request.callback_url is None:
-            body["callback_url"] = self.callbacks.receiver.url
+        except Exception as exc:  # not an API outcome: the client closed, or a bug
+            slot.release()
+            self._deliver_now(self.abandoned(item.index, item.request, est, exc))
+            self._fail(exc)
+            return
         try:
-            run = await create_run(
-                self.transport,
-                request.model,
-                body,
-                idempotency_key=str(uuid.uuid4()),
-                on_retry=lambda event: self._on_create_retry(index, event),
-                gate=gate,
-            )
-        except GaveUp as exc:  # throttled, then stopped or priced out: never created
-            del self.uncertain[index]
-            return self.not_submitted(index, request, est, exc.reason)
-        except InsufficientCreditError as exc:
-            del self.uncertain[index]
-            self.ledger.release(est)
-            self.stop("insufficient_credit")
-            outcome = self.not_submitted(index, request, est, "insufficient_credit")
-            assert outcome.error is not None  # noqa: S101 - not_submitted sets it
-            outcome.error.__cause__ = exc
-            return outcome
-        except APIError as exc:
-            if isinstance(exc, CreateOutcomeUnknownError):
-                # It may exist and be billed: keep its money aside for good.
-                # (Left as a reservation, later items would wait for a
-                # settlement that never comes.)
-                self.ledger.hold(est)
-            else:
-                del self.uncertain[index]
-                self.ledger.release(est)  # provably not created
-            self.emit(BatchEvent("failed", index=index, error=exc))
-            if self.options.fail_fast:
-                self.stop("fail_fast", cancel_in_flight=True)
-            return Outcome(index, request, error=exc, estimated_usd=est)
-        del self.uncertain[index]
-        if self.on_created is not None:
-            self.on_created(index, run)
-        self.unfinished[index] = run.id
-        self.emit(BatchEvent("submitted", index=index, run_id=run.id))
-        return run
+            await self._deliver(outcome)
+        finally:
+            slot.release()
 
-    async def _finish(
-        self,
-        index: int,
-        request: RunRequest,
-        est: Decimal,
-        run: Run,
-        *,
-        by_callback: bool = False,
-        slot: Slot | None = None,
-    ) -> Outcome:
-        with anyio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                final = await self._wait(run, by_callback, slot)
-            except (RunTimeoutError, APIError) as exc:
-                # Timed out, or the run could not be read for good (a 404, a
-                # refused key): this item ends, never its siblings. The run
-                # exists and may still be billed: it stays listed, its money held.
-                del self.unfinished[index]
-                self.unsettled[index] = run.id
-                self.ledger.hold(est)  # it may still be billed
-                self.emit(BatchEvent("failed", index=index, run_id=run.id, error=exc))
-                return Outcome(index, request, error=exc, run_id=run.id, estimated_usd=est)
-            finally:
-                self._scopes.discard(scope)
-        if scope.cancelled_caught:  # fail_fast abandoned it; the run goes on
-            return self._abandoned(index, request, est, run.id)
-        del self.unfinished[index]
-        return self._settle(index, request, est, final)
+    # -- outcomes and stopping -----------------------------------------------
 
-    async def _wait(self, run: Run, by_callback: bool, slot: Slot | None) -> Run:
-        if run.is_terminal:
-            return run
-        started = anyio.current_time()
+    async def _deliver(self, outcome: Outcome) -> None:
+        self._hooks.on_outcome(outcome)
         try:
-            with anyio.fail_after(self.options.timeout):
-                if by_callback and self.callbacks is not None:
-                    # Noticed by callback: the slot is free while the cost is looked up.
-                    on_noticed = slot.release if slot is not None else None
-                    return await self.callbacks.wait(run.id, on_noticed)
-                final = await self.poller.wait(run.id) if self.poller is not None else None
-                if final is not None:
-                    return final
-                elapsed = (anyio.current_time() - started) / self.poll.time_scale
-                return await poll_run(
-                    self.transport, run.id, stats=self.stats, policy=self.poll, elapsed=elapsed
-                )
-        except TimeoutError as exc:
-            raise RunTimeoutError(
-                f"Run {run.id} did not finish within {self.options.timeout}s; it may still "
-                "finish and be billed.",
-                run=run,
-            ) from exc
-
-    def _settle(self, index: int, request: RunRequest, est: Decimal, final: Run) -> Outcome:
-        if final.succeeded:
-            billed: Decimal | None = self.ledger.settle(est, final.cost)
-            self.window.on_success()
+            await self._send.send(outcome)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # nobody reads outcomes any more; the run stays listed
         else:
-            self.ledger.release(est)
-            billed = final.cost or None
-            if billed:  # a canceled run may still bill what the provider charged
-                self.ledger.add_spent(billed)
-        self.billed_total += billed or 0
-        self.emit(
-            BatchEvent(
-                "cost_settled", index=index, run_id=final.id, estimated_usd=est, billed_usd=billed
-            )
-        )
+            self._undelivered.pop(outcome.index, None)
+        self._done()
+
+    def _deliver_now(self, outcome: Outcome) -> None:
+        self._hooks.on_outcome(outcome)
         try:
-            checked = check_outcome(final)
-        except RunError as exc:
-            self.emit(BatchEvent("failed", index=index, run_id=final.id, error=exc))
-            if self.options.fail_fast:
-                self.stop("fail_fast", cancel_in_flight=True)
-            return Outcome(
-                index, request, error=exc, run_id=final.id, estimated_usd=est, billed_usd=billed
-            )
-        self.emit(BatchEvent("succeeded", index=index, run_id=final.id))
-        partial = checked.status is RunStatus.PARTIAL_SUCCEEDED
-        return Outcome(
-            index,
-            request,
-            result=GenerationResult(checked, partial=partial),
-            run_id=final.id,
-            estimated_usd=est,
-            billed_usd=billed,
+            self._send.send_nowait(outcome)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the reader is gone or busy: the run stays listed as undelivered
+        else:
+            self._undelivered.pop(outcome.index, None)
+        self._done()
+
+    def _done(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()
+
+    def stop(self, reason: str, *, cancel_in_flight: bool = False) -> None:
+        """Stop submitting (first reason wins); optionally abandon runs being waited on."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            logger.info("Batch stopped submitting: %s.", STOP_MESSAGES[reason])
+            self._hooks.on_stop(reason)
+            # Queued items that would create end now; runs to collect stay queued.
+            kept: deque[tuple[WorkItem, Decimal, anyio.Event | None]] = deque()
+            while self._queue:
+                item, est, started = entry = self._queue.popleft()
+                if not _creates(item):
+                    kept.append(entry)
+                    continue
+                self._deliver_now(self.not_submitted(item.index, item.request, est, reason))
+                if started is not None:
+                    started.set()
+            self._queue = kept
+        if cancel_in_flight:
+            for scope in self._wait_scopes:
+                scope.cancel()
+
+    def snapshot(self) -> EngineSnapshot:
+        """The engine's state now, as copies."""
+        ledger = self._ledger
+        return EngineSnapshot(
+            stop_reason=self._stop_reason,
+            window=self._window.capacity,
+            in_flight=self._window.in_use,
+            queued=len(self._queue),
+            spent_usd=ledger.spent,
+            committed_usd=ledger.committed,
+            billed_usd=self._billed,
+            unfinished=MappingProxyType({**self._unsettled, **self._unfinished}),
+            uncertain=MappingProxyType(dict(self._uncertain)),
+            undelivered=MappingProxyType(dict(self._undelivered)),
         )
 
-    def _abandoned(
-        self, index: int, request: RunRequest, est: Decimal, run_id: str | None
-    ) -> Outcome:
-        if run_id is None:
-            reason = self.stop_reason or "cancelled"
-            return self.not_submitted(index, request, est, reason)
-        # The run goes on (no public cancel): keep its reservation and its id.
-        if self.unfinished.pop(index, None) is not None:
-            self.ledger.hold(est)
-        self.unsettled[index] = run_id
-        error = RunAbandonedError(
-            f"Run {run_id} was still running when the batch stopped; it may still be "
-            "billed, so collect it later with wait().",
-            run=Run(id=run_id),
-        )
-        return Outcome(index, request, error=error, run_id=run_id, estimated_usd=est)
 
-
-class EngineView:
-    """What ``Batch`` and ``map`` both expose about the runs their engine created."""
-
-    _engine: Engine
-
-    @property
-    def billed_usd(self) -> Decimal:
-        """What the API billed so far."""
-        return self._engine.billed_total
-
-    @property
-    def unfinished_run_ids(self) -> list[str]:
-        """Runs created but not seen to finish (abandoned or timed out): collect them later."""
-        merged = {**self._engine.unsettled, **self._engine.unfinished}
-        return [merged[i] for i in sorted(merged)]
-
-    @property
-    def uncertain_client_refs(self) -> list[str]:
-        """``client_ref`` of creates whose outcome is unknown; look them up before resubmitting."""
-        return list(self._engine.uncertain.values())
+def _creates(item: WorkItem) -> bool:
+    """Whether ``item`` would create a run (rather than collect one that may exist)."""
+    return item.run_id is None and not item.maybe_created

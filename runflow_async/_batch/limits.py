@@ -16,6 +16,8 @@ import math
 
 import anyio
 
+from runflow_async._core.clock import Clock
+
 __all__ = ["AdaptiveWindow", "Pacer", "Slot"]
 
 
@@ -25,7 +27,7 @@ class AdaptiveWindow:
     Args:
         max_limit: The ceiling (the batch's ``max_concurrency``).
         adaptive: Shrink on rate limiting and grow back on success (AIMD).
-        time_scale: Multiplies cool-down waits (tests against a scaled emulator).
+        clock: Scales cool-down waits to the server's time.
         initial_backoff: Cool-down after a 429 without ``Retry-After``, doubled on
             each consecutive one (reset by a success), capped at ``max_backoff``.
     """
@@ -35,7 +37,7 @@ class AdaptiveWindow:
         max_limit: int,
         *,
         adaptive: bool = True,
-        time_scale: float = 1.0,
+        clock: Clock | None = None,
         initial_backoff: float = 1.0,
         max_backoff: float = 32.0,
     ) -> None:
@@ -43,7 +45,7 @@ class AdaptiveWindow:
         self.adaptive = adaptive
         self.limit = float(max_limit)
         self.in_use = 0
-        self._time_scale = time_scale
+        self._clock = clock or Clock()
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
         self._backoff = initial_backoff
@@ -95,7 +97,7 @@ class AdaptiveWindow:
             self._backoff = min(self._max_backoff, self._backoff * 2)
         if now >= self._cooldown_until:
             self.limit = max(1.0, self.limit / 2)
-        self._cooldown_until = max(self._cooldown_until, now + wait * self._time_scale)
+        self._cooldown_until = max(self._cooldown_until, now + self._clock.real(wait))
 
 
 class Pacer:
@@ -105,8 +107,8 @@ class Pacer:
     concurrent callers are spread out exactly ``1/rate`` apart.
     """
 
-    def __init__(self, rate: float, *, time_scale: float = 1.0) -> None:
-        self.interval = time_scale / rate
+    def __init__(self, rate: float, *, clock: Clock | None = None) -> None:
+        self.interval = (clock or Clock()).real(1.0 / rate)
         self._next = -math.inf
 
     async def wait_turn(self) -> None:

@@ -12,17 +12,14 @@ submission instead of piling outcomes up)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Self
 
-import anyio
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
-from runflow_async._batch.engine import Engine, EngineView
-from runflow_async._batch.limits import Slot
+from runflow_async._batch.engine import Engine
+from runflow_async._batch.hooks import WorkItem
 from runflow_async._batch.outcomes import Outcome
+from runflow_async._batch.view import EngineView
 from runflow_async._core.requests import GenerateRequest, RunRequest
 
 __all__ = ["MapRun", "RequestSource"]
@@ -41,70 +38,58 @@ async def _aiter(source: RequestSource) -> AsyncIterator[RunRequest]:
 
 
 class MapRun(EngineView):
-    """The running map: an async context manager whose value iterates outcomes."""
+    """The running map: an async context manager whose value iterates outcomes.
 
-    def __init__(self, engine: Engine, source: RequestSource) -> None:
-        self._engine = engine
+    Leaving the block early (``break``, an exception, a cancellation) stops
+    pulling input at once; at most ``max_concurrency`` items were started
+    beyond those you received, and every run among them is listed in
+    :attr:`undelivered_run_ids`.
+    """
+
+    def __init__(self, make_engine: Callable[[float], Engine], source: RequestSource) -> None:
+        # No buffer: an item keeps its slot until you take its outcome.
+        self._engine = make_engine(0)
         self._source = source
-        self._tg: TaskGroup | None = None
-        self._send: MemoryObjectSendStream[Outcome]
-        self._receive: MemoryObjectReceiveStream[Outcome]
-        self._fed_all = False
+        self._ended = False
         self.submitted = 0
 
     async def __aenter__(self) -> Self:
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome](0)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._engine.run_background)
-        self._tg.start_soon(self._feed)
+        await self._engine.__aenter__()
+        self._engine.start(self._pull)  # the engine owns the feeding task too
         return self
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
-        return self._receive  # a stream object: safe to abandon mid-way
+        return self._engine.outcomes  # a stream object: safe to abandon mid-way
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None  # noqa: S101 - entered before exited
-        if not self._fed_all:  # the consumer left early, or an error: stop pulling input
-            self._engine.stop("cancelled")
-        self._tg.cancel_scope.cancel()
+    ) -> None:
+        if exc is not None or not self._ended:  # left early: stop pulling input
+            self._engine.abort()
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            await self._engine.__aexit__(exc_type, exc, tb)
         finally:
-            self._send.close()
-            self._receive.close()
+            self._engine.outcomes.close()
 
-    async def _feed(self) -> None:
-        assert self._tg is not None  # noqa: S101 - started from __aenter__
-        engine = self._engine
+    @property
+    def undelivered_run_ids(self) -> list[str]:
+        """Runs created whose outcome you did not receive (you hold the others' ids).
+
+        After leaving the block early these are every run the map created
+        beyond the outcomes you took: finished, abandoned or timed out.
+        """
+        undelivered = self._engine.snapshot().undelivered
+        return [undelivered[i] for i in sorted(undelivered)]
+
+    async def _pull(self) -> None:
         index = 0
-        async with self._send:
-            async with anyio.create_task_group() as items:
-                async for request in _aiter(self._source):
-                    slot = Slot(engine.window)
-                    await slot.acquire()
-                    if engine.stop_reason is not None:
-                        slot.release()
-                        # An endless input cannot be enumerated: stop pulling it.
-                        await self._send.send(
-                            engine.not_submitted(
-                                index, request, engine.estimate(request), engine.stop_reason
-                            )
-                        )
-                        break
-                    items.start_soon(self._run, index, request, slot)
-                    index += 1
-                    self.submitted = index
-            self._fed_all = True
-
-    async def _run(self, index: int, request: RunRequest, slot: Slot) -> None:
-        try:
-            outcome = await self._engine.run_item(index, request, slot)
-            await self._send.send(outcome)
-        finally:
-            slot.release()
+        async for request in _aiter(self._source):  # an error here leaves the block as itself
+            if not await self._engine.put(WorkItem(index, request)):
+                break  # stopped: an endless input cannot be enumerated, stop pulling it
+            index += 1
+            self.submitted = index
+        await self._engine.end_input()
+        self._ended = True

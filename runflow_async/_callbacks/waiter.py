@@ -18,6 +18,7 @@ A forged callback never gets here: the receiver answers it 401 before parsing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,10 +30,11 @@ from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, ClientClosedError
 from runflow_async._core.models import CallbackPayload, Run, RunStatus
-from runflow_async._http.runs import fetch_run
+from runflow_async._http.runs import fallback, fetch_run, poll_run
 from runflow_async._http.transport import Transport
 from runflow_async._waiting.costs import CostLookup
-from runflow_async._waiting.list_poller import DurationStats, ListPoller
+from runflow_async._waiting.durations import DurationStats
+from runflow_async._waiting.list_poller import ListPoller
 
 __all__ = ["CallbackWaiter"]
 
@@ -48,7 +50,7 @@ class CallbackWaiter:
         transport: The HTTP layer.
         receiver: The started receiver whose ``url`` the runs were created with.
         stats: Learned durations (callbacks teach it too).
-        policy: ``callback_fallback_after``/``_interval`` and ``time_scale``.
+        policy: ``callback_fallback_after``/``_interval``.
         shared: Batch mode: bulk cost lookups and a shared fallback poller, both
             served by :meth:`run`. Otherwise (one run) each read is a plain GET.
     """
@@ -72,7 +74,7 @@ class CallbackWaiter:
             if shared
             else None
         )
-        self._costs = CostLookup(transport, time_scale=policy.time_scale) if shared else None
+        self._costs = CostLookup(transport) if shared else None
         self._loops = [self._poller.run, self._costs.run] if self._poller and self._costs else []
 
     async def run(self) -> None:
@@ -152,25 +154,16 @@ class CallbackWaiter:
         return run
 
     async def _fallback(self, run_id: str) -> Run:
-        scale = self._policy.time_scale
-        await anyio.sleep(self._policy.callback_fallback_after * scale)
+        schedule = fallback(self._policy)
+        await self._transport.clock.sleep(next(schedule))
         if self._poller is not None:
             final = await self._poller.wait(run_id)
             if final is not None:
                 return final
-        while True:  # one run, or the list filter proved unusable
-            try:
-                run = await fetch_run(self._transport, run_id)
-            except APIError as exc:
-                if not exc.retryable:
-                    raise
-                # Transient even after the HTTP layer's retries: the run goes on.
-                logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
-            else:
-                if run.is_terminal:
-                    self._stats.add(run)
-                    return run
-            await anyio.sleep(self._policy.callback_fallback_interval * scale)
+        # One run, or the list filter proved unusable: read now, then every interval.
+        run = await poll_run(self._transport, run_id, schedule=itertools.chain([0.0], schedule))
+        self._stats.add(run)
+        return run
 
 
 def _from_payload(run_id: str, payload: CallbackPayload, status: RunStatus) -> Run | None:

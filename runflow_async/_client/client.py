@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, Unpack
 
@@ -12,11 +13,13 @@ import anyio
 
 from runflow_async._batch.batch import Batch
 from runflow_async._batch.engine import Engine
+from runflow_async._batch.hooks import EngineHooks
 from runflow_async._batch.map import MapRun, RequestSource
 from runflow_async._batch.options import BatchOptions, EngineOptions, check_serving
 from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._callbacks.waiter import CallbackWaiter
 from runflow_async._client.files import FilesMixin
+from runflow_async._core.clock import Clock
 from runflow_async._core.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_WAIT_TIMEOUT,
@@ -31,13 +34,25 @@ from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
 from runflow_async._http.create import create_run
 from runflow_async._http.retry import RetryHook
-from runflow_async._http.runs import check_outcome, check_run_id, fetch_run, poll_until_terminal
+from runflow_async._http.runs import check_outcome, check_run_id, fetch_run, wait_for_run
 from runflow_async._http.secrets import CallbackSecret, create_callback_secret
 from runflow_async._http.transport import Transport, parse_response
 from runflow_async._pricing import PricingPolicy
-from runflow_async._waiting.list_poller import DurationStats, WaitStrategy
+from runflow_async._waiting.durations import DurationStats
+from runflow_async._waiting.list_poller import WaitStrategy
 
 __all__ = ["RunflowClient"]
+
+
+def _clock(retry: RetryPolicy, poll: PollPolicy) -> Clock:
+    """The one clock of a client: the server's time as both policies describe it."""
+    scales = {s for s in (retry.time_scale, poll.time_scale) if s != 1.0}
+    if len(scales) > 1:
+        raise ConfigurationError(
+            "RetryPolicy.time_scale and PollPolicy.time_scale differ; both describe the "
+            "server's clock, so set them alike."
+        )
+    return Clock(scales.pop() if scales else 1.0)
 
 
 def _new_client_ref() -> str:
@@ -100,15 +115,17 @@ class RunflowClient(FilesMixin):
         self.wait_strategy: WaitStrategy = wait_strategy
         self.callbacks = callbacks
         self._durations = DurationStats()
+        retry = retry or RetryPolicy()
         self._transport = Transport(
             base_url=self.base_url,
             api_key=resolve_api_key(api_key),
             organization_id=organization_id,
             timeouts=timeouts or Timeouts(),
-            retry=retry or RetryPolicy(),
+            retry=retry,
             max_connections=max_connections,
             session=session,
             on_retry=on_retry,
+            clock=_clock(retry, self.poll_policy),
         )
 
     def __repr__(self) -> str:
@@ -172,9 +189,7 @@ class RunflowClient(FilesMixin):
             RunCanceledError: The run was canceled (``check=True``).
         """
         check_run_id(run_id)
-        run = await poll_until_terminal(
-            self.get_run, run_id, timeout=timeout, policy=self.poll_policy
-        )
+        run = await wait_for_run(self._transport, run_id, timeout=timeout, policy=self.poll_policy)
         return check_outcome(run) if check else run
 
     async def run(
@@ -193,8 +208,8 @@ class RunflowClient(FilesMixin):
         if rx is not None and request.callback_url == rx.url and not created.is_terminal:
             run = await self._wait_by_callback(rx, created.id, timeout)
         else:
-            run = await poll_until_terminal(
-                self.get_run, created.id, timeout=timeout, policy=self.poll_policy, last=created
+            run = await wait_for_run(
+                self._transport, created.id, timeout=timeout, policy=self.poll_policy, last=created
             )
         run = check_outcome(run)
         return GenerationResult(run, partial=run.status is RunStatus.PARTIAL_SUCCEEDED)
@@ -313,7 +328,7 @@ class RunflowClient(FilesMixin):
         Raises:
             ConfigurationError: A nonsensical option.
         """
-        return Batch(self._engine(options))
+        return Batch(lambda hooks: self.engine(hooks=hooks, **options))
 
     def map(self, requests: RequestSource, **options: Unpack[BatchOptions]) -> MapRun:
         """Run a lazy (even endless) stream of requests; outcomes arrive as they finish.
@@ -321,9 +336,27 @@ class RunflowClient(FilesMixin):
         Use it as ``async with client.map(requests) as outcomes: async for o in outcomes``.
         Memory stays bounded by ``max_concurrency``. Options as for :meth:`batch`.
         """
-        return MapRun(self._engine(options), requests)
+        return MapRun(lambda buffer: self.engine(outcome_buffer=buffer, **options), requests)
 
-    def _engine(self, options: BatchOptions) -> Engine:
+    def engine(
+        self,
+        *,
+        hooks: EngineHooks | None = None,
+        outcome_buffer: float = float("inf"),
+        spent_usd: Decimal = Decimal(0),
+        **options: Unpack[BatchOptions],
+    ) -> Engine:
+        """The engine under :meth:`batch` and :meth:`map`, for pipelines that need its hooks.
+
+        ``async with client.engine(hooks=...) as engine``: ``engine.submit`` /
+        ``await engine.put`` items, read ``engine.outcomes``. ``hooks`` are told
+        each ``client_ref`` before its create is sent and each run as soon as it
+        exists (a write-ahead journal); ``spent_usd`` counts earlier spending
+        against ``max_cost_usd``. Options as for :meth:`batch`.
+
+        Raises:
+            ConfigurationError: A nonsensical option.
+        """
         return Engine(
             self._transport,
             pricing=self.pricing,
@@ -332,6 +365,9 @@ class RunflowClient(FilesMixin):
             options=EngineOptions.build(
                 options, wait_strategy=self.wait_strategy, callbacks=self.callbacks
             ),
+            hooks=hooks,
+            outcome_buffer=outcome_buffer,
+            spent_usd=spent_usd,
         )
 
     async def health(self) -> dict[str, Any]:

@@ -31,21 +31,24 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from runflow_async._batch.limits import Slot
+from runflow_async._batch.engine import Engine
+from runflow_async._batch.hooks import NoHooks, WorkItem
 from runflow_async._batch.outcomes import Outcome
 from runflow_async._core.errors import (
     APIError,
+    ClientClosedError,
     CreateOutcomeUnknownError,
     NotFoundError,
     NotSubmittedError,
     PermissionDeniedError,
+    RunAbandonedError,
 )
 from runflow_async._core.estimate import estimate_requests
 from runflow_async._core.models import GenerationResult, ImageOutput, Run
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
-from runflow_async._dataset.journal import ItemState, Journal, JournalItem
+from runflow_async._dataset.journal import ItemState, Journal
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     manifest_row,
@@ -53,7 +56,6 @@ from runflow_async._dataset.outputs import (
     summarize,
     write_outputs,
 )
-from runflow_async._http.create import find_by_client_ref
 
 if TYPE_CHECKING:
     from runflow_async._client.client import RunflowClient
@@ -83,6 +85,20 @@ class DatasetProgress:
         return max(0.0, (self.total - finished) / rate)
 
 
+class _JournalHooks(NoHooks):
+    """Write-ahead: the journal learns each client_ref before its create, each run at once."""
+
+    def __init__(self, journal: Journal, items: Sequence[DatasetItem]) -> None:
+        self._journal = journal
+        self._items = items
+
+    def on_submitting(self, index: int, client_ref: str, /) -> None:
+        self._journal.mark_submitting(self._items[index].key, client_ref)
+
+    def on_created(self, index: int, run: Run, /) -> None:
+        self._journal.mark_created(self._items[index].key, run.id)
+
+
 class _Runner:
     def __init__(
         self,
@@ -100,12 +116,8 @@ class _Runner:
         self.out_dir = out_dir
         self.items = items
         self.journal = journal
-        # The pipeline is part of the package: it drives the engine directly.
-        self.engine = client._engine({"max_concurrency": concurrency, "max_cost_usd": max_cost_usd})
-        # A budget covers the whole folder: what earlier runs spent counts too.
-        self.engine.ledger.add_spent(journal.summary()["spent_usd"])
-        self.engine.on_submitting = lambda i, ref: journal.mark_submitting(items[i].key, ref)
-        self.engine.on_created = lambda i, run: journal.mark_created(items[i].key, run.id)
+        self.concurrency = concurrency
+        self.max_cost_usd = max_cost_usd
         self.downloads = anyio.CapacityLimiter(download_concurrency)
         self.progress = DatasetProgress(total=len(items))
         self.on_progress = on_progress
@@ -125,65 +137,60 @@ class _Runner:
         self.journal.add_items(
             (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
         )
-        async with anyio.create_task_group() as background:
-            background.start_soon(self.engine.run_background)
-            async with anyio.create_task_group() as work:
-                for index, item in enumerate(self.items):
-                    entry = self.journal.get(item.key)
-                    assert entry is not None  # noqa: S101 - added above
-                    if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
-                        self.progress.done += entry.state is ItemState.SUCCEEDED
-                        self.progress.failed += entry.state is ItemState.FAILED
-                        continue
-                    fresh = entry.state in (ItemState.PENDING, ItemState.NOT_SUBMITTED)
-                    if self.engine.stop_reason is not None and fresh and not entry.attempts:
-                        # Created or possibly created runs are still collected below.
-                        self.journal.mark_not_submitted(item.key, reason=self.engine.stop_reason)
-                        continue
-                    slot = Slot(self.engine.window)
-                    await slot.acquire()
-                    work.start_soon(self._item, index, item, entry, usd[item.key], slot)
-            background.cancel_scope.cancel()
+        engine = self.client.engine(
+            hooks=_JournalHooks(self.journal, self.items),
+            # A budget covers the whole folder: what earlier runs spent counts too.
+            spent_usd=self.journal.summary()["spent_usd"],
+            max_concurrency=self.concurrency,
+            max_cost_usd=self.max_cost_usd,
+        )
+        async with anyio.create_task_group() as records, engine:
+            records.start_soon(self._record_all, engine)
+            for index, item in enumerate(self.items):
+                work = self._work(index, item, usd[item.key], engine.snapshot().stop_reason)
+                if work is not None:
+                    self.progress.in_flight += 1
+                    await engine.put(work)
+            await engine.end_input()
 
-    async def _item(
-        self, index: int, item: DatasetItem, entry: JournalItem, estimate: Decimal, slot: Slot
-    ) -> None:
-        self.progress.in_flight += 1
-        self._tick()
-        try:
-            outcome = await self._collect(index, item, entry, estimate, slot)
-        finally:
-            slot.release()
-            self.progress.in_flight -= 1
-        await self._record(item, outcome)
-        self._tick()
-
-    async def _collect(
-        self, index: int, item: DatasetItem, entry: JournalItem, estimate: Decimal, slot: Slot
-    ) -> Outcome:
+    def _work(
+        self, index: int, item: DatasetItem, estimate: Decimal, stopped: str | None
+    ) -> WorkItem | None:
+        """The engine's work for ``item``, or ``None`` if there is none now."""
+        entry = self.journal.get(item.key)
+        assert entry is not None  # noqa: S101 - added above
+        if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
+            self.progress.done += entry.state is ItemState.SUCCEEDED
+            self.progress.failed += entry.state is ItemState.FAILED
+            return None
+        fresh = entry.state in (ItemState.PENDING, ItemState.NOT_SUBMITTED)
+        if stopped is not None and fresh and not entry.attempts:
+            # Created or possibly created runs are still collected.
+            self.journal.mark_not_submitted(item.key, reason=stopped)
+            return None
         # One client_ref per item for ever: the journal keeps the first one.
         client_ref = entry.client_ref or f"rfa-{self.dataset_id}-{item.key}"
         request = item.request.model_copy(update={"client_ref": client_ref})
-        if entry.state is ItemState.CREATED and entry.run_id is not None:
-            return await self.engine.attach(index, request, entry.run_id, estimate)
-        if entry.client_ref is not None and entry.attempts > 0:
-            # A create was (perhaps) sent before: find it before sending another.
-            try:
-                found = await find_by_client_ref(
-                    self.client._transport,
-                    client_ref,
-                    idempotency_key="(resume)",
-                )
-            except CreateOutcomeUnknownError as exc:
-                return Outcome(index, request, error=exc, estimated_usd=estimate)
-            if found is not None:
-                self.journal.mark_created(item.key, found.id)
-                return await self.engine.attach(index, request, found.id, estimate)
-        if isinstance(request, EditRequest) and item.local_images:
-            request = await self._with_uploads(request, item)
-        return await self.engine.run_item(index, request, slot, estimate)
+        created = entry.run_id if entry.state is ItemState.CREATED else None
+        uploads = isinstance(request, EditRequest) and bool(item.local_images)
+        return WorkItem(
+            index,
+            request,
+            estimate,
+            run_id=created,
+            maybe_created=entry.client_ref is not None and entry.attempts > 0,
+            prepare=(lambda r: self._with_uploads(r, item)) if uploads else None,
+        )
 
-    async def _with_uploads(self, request: EditRequest, item: DatasetItem) -> EditRequest:
+    async def _record_all(self, engine: Engine) -> None:
+        async with engine.outcomes, anyio.create_task_group() as tg:
+            async for outcome in engine.outcomes:
+                self.progress.in_flight -= 1
+                self._tick()
+                tg.start_soon(self._record, self.items[outcome.index], outcome)
+
+    async def _with_uploads(self, request: RunRequest, item: DatasetItem) -> RunRequest:
+        assert isinstance(request, EditRequest)  # noqa: S101 - only edits get uploads
         urls = list(request.image_urls)
         for position, path in zip(item.local_positions, item.local_images, strict=True):
             asset = await self.client.upload(path)
@@ -207,8 +214,10 @@ class _Runner:
             self.progress.spent_usd += cost or 0
         elif isinstance(error, NotSubmittedError):
             self.journal.mark_not_submitted(item.key, reason=error.reason)
-        elif isinstance(error, CreateOutcomeUnknownError):
-            pass  # stays "submitting": the next run reconciles it by client_ref
+        elif isinstance(error, CreateOutcomeUnknownError | RunAbandonedError | ClientClosedError):
+            # Stays "submitting" or "created": the next run reconciles it by
+            # client_ref, or collects its run by id.
+            pass
         else:
             assert error is not None  # noqa: S101 - an outcome has one or the other
             self.journal.mark_failed(
@@ -219,6 +228,7 @@ class _Runner:
             )
             self.progress.failed += 1
             self.progress.spent_usd += outcome.billed_usd or 0
+        self._tick()
 
     async def _download(self, item: DatasetItem, result: GenerationResult) -> list[dict[str, Any]]:
         run = result.run

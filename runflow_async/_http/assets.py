@@ -13,10 +13,8 @@ are retried here, under the rule stated in :func:`_with_retries`.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -30,18 +28,12 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from runflow_async._core.errors import (
-    APIConnectionError,
     APIResponseError,
-    APIStatusError,
-    APITimeoutError,
     PermissionDeniedError,
-    RateLimitError,
     RequestValidationError,
-    ServerError,
-    error_for_status,
 )
-from runflow_async._core.models import parse_error_body
-from runflow_async._http.retry import nominal_wait, report_retry
+from runflow_async._http.errors import mapped_errors, status_error
+from runflow_async._http.retry import CallKind, with_retries
 from runflow_async._http.transport import Transport, is_plain_id, keyless_session, parse_response
 from runflow_async._imagesize import image_size_from_bytes
 
@@ -57,7 +49,6 @@ _PUT_OK = frozenset({200, 201, 204})
 _MIN_PUT_TIMEOUT = 120.0  # seconds; the JS SDK's floor, plus one second per 256 KiB
 _PUT_BYTES_PER_SECOND = 256 * 1024
 _MAX_FILENAME = 500
-_RETRYABLE = (APIConnectionError, ServerError, RateLimitError)
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -169,28 +160,21 @@ def _check_upload(data: bytes, filename: str, mime_type: str | None) -> str:
 async def _with_retries(
     transport: Transport, method: str, path: str, attempt: Callable[[], Awaitable[_T]]
 ) -> _T:
-    """Call ``attempt`` up to three times while it fails with a retryable error.
+    """Call ``attempt`` through the retry engine, at most three times.
 
-    Part of the HTTP layer. The retry rule: asset calls are unbilled, so retrying
-    them cannot double-bill. A repeated session create at worst leaves an orphan
-    session (harmless, never charged); a repeated confirmation returns the same
-    asset; a repeated PUT overwrites the same object. Network errors, 429 and 5xx
-    are retried with the transport's backoff (``time_scale`` included), never more
-    often than its ``max_attempts`` allows.
+    Asset calls are unbilled (the ``unbilled`` row of the retry table), so
+    retrying them cannot double-bill: a repeated session create at worst leaves
+    an orphan session (never charged), a repeated confirmation returns the same
+    asset, a repeated PUT overwrites the same object.
     """
-    limit = min(_MAX_ATTEMPTS, transport.retry.max_attempts)
-    policy = dataclasses.replace(transport.retry, max_attempts=limit)
-    tries = 1
-    while True:
-        try:
-            return await attempt()
-        except _RETRYABLE as exc:
-            if tries >= policy.max_attempts:
-                raise
-            wait = nominal_wait(policy, tries, exc) * policy.time_scale
-            report_retry(transport.on_retry, policy, method, path, tries, wait, exc)
-            await anyio.sleep(wait)
-            tries += 1
+    return await with_retries(
+        attempt,
+        kind=CallKind.UNBILLED,
+        retrying=transport.retrying,
+        method=method,
+        path=path,
+        max_attempts=_MAX_ATTEMPTS,
+    )
 
 
 async def _post(transport: Transport, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -237,16 +221,6 @@ async def _open_session(
     return asset_id, upload_url
 
 
-def _put_error(status: int, body: bytes, safe_url: str, path: str) -> APIStatusError:
-    try:
-        code, message, _ = parse_error_body(json.loads(body))
-    except (ValueError, RecursionError):
-        code = message = None  # storage hosts often answer XML
-    text = f"HTTP {status}" + (f" {code}" if code else "") + f" uploading to {safe_url}"
-    text += f": {message}" if message else ""
-    return error_for_status(status)(text, status=status, code=code, method="PUT", path=path)
-
-
 async def _put(transport: Transport, url: str, data: bytes, mime_type: str) -> None:
     """Step 2: PUT the bytes to the presigned ``url``, without any credential of ours."""
     path = _check_upload_url(url)
@@ -256,11 +230,10 @@ async def _put(transport: Transport, url: str, data: bytes, mime_type: str) -> N
     )
 
     async def once() -> None:
-        # A pool-sharing session without the caller's default headers, auth or cookies:
-        # a lent session may carry them, and none may reach a storage host. Errors are
-        # raised ``from None``, as aiohttp's messages may quote the presigned URL.
+        # A pool-sharing session without the caller's default headers, auth or
+        # cookies: a lent session may carry them, and none may reach a storage host.
         async with keyless_session(transport.session()) as bare:
-            try:
+            with mapped_errors("PUT", path, target=safe_url):
                 async with bare.put(
                     url,
                     data=io.BytesIO(data),  # not bytes: aiohttp warns of large bytes bodies
@@ -268,19 +241,9 @@ async def _put(transport: Transport, url: str, data: bytes, mime_type: str) -> N
                     timeout=timeout,
                     allow_redirects=False,
                 ) as resp:
-                    status, body = resp.status, await resp.read()
-            except TimeoutError:
-                message = f"Timed out uploading to {safe_url}"
-                raise APITimeoutError(message, method="PUT", path=path) from None
-            except aiohttp.ClientConnectorError as exc:
-                reason = exc.os_error.strerror or type(exc).__name__
-                message = f"Could not connect to {safe_url}: {reason}"
-                raise APIConnectionError(message, sent=False, method="PUT", path=path) from None
-            except aiohttp.ClientError as exc:
-                message = f"The upload to {safe_url} failed ({type(exc).__name__})"
-                raise APIConnectionError(message, method="PUT", path=path) from None
+                    status, headers, body = resp.status, resp.headers, await resp.read()
         if status not in _PUT_OK:
-            raise _put_error(status, body, safe_url, path)
+            raise status_error(status, body, headers, method="PUT", path=path, target=safe_url)
 
     await _with_retries(transport, "PUT", path, once)
 

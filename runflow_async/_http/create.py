@@ -20,7 +20,7 @@ that fails, ends in :class:`CreateOutcomeUnknownError` rather than a blind resen
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -30,38 +30,14 @@ from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
-    ConflictError,
     CreateOutcomeUnknownError,
-    RateLimitError,
-    ServerError,
-    ServiceUnavailableError,
 )
 from runflow_async._core.filters import term
 from runflow_async._core.models import Run, RunPage
-from runflow_async._http.retry import RetryEvent, RetryHook, nominal_wait, report_retry
+from runflow_async._http.retry import CallKind, CreateGate, RetryHook, with_retries
 from runflow_async._http.transport import Transport
 
 __all__ = ["CreateGate", "client_ref_query", "create_run", "find_by_client_ref"]
-
-# A safety bound on 429s retried through a gate (each waits a shared cool-down).
-MAX_GATED_THROTTLES = 100
-
-
-class CreateGate(Protocol):
-    """Lets a batch coordinate the rate-limit retries of its creates.
-
-    With a gate, a 429 is reported to ``throttled`` and the retry waits in
-    ``wait_to_retry`` (the batch's shared cool-down and concurrency window)
-    instead of this create's own backoff; such retries do not use up
-    ``max_attempts`` (a 429 proves nothing was created).
-    """
-
-    def throttled(self, retry_after: float | None) -> None:
-        """A create was answered 429."""
-
-    async def wait_to_retry(self) -> None:
-        """Return when this create may try again; raise to give it up (nothing was created)."""
-
 
 logger = logging.getLogger("runflow_async")
 
@@ -77,23 +53,6 @@ def _model_path(model: str) -> str:
 
 class _CutOff2xx(Exception):
     """A create was answered 2xx but its body was cut off: the run exists."""
-
-
-def _not_created(exc: APIError) -> bool:
-    if isinstance(exc, RateLimitError):
-        return True
-    if isinstance(exc, ServiceUnavailableError) and exc.code == "MODEL_UNAVAILABLE":
-        return True
-    return isinstance(exc, APIConnectionError) and not exc.sent
-
-
-def _ambiguous(exc: APIError, attempt: int) -> bool:
-    if _not_created(exc):
-        return False
-    if isinstance(exc, APIConnectionError | ServerError):
-        return True
-    # A 409 on a repeat means our own earlier attempt (same key) got there.
-    return isinstance(exc, ConflictError) and attempt > 1
 
 
 async def find_by_client_ref(
@@ -149,21 +108,17 @@ async def create_run(
         APIError: The create failed and was not billed, or (``CreateOutcomeUnknownError``)
             whether it was billed could not be established.
     """
-    policy = transport.retry
     path = _model_path(model)
     client_ref: str = body["client_ref"]
     headers = {"Idempotency-Key": idempotency_key}
-    started = anyio.current_time()
-    check_first = False
-    attempt = 0
-    throttles = 0
-    while True:
-        attempt += 1
-        if check_first:
-            found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
-            if found is not None:
-                logger.info("Adopted run %s after an ambiguous create.", found.id)
-                return found
+
+    async def lookup() -> Run | None:
+        found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
+        if found is not None:
+            logger.info("Adopted run %s after an ambiguous create.", found.id)
+        return found
+
+    async def attempt() -> Run:
         try:
             # A create that was sent is always read to the end, even if the caller
             # is cancelled meanwhile: its run id must never be lost (it is billed).
@@ -177,7 +132,7 @@ async def create_run(
             return Run.model_validate(response.data)
         except (APIResponseError, pydantic.ValidationError, _CutOff2xx) as exc:
             # A 2xx means the run exists: recover it, never send again.
-            found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
+            found = await lookup()
             if found is None:
                 raise CreateOutcomeUnknownError(
                     f"The API accepted a create with client_ref {client_ref} but its answer "
@@ -188,34 +143,14 @@ async def create_run(
                     path=path,
                 ) from exc
             return found
-        except APIError as exc:
-            if isinstance(exc, RateLimitError) and gate and throttles < MAX_GATED_THROTTLES:
-                throttles += 1
-                attempt -= 1  # a 429 proves nothing was created: not an attempt used up
-                gate.throttled(exc.retry_after)
-                if on_retry is not None:
-                    on_retry(RetryEvent("POST", path, attempt + 1, exc.retry_after or 0.0, exc))
-                await gate.wait_to_retry()
-                continue
-            ambiguous = _ambiguous(exc, attempt)
-            if not (ambiguous or _not_created(exc)):
-                raise
-            elapsed = anyio.current_time() - started
-            if attempt >= policy.max_attempts or elapsed >= policy.max_time:
-                if not ambiguous:
-                    raise
-                # Last chance to find it; if it is provably absent, the error stands.
-                found = await find_by_client_ref(
-                    transport, client_ref, idempotency_key=idempotency_key
-                )
-                if found is not None:
-                    return found
-                raise
-            check_first = check_first or ambiguous
-            nominal = nominal_wait(policy, attempt, exc)
-            report_retry(
-                transport.on_retry, policy, "POST", path, attempt, nominal * policy.time_scale, exc
-            )
-            if on_retry is not None:
-                on_retry(RetryEvent("POST", path, attempt, nominal, exc))
-            await anyio.sleep(nominal * policy.time_scale)
+
+    return await with_retries(
+        attempt,
+        kind=CallKind.CREATE,
+        retrying=transport.retrying,
+        method="POST",
+        path=path,
+        reconcile=lookup,
+        gate=gate,
+        on_retry=on_retry,
+    )

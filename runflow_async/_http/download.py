@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-from runflow_async._core.errors import APIConnectionError, APITimeoutError, error_for_status
+from runflow_async._http.errors import mapped_errors, status_error
 from runflow_async._http.transport import keyless_session
 
 __all__ = ["DownloadedFile", "download_to", "write_atomic"]
@@ -59,24 +59,12 @@ async def download_to(
         APIConnectionError: The download failed; nothing is left at ``dest``.
     """
     safe_url = url.split("?", 1)[0]  # presigned query strings are credentials too
-    try:
-        async with keyless_session(session) as bare, bare.get(url, timeout=timeout) as resp:
-            if resp.status >= 400:
-                raise error_for_status(resp.status)(
-                    f"HTTP {resp.status} downloading {safe_url}",
-                    status=resp.status,
-                    method="GET",
-                    path=safe_url,
-                )
-            content_type = resp.content_type
-            data = await resp.read()
-    except TimeoutError as exc:
-        raise APITimeoutError(
-            f"Timed out downloading {safe_url}", method="GET", path=safe_url
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise APIConnectionError(
-            f"Download of {safe_url} failed ({type(exc).__name__})", method="GET", path=safe_url
-        ) from exc
+    async with keyless_session(session) as bare:
+        with mapped_errors("GET", safe_url, target=safe_url):
+            async with bare.get(url, timeout=timeout) as resp:
+                status, headers, content_type = resp.status, resp.headers, resp.content_type
+                data = await resp.read()
+    if status >= 400:
+        raise status_error(status, data, headers, method="GET", path=safe_url, target=safe_url)
     await anyio.to_thread.run_sync(write_atomic, dest, data)
     return DownloadedFile(dest, hashlib.sha256(data).hexdigest(), len(data), content_type)

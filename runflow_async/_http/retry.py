@@ -1,25 +1,69 @@
-"""Retry timing for the HTTP layer: backoff waits, ``Retry-After`` and retry events.
+"""The one retry engine: which failures are retried (one table), how long to wait, the loop.
 
-Used by :mod:`runflow_async._http.transport` (reads) and :mod:`runflow_async._http.create`
-(creates); nothing else in the package retries.
+Every retried call in the package goes through :func:`with_retries`: reads
+(:meth:`Transport.request`), creates (:mod:`._http.create`) and the unbilled
+asset calls (:mod:`._http.assets`). What happens after a failure is decided
+by :func:`decide`, from the kind of call and the error:
+
+============  ==========================================  ==========
+call          error                                       action
+============  ==========================================  ==========
+read          ``retryable`` (429, 5xx, network, timeout)  retry
+unbilled      ``retryable`` (asset steps: never charged)  retry
+create        provably not created: 429, 503              retry
+              ``MODEL_UNAVAILABLE``, refused before sent
+create        ambiguous: sent and unanswered, other 5xx,  reconcile
+              a 409 on a repeat (our own earlier try)
+any           anything else (400/401/402/403/404/422...)  raise
+============  ==========================================  ==========
+
+*Reconcile* means: before the next attempt, and once more when attempts run
+out, look the run up; adopt it if found, send again only if provably absent.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Protocol, TypeVar
 
+import anyio
+import backoff
+
+from runflow_async._core.clock import Clock
 from runflow_async._core.config import RetryPolicy
-from runflow_async._core.errors import APIError, RateLimitError
+from runflow_async._core.errors import (
+    APIConnectionError,
+    APIError,
+    ConflictError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+)
 
-__all__ = ["RetryEvent", "RetryHook", "parse_retry_after", "wait_generator"]
+__all__ = [
+    "Action",
+    "CallKind",
+    "CreateGate",
+    "RetryEvent",
+    "RetryHook",
+    "decide",
+    "nominal_wait",
+    "parse_retry_after",
+    "with_retries",
+]
 
 logger = logging.getLogger("runflow_async")
+
+# A safety bound on 429s retried through a gate (each waits a shared cool-down).
+MAX_GATED_THROTTLES = 100
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +74,8 @@ class RetryEvent:
         method: The HTTP method retried.
         path: The URL path retried (no host, no query string).
         attempt: The attempt that just failed (1 for the first).
-        wait: Seconds the policy chose before the next attempt, before
-            ``time_scale`` is applied.
+        wait: Seconds the policy chose before the next attempt, in the
+            server's (emulated) seconds.
         error: The error that caused the retry.
     """
 
@@ -44,6 +88,61 @@ class RetryEvent:
 
 RetryHook = Callable[[RetryEvent], None]
 """A synchronous, observe-only callback for retries."""
+
+
+class CreateGate(Protocol):
+    """Lets a batch coordinate the rate-limit retries of its creates.
+
+    With a gate, a 429 is reported to ``throttled`` and the retry waits in
+    ``wait_to_retry`` (the batch's shared cool-down and concurrency window)
+    instead of this call's own backoff; such retries do not use up
+    ``max_attempts`` (a 429 proves nothing was created).
+    """
+
+    def throttled(self, retry_after: float | None) -> None:
+        """A create was answered 429."""
+
+    async def wait_to_retry(self) -> None:
+        """Return when this create may try again; raise to give it up (nothing was created)."""
+
+
+class CallKind(enum.Enum):
+    """What a retried call costs if it is repeated."""
+
+    READ = "read"
+    UNBILLED = "unbilled"
+    CREATE = "create"
+
+
+class Action(enum.Enum):
+    """What to do after a failed attempt."""
+
+    RETRY = "retry"
+    RECONCILE = "reconcile"
+    RAISE = "raise"
+
+
+def not_created(exc: APIError) -> bool:
+    """Whether ``exc`` proves that a create did not create anything."""
+    if isinstance(exc, RateLimitError):
+        return True
+    if isinstance(exc, ServiceUnavailableError) and exc.code == "MODEL_UNAVAILABLE":
+        return True
+    return isinstance(exc, APIConnectionError) and not exc.sent
+
+
+def decide(kind: CallKind, exc: APIError, attempt: int) -> Action:
+    """The table in the module docstring."""
+    if kind is not CallKind.CREATE:
+        return Action.RETRY if exc.retryable else Action.RAISE
+    if not_created(exc):
+        return Action.RETRY
+    if isinstance(exc, APIConnectionError | ServerError):
+        return Action.RECONCILE
+    # A 409 on a repeat means our own earlier attempt (same key) got there.
+    if isinstance(exc, ConflictError) and attempt > 1:
+        return Action.RECONCILE
+    return Action.RAISE
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -71,54 +170,108 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def nominal_wait(policy: RetryPolicy, attempt: int, error: BaseException | None) -> float:
-    """Return the unscaled wait after failed attempt number ``attempt`` (1-based).
+    """Return the wait (emulated seconds) after failed attempt number ``attempt`` (1-based).
 
     A server's ``Retry-After`` wins, capped at ``max_retry_after``. Otherwise the
-    ceiling doubles from ``initial_wait`` up to ``max_wait`` and the wait is drawn
-    from ``[0, ceiling]`` (full jitter). A 429 without ``Retry-After`` draws from
-    ``[ceiling/2, ceiling]`` so that it always backs off noticeably.
+    ceiling doubles from ``initial_wait`` up to ``max_wait`` (``backoff.expo``)
+    and the wait is drawn from ``[0, ceiling]`` (full jitter). A 429 without
+    ``Retry-After`` draws from ``[ceiling/2, ceiling]`` so that it always
+    backs off noticeably.
     """
     retry_after: float | None = getattr(error, "retry_after", None)
     if retry_after is not None:
         return min(retry_after, policy.max_retry_after)
-    ceiling = min(policy.max_wait, policy.initial_wait * 2.0 ** (attempt - 1))
+    ceilings = backoff.expo(base=2, factor=policy.initial_wait, max_value=policy.max_wait)
+    next(ceilings)  # backoff's generators are primed with one value
+    ceiling = float(next(c for n, c in enumerate(ceilings, 1) if n >= attempt))
     if not policy.jitter:
         return ceiling
     low = ceiling / 2 if isinstance(error, RateLimitError) else 0.0
     return random.uniform(low, ceiling)
 
 
-def wait_generator(policy: RetryPolicy) -> Generator[float, Any, None]:
-    """A ``backoff`` wait generator that sees each exception (``backoff`` sends it in).
+def _report(
+    hooks: Sequence[RetryHook | None], policy: RetryPolicy, event: RetryEvent, *, log: bool
+) -> None:
+    if log:
+        logger.info(
+            "Retrying %s %s in %.3fs after %s (attempt %d of %d).",
+            event.method,
+            event.path,
+            event.wait,
+            type(event.error).__name__,
+            event.attempt,
+            policy.max_attempts,
+        )
+    for hook in hooks:
+        if hook is not None:
+            hook(event)
 
-    Yields scaled seconds. ``backoff`` primes it with ``None`` first.
-    """
-    error = yield 0.0
-    attempt = 1
-    while True:
-        error = yield nominal_wait(policy, attempt, error) * policy.time_scale
-        attempt += 1
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """Where a retried call reports and how long it may keep trying."""
+
+    policy: RetryPolicy
+    clock: Clock
+    hook: RetryHook | None = None
 
 
-def report_retry(
-    hook: RetryHook | None,
-    policy: RetryPolicy,
+async def with_retries(
+    attempt: Callable[[], Awaitable[_T]],
+    *,
+    kind: CallKind,
+    retrying: Retrying,
     method: str,
     path: str,
-    attempt: int,
-    scaled_wait: float,
-    error: APIError,
-) -> None:
-    """Log a retry and pass it to the user's hook."""
-    wait = scaled_wait / policy.time_scale if policy.time_scale else 0.0
-    logger.info(
-        "Retrying %s %s in %.3fs after %s (attempt %d of %d).",
-        method,
-        path,
-        wait,
-        type(error).__name__,
-        attempt,
-        policy.max_attempts,
-    )
-    if hook is not None:
-        hook(RetryEvent(method=method, path=path, attempt=attempt, wait=wait, error=error))
+    max_attempts: int | None = None,
+    reconcile: Callable[[], Awaitable[_T | None]] | None = None,
+    gate: CreateGate | None = None,
+    on_retry: RetryHook | None = None,
+    first_error: APIError | None = None,
+) -> _T:
+    """Call ``attempt`` until it succeeds or :func:`decide` says to stop; see the module doc.
+
+    ``reconcile`` finds what an ambiguous attempt may have made (``None``:
+    provably absent); ``gate`` takes over 429 waits; ``on_retry`` is told about
+    this call's retries besides the transport's own hook; ``first_error`` is
+    the failure of a first attempt the caller already made.
+    """
+    policy = retrying.policy
+    limit = min(policy.max_attempts, max_attempts or policy.max_attempts)
+    started = anyio.current_time()
+    tries = throttles = 0
+    check_first = False
+    failed = first_error
+    while True:
+        tries += 1
+        if failed is None:
+            if check_first and reconcile is not None and (found := await reconcile()) is not None:
+                return found
+            try:
+                return await attempt()
+            except APIError as error:
+                failed = error
+        exc, failed = failed, None
+        action = decide(kind, exc, tries)
+        if action is Action.RAISE:
+            raise exc
+        if gate is not None and isinstance(exc, RateLimitError) and throttles < MAX_GATED_THROTTLES:
+            throttles += 1
+            tries -= 1  # a 429 proves nothing was created: no attempt used up
+            gate.throttled(exc.retry_after)
+            event = RetryEvent(method, path, tries + 1, exc.retry_after or 0.0, exc)
+            _report((on_retry,), policy, event, log=False)
+            await gate.wait_to_retry()
+            continue
+        if tries >= limit or anyio.current_time() - started >= policy.max_time:
+            # Last chance to find it; if it is provably absent, the error stands.
+            found = await reconcile() if action is Action.RECONCILE and reconcile else None
+            if found is not None:
+                return found
+            raise exc
+        check_first = check_first or action is Action.RECONCILE
+        wait = nominal_wait(policy, tries, exc)
+        event = RetryEvent(method, path, tries, wait, exc)
+        _report((retrying.hook, on_retry), policy, event, log=True)
+        await retrying.clock.sleep(wait)

@@ -1,31 +1,52 @@
-"""Waiting for one run: growing poll intervals under a deadline.
+"""Reading runs: one read, and the one loop that polls a single run until it ends.
 
-Runflow has no long-poll or streaming endpoint, so waiting means reading the
-run until its status is terminal. Reads start at ``initial_interval`` and back
-off to ``max_interval`` (no fixed 0.1 s hammering). Status reads are retried by
-the HTTP layer, not here.
+Runflow has no long-poll or streaming endpoint, so waiting for one run means
+reading it until its status is terminal. Every single-run wait in the package
+(``client.wait``/``run``, a batch's per-run fallback, the callback safety net)
+is :func:`poll_run` with a different *schedule*: an iterator of gaps in emulated
+seconds. :func:`growing` starts at ``initial_interval`` and backs off to
+``max_interval``; the batch's learned schedule reads first near the expected
+finish (``DurationStats.schedule``); :func:`fallback` reads rarely, for runs a
+callback should report. Reads are retried by the transport; a read that still
+fails with a retryable error is tried again at the next gap (the run goes on;
+the caller's deadline bounds the wait), anything else is raised.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import anyio
 
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import (
+    APIError,
     ConfigurationError,
     RunCanceledError,
     RunFailedError,
     RunTimeoutError,
 )
-from runflow_async._core.models import Run, RunStatus
+from runflow_async._core.models import TERMINAL_STATUSES, Run, RunStatus
 from runflow_async._http.transport import Transport, is_plain_id, parse_response
 
-__all__ = ["check_outcome", "check_run_id", "fetch_run", "poll_until_terminal"]
+__all__ = [
+    "PollState",
+    "check_outcome",
+    "check_run_id",
+    "fallback",
+    "fetch_run",
+    "growing",
+    "poll_run",
+    "wait_for_run",
+]
 
 logger = logging.getLogger("runflow_async")
+
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+_KNOWN = frozenset(s.value for s in RunStatus)
 
 
 def check_run_id(run_id: str) -> None:
@@ -40,7 +61,7 @@ def check_run_id(run_id: str) -> None:
 
 
 async def fetch_run(transport: Transport, run_id: str) -> Run:
-    """Read one run (``GET /v1/runs/{id}``; retried by the HTTP layer).
+    """Read one run (``GET /v1/runs/{id}``; retried by the transport).
 
     Raises:
         ConfigurationError: ``run_id`` is not a plain run id; nothing was sent.
@@ -52,48 +73,98 @@ async def fetch_run(transport: Transport, run_id: str) -> Run:
     return parse_response(Run, response.data, method="GET", path=path)
 
 
-async def poll_until_terminal(
-    fetch: Callable[[str], Awaitable[Run]],
+def growing(policy: PollPolicy) -> Iterator[float]:
+    """Gaps from ``initial_interval``, times ``multiplier``, up to ``max_interval``."""
+    interval = policy.initial_interval
+    while True:
+        yield interval
+        interval = min(policy.max_interval, interval * policy.multiplier)
+
+
+def fallback(policy: PollPolicy) -> Iterator[float]:
+    """``callback_fallback_after``, then every ``callback_fallback_interval``."""
+    yield policy.callback_fallback_after
+    yield from itertools.repeat(policy.callback_fallback_interval)
+
+
+@dataclass
+class PollState:
+    """What a poll loop last saw (for the caller's timeout message)."""
+
+    last_status: str | None = None
+    reads: int = 0
+
+
+async def poll_run(
+    transport: Transport,
+    run_id: str,
+    *,
+    schedule: Iterator[float],
+    state: PollState | None = None,
+) -> Run:
+    """Read ``run_id`` after each gap of ``schedule`` until it is terminal; return it.
+
+    Only a finished run is validated into a model. An unknown status is logged
+    once and waited through.
+
+    Raises:
+        APIError: A read failed for good (a 404, a refused key, an unreadable run).
+    """
+    check_run_id(run_id)
+    path = f"/v1/runs/{run_id}"
+    state = state if state is not None else PollState()
+    warned = False
+    for gap in schedule:
+        await transport.clock.sleep(gap)
+        try:
+            response = await transport.request("GET", path)
+        except APIError as exc:
+            if not exc.retryable:
+                raise
+            logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
+            continue
+        state.reads += 1
+        data = response.data
+        status = data.get("status_code") if isinstance(data, dict) else None
+        if not isinstance(status, str) or status in _TERMINAL:
+            # Finished, or not a run we can read without a full parse.
+            run = parse_response(Run, data, method="GET", path=path)
+            state.last_status = run.status_code
+            if run.is_terminal:
+                return run
+            continue
+        state.last_status = status
+        if status not in _KNOWN and not warned:
+            warned = True
+            logger.warning("Run %s has unknown status %r; still waiting.", run_id, status)
+    raise AssertionError("a poll schedule never ends")  # pragma: no cover
+
+
+async def wait_for_run(
+    transport: Transport,
     run_id: str,
     *,
     timeout: float | None,
     policy: PollPolicy,
     last: Run | None = None,
 ) -> Run:
-    """Read the run until it is terminal and return it.
-
-    Args:
-        fetch: Reads the run by id.
-        run_id: The run to wait for.
-        timeout: Seconds before giving up (``None``: wait forever).
-        policy: Poll spacing.
-        last: The run as already known (skips a read if it is terminal).
+    """Poll on the :func:`growing` schedule under a deadline of ``timeout`` real seconds.
 
     Raises:
         RunTimeoutError: The deadline passed; the run may still finish.
     """
     if last is not None and last.is_terminal:
         return last
-    interval = policy.initial_interval
-    warned: set[str] = set()
+    state = PollState(last_status=last.status_code if last is not None else None)
     with anyio.move_on_after(timeout):
-        while True:
-            await anyio.sleep(interval * policy.time_scale)
-            last = await fetch(run_id)
-            if last.is_terminal:
-                return last
-            if last.status is None and last.status_code not in warned:
-                warned.add(str(last.status_code))
-                logger.warning(
-                    "Run %s has unknown status %r; still waiting.", run_id, last.status_code
-                )
-            interval = min(policy.max_interval, interval * policy.multiplier)
-    run = last or Run(id=run_id)
+        return await poll_run(transport, run_id, schedule=growing(policy), state=state)
     raise RunTimeoutError(
         f"Run {run_id} did not finish within {timeout}s (last status "
-        f"{run.status_code or 'unknown'}); it may still finish and be billed, "
+        f"{state.last_status or 'unknown'}); it may still finish and be billed, "
         "so fetch it later with get_run().",
-        run=run,
+        run=Run(id=run_id, status_code=state.last_status)
+        if state.reads
+        else last or Run(id=run_id),
     )
 
 

@@ -2,8 +2,9 @@
 
 :class:`Transport` owns (or borrows) the ``aiohttp.ClientSession``, sends single
 attempts with :meth:`Transport.send` and maps every failure onto the error tree,
-and retries idempotent calls with :meth:`Transport.request`. Creates, which cost
-money, are retried by :mod:`runflow_async._http.create` under stricter rules.
+and retries idempotent calls with :meth:`Transport.request` through the one retry
+engine (:mod:`._http.retry`); creates and asset calls use the same engine under
+their own rows of its table.
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
-import backoff
 import pydantic
 
+from runflow_async._core.clock import Clock
 from runflow_async._core.config import RetryPolicy, Timeouts
 from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
-    APITimeoutError,
     ClientClosedError,
-    error_for_status,
 )
-from runflow_async._core.models import parse_error_body
-from runflow_async._http.retry import RetryHook, parse_retry_after, report_retry, wait_generator
+from runflow_async._http.errors import mapped_errors, status_error
+from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retries
 from runflow_async._version import __version__
 
 __all__ = ["Response", "Transport", "is_plain_id", "keyless_session", "parse_response"]
@@ -104,6 +103,7 @@ class Transport:
         max_connections: Size of the connection pool we create.
         session: A session to borrow instead of creating one (never closed by us).
         on_retry: Called before each retry.
+        clock: Scales the waits the client chooses (backoff, polls) to the server's time.
     """
 
     def __init__(
@@ -117,8 +117,10 @@ class Transport:
         max_connections: int,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.base_url = base_url
+        self.clock = clock or Clock(retry.time_scale)
         self._api_key = _Secret(api_key)
         self.retry = retry
         self.on_retry = on_retry
@@ -132,16 +134,7 @@ class Transport:
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if organization_id:
             self._headers["X-Organization-Id"] = organization_id
-        self._request_with_retries = backoff.on_exception(
-            lambda: wait_generator(retry),
-            APIError,
-            max_tries=retry.max_attempts,
-            max_time=retry.max_time,
-            jitter=None,
-            giveup=_not_retryable,
-            on_backoff=self._on_backoff,
-            logger=None,
-        )(self.send)
+        self.retrying = Retrying(retry, self.clock, on_retry)
 
     @property
     def closed(self) -> bool:
@@ -169,18 +162,6 @@ class Transport:
         if self._owns_session and self._session is not None:
             await self._session.close()
 
-    def _on_backoff(self, details: Mapping[str, Any]) -> None:
-        error: APIError = details["exception"]
-        report_retry(
-            self.on_retry,
-            self.retry,
-            error.method,
-            error.path,
-            details["tries"],
-            details["wait"],
-            error,
-        )
-
     async def request(
         self,
         method: str,
@@ -194,10 +175,20 @@ class Transport:
         Retries 429, 5xx (HTML error pages included) and network errors with
         backoff; never 400/401/403/404/409/422. Do not use for creates.
         """
-        result: Response = await self._request_with_retries(
-            method, path, params=params, json_body=json_body
+        try:  # the common case costs one call, no retry machinery
+            return await self.send(method, path, params=params, json_body=json_body)
+        except APIError as exc:
+            if not exc.retryable or self.retry.max_attempts < 2:
+                raise
+            first: APIError = exc
+        return await with_retries(
+            lambda: self.send(method, path, params=params, json_body=json_body),
+            kind=CallKind.READ,
+            retrying=self.retrying,
+            method=method,
+            path=path,
+            first_error=first,
         )
-        return result
 
     async def send(
         self,
@@ -224,7 +215,7 @@ class Transport:
         if json_body is not None:
             data = json.dumps(json_body, separators=(",", ":")).encode()
             all_headers["Content-Type"] = "application/json"
-        try:
+        with mapped_errors(method, path):
             async with session.request(
                 method,
                 self.base_url + path,
@@ -242,29 +233,12 @@ class Transport:
                     # create answered 2xx is known to exist (never resent).
                     msg = f"The HTTP {status} response was cut off ({type(exc).__name__})"
                     raise APIConnectionError(msg, status=status, method=method, path=path) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise APITimeoutError(
-                "Timed out connecting to the API", sent=False, method=method, path=path
-            ) from exc
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                "Timed out waiting for the API", method=method, path=path
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            # Refused, unreachable or DNS failure: nothing was sent.
-            msg = f"Could not connect to the API: {exc.os_error.strerror or type(exc).__name__}"
-            raise APIConnectionError(msg, sent=False, method=method, path=path) from exc
-        except aiohttp.ClientError as exc:
-            msg = f"The connection failed mid-request ({type(exc).__name__})"
-            raise APIConnectionError(msg, method=method, path=path) from exc
         request_id = next((resp_headers[h] for h in _REQUEST_ID_HEADERS if h in resp_headers), None)
         if 200 <= status < 300:
             return Response(status, _parse_json(body, status, request_id, method, path), request_id)
-        raise _status_error(status, body, resp_headers, request_id, method, path)
-
-
-def _not_retryable(exc: Exception) -> bool:
-    return not getattr(exc, "retryable", False)
+        raise status_error(
+            status, body, resp_headers, method=method, path=path, request_id=request_id
+        )
 
 
 def _parse_json(body: bytes, status: int, request_id: str | None, method: str, path: str) -> Any:
@@ -281,34 +255,6 @@ def _parse_json(body: bytes, status: int, request_id: str | None, method: str, p
             method=method,
             path=path,
         ) from exc
-
-
-def _status_error(
-    status: int,
-    body: bytes,
-    headers: Mapping[str, str],
-    request_id: str | None,
-    method: str,
-    path: str,
-) -> APIError:
-    try:
-        data = json.loads(body) if body.strip() else None
-    except (ValueError, RecursionError):
-        data = None  # an HTML error page from a proxy, say, or absurdly deep nesting
-    code, message, errors = parse_error_body(data)
-    cls = error_for_status(status)
-    text = message or (body[:200].decode("utf-8", "replace").strip() if data is None else "")
-    summary = f"HTTP {status}" + (f" {code}" if code else "") + (f": {text}" if text else "")
-    return cls(
-        summary,
-        status=status,
-        code=code,
-        errors=errors,
-        request_id=request_id,
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-        method=method,
-        path=path,
-    )
 
 
 # Ids (runs, assets) are UUIDs. Anything outside URL-unreserved characters could

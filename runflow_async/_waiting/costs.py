@@ -45,7 +45,6 @@ class CostLookup:
 
     Args:
         transport: The HTTP layer (the list read is retried there).
-        time_scale: Multiplies ``linger`` (tests against a scaled emulator).
         linger: Seconds the first waiting run waits for others to join it.
         chunk_size: Runs named per request.
     """
@@ -54,12 +53,11 @@ class CostLookup:
         self,
         transport: Transport,
         *,
-        time_scale: float = 1.0,
         linger: float = 1.0,
         chunk_size: int = 100,
     ) -> None:
         self._transport = transport
-        self._linger = linger * time_scale
+        self._linger = transport.clock.real(linger)
         self._chunk_size = chunk_size
         self._pending: dict[str, _Pending] = {}
         self._wake = anyio.Event()

@@ -18,10 +18,7 @@ that learns run durations and polls first near the expected finish.
 from __future__ import annotations
 
 import logging
-import statistics
-from collections import deque
 from typing import Any, Literal
-from urllib.parse import quote
 
 import anyio
 import pydantic
@@ -30,9 +27,10 @@ from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, APIStatusError, ServerError
 from runflow_async._core.filters import TERMINAL_FILTER, any_of
 from runflow_async._core.models import TERMINAL_STATUSES, Run
-from runflow_async._http.transport import Transport, parse_response
+from runflow_async._http.transport import Transport
+from runflow_async._waiting.durations import DurationStats
 
-__all__ = ["DurationStats", "ListPoller", "WaitStrategy", "poll_run"]
+__all__ = ["DurationStats", "ListPoller", "WaitStrategy"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -42,38 +40,6 @@ rejects or contradicts it; ``list``: the list poller only; ``per_run``: one
 adaptive poll loop per run."""
 
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
-
-
-class DurationStats:
-    """Recent run durations (server clock), to time polls near the expected finish.
-
-    Args:
-        default: Median assumed before any run has finished (seconds).
-        keep: How many recent durations to remember.
-    """
-
-    def __init__(self, default: float = 2.0, keep: int = 256) -> None:
-        self._recent: deque[float] = deque(maxlen=keep)
-        self._median = default
-        self._since_update = 0
-
-    def add(self, run: Run) -> None:
-        """Learn from a finished run (needs ``created_at`` and ``completed_at``)."""
-        if run.created_at is None or run.completed_at is None:
-            return
-        seconds = (run.completed_at - run.created_at).total_seconds()
-        if seconds > 0:
-            self._recent.append(seconds)
-            self._since_update += 1
-            # Re-sorting 256 floats on every run is waste; every 16th is plenty.
-            if self._since_update >= 16 or len(self._recent) < 16:
-                self._median = statistics.median(self._recent)
-                self._since_update = 0
-
-    @property
-    def median(self) -> float:
-        """The median duration in seconds."""
-        return self._median
 
 
 class _Fallback(Exception):
@@ -95,7 +61,7 @@ class ListPoller:
         transport: The HTTP layer (reads are retried there).
         stats: Learned durations; the tick is a fifteenth of the median run, so
             the median notice delay stays near 4% of a run.
-        policy: Its ``time_scale`` scales the tick (tests).
+        policy: The client's poll policy.
         allow_fallback: On rejection, hand waiters back to per-run polling
             (``auto``); otherwise keep trying the list (``list``).
         chunk_size: Runs named per request (keeps URLs well under 8 KiB).
@@ -128,7 +94,7 @@ class ListPoller:
 
     @property
     def tick(self) -> float:
-        """Seconds between polls (before ``time_scale``)."""
+        """Seconds between polls (emulated seconds, as the clock counts them)."""
         return min(self._max_tick, max(self._min_tick, self._stats.median / 15))
 
     async def wait(self, run_id: str) -> Run | None:
@@ -149,7 +115,7 @@ class ListPoller:
             if not self._watches:
                 self._wake = anyio.Event()
                 await self._wake.wait()
-            await anyio.sleep(self.tick * self._policy.time_scale)
+            await self._transport.clock.sleep(self.tick)
             await self.poll_once()
 
     async def poll_once(self) -> None:
@@ -217,49 +183,3 @@ def _items(data: Any) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise _Fallback("the list response has no items array")
     return items
-
-
-async def poll_run(
-    transport: Transport,
-    run_id: str,
-    *,
-    stats: DurationStats,
-    policy: PollPolicy,
-    elapsed: float = 0.0,
-) -> Run:
-    """Poll one run: first near its expected finish, then at growing intervals.
-
-    A read that still fails after the HTTP layer's retries (429, 5xx, a dropped
-    connection) is tried again at the next interval, as the list poller does at
-    its next tick: the run goes on, and the caller's deadline bounds the wait.
-    Other errors (a 404, a refused key, an unreadable answer) are raised.
-
-    Args:
-        transport: The HTTP layer.
-        run_id: The run.
-        stats: Learned durations (the first read comes at the median).
-        policy: ``max_interval`` caps the gaps; ``time_scale`` scales them.
-        elapsed: Seconds (before scaling) the run has already been going.
-    """
-    path = f"/v1/runs/{quote(run_id, safe='')}"
-    median = stats.median
-    delay = max(median - elapsed, policy.initial_interval * 0.2)
-    interval = max(0.1, median * 0.15)
-    while True:
-        await anyio.sleep(delay * policy.time_scale)
-        delay = interval
-        interval = min(policy.max_interval, interval * 1.25)
-        try:
-            response = await transport.request("GET", path)
-        except APIError as exc:
-            if not exc.retryable:
-                raise
-            logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
-            continue
-        data = response.data
-        # Only a finished run is worth a full parse.
-        if not isinstance(data, dict) or data.get("status_code") in _TERMINAL:
-            run = parse_response(Run, data, method="GET", path=path)
-            if run.is_terminal:
-                stats.add(run)
-                return run

@@ -25,8 +25,9 @@ from runflow_async import (
 )
 from runflow_async._core.errors import error_for_status
 from runflow_async._core.models import parse_error_body
+from runflow_async._http.errors import status_error
 from runflow_async._http.runs import check_outcome
-from runflow_async._http.transport import _parse_json, _status_error
+from runflow_async._http.transport import _parse_json
 from tests.fuzz.support import (
     STATUS_CODES,
     bodies,
@@ -286,7 +287,9 @@ def test_error_statuses_map_to_their_class_whatever_the_body(
     body: bytes, status: int, retry: str | None
 ) -> None:
     headers = CIMultiDict[str]() if retry is None else CIMultiDict({"Retry-After": retry})
-    error = _status_error(status, body, headers, "rid", "POST", "/v1/models/m/runs")
+    error = status_error(
+        status, body, headers, request_id="rid", method="POST", path="/v1/models/m/runs"
+    )
     assert type(error) is error_for_status(status)
     assert isinstance(error, APIStatusError)
     assert (error.status, error.request_id, error.method) == (status, "rid", "POST")
@@ -304,5 +307,5 @@ def test_regression_absurdly_deep_json_is_a_typed_error_not_a_recursion_error(
     # Found by the properties above: json.loads raises RecursionError, not ValueError.
     with pytest.raises(APIResponseError):
         _parse_json(body, 200, None, "GET", "/v1/runs/x")
-    error = _status_error(502, body, CIMultiDict(), None, "GET", "/v1/runs/x")
+    error = status_error(502, body, CIMultiDict(), method="GET", path="/v1/runs/x")
     assert type(error) is error_for_status(502)
