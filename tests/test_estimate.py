@@ -24,14 +24,13 @@ from runflow_async import (
     PricingPolicy,
 )
 from runflow_async._core.estimate import (
-    DEFAULT_PROBE_TIMEOUT,
     Estimate,
     estimate_request,
     estimate_requests,
     policy_assumptions,
-    probe_input_sizes,
 )
 from runflow_async._core.requests import RunRequest
+from runflow_async._http.probe import DEFAULT_PROBE_TIMEOUT, probe_input_sizes
 from runflow_async._imagesize import HEADER_BYTES
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, Size
 from tests.conftest import Handler

@@ -17,18 +17,16 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-
-import aiohttp
 
 from runflow_async._cli.progress import ProgressPrinter
 from runflow_async._client.client import RunflowClient
 from runflow_async._core.config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
 from runflow_async._core.errors import ConfigurationError, RunflowError
-from runflow_async._core.estimate import Estimate, estimate_requests, probe_input_sizes
-from runflow_async._core.requests import EditRequest
+from runflow_async._core.estimate import Estimate
+from runflow_async._dataset.estimate import estimate_items
 from runflow_async._dataset.input import (
     DatasetItem,
     Defaults,
@@ -39,10 +37,9 @@ from runflow_async._dataset.input import (
     sniff_kind,
 )
 from runflow_async._dataset.journal import Journal
-from runflow_async._dataset.outputs import summarize, unfinished
+from runflow_async._dataset.outputs import interrupted_summary, unfinished
 from runflow_async._dataset.pipeline import run_dataset
-from runflow_async._imagesize import image_size_from_path
-from runflow_async._pricing import PricingPolicy, Size
+from runflow_async._pricing import PricingPolicy
 
 __all__ = ["add_dataset_commands", "run_command"]
 
@@ -116,32 +113,6 @@ def _read(args: argparse.Namespace, kind: str) -> list[DatasetItem]:
     )
     reader = read_edit_file if kind == "edit" else read_generate_file
     return reader(args.input, defaults)
-
-
-async def _estimate(items: Sequence[DatasetItem], policy: PricingPolicy) -> Estimate:
-    """Estimate with local image sizes read from disk and remote ones probed (no key)."""
-    remote = [
-        url
-        for item in items
-        if isinstance(item.request, EditRequest)
-        for pos, url in enumerate(item.request.image_urls)
-        if pos not in item.local_positions
-    ]
-    sizes: dict[str, Size | None] = {}
-    if remote:
-        async with aiohttp.ClientSession() as session:
-            sizes.update(await probe_input_sizes(session, remote))
-    requests = []
-    for item in items:
-        request = item.request
-        if isinstance(request, EditRequest) and item.local_images:
-            urls = list(request.image_urls)
-            for pos, path in zip(item.local_positions, item.local_images, strict=True):
-                urls[pos] = f"https://local.invalid/{item.ordinal}/{pos}"
-                sizes[urls[pos]] = image_size_from_path(path)
-            request = request.model_copy(update={"image_urls": urls})
-        requests.append(request)
-    return estimate_requests(requests, policy=policy, input_sizes=sizes)
 
 
 def _show_estimate(estimate: Estimate) -> None:
@@ -233,10 +204,7 @@ async def _run(
             )
     except asyncio.CancelledError:
         printer.close()
-        manifest = args.out / "metadata.jsonl"
-        images = len(manifest.read_text().splitlines()) if manifest.exists() else 0
-        with Journal.open(args.out) as journal:
-            summary = summarize(args.out, journal, items, images=images, interrupted=True)
+        summary = interrupted_summary(args.out, items)
     else:
         printer.close()
     finally:
@@ -272,7 +240,7 @@ def run_command(args: argparse.Namespace) -> int:
                 f"{args.out} (spent ${spent}); estimating the rest",
                 file=sys.stderr,
             )
-    estimate = asyncio.run(_estimate(todo, PricingPolicy()))
+    estimate = asyncio.run(estimate_items(todo, PricingPolicy()))
     if args.command == "estimate":
         if args.json:
             print(

@@ -6,11 +6,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from runflow_async._core.estimate import Estimate, estimate_requests, probe_input_sizes
+from runflow_async._core.estimate import Estimate, estimate_requests
 from runflow_async._core.models import ImageOutput
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._http.assets import Asset, get_asset, read_upload_source, upload_asset
 from runflow_async._http.download import DownloadedFile, download_to
+from runflow_async._http.probe import probe_input_sizes
 from runflow_async._http.transport import Transport
 from runflow_async._pricing import PricingPolicy
 

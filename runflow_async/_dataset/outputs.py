@@ -22,6 +22,7 @@ __all__ = [
     "FAILURES",
     "MANIFEST",
     "DatasetSummary",
+    "interrupted_summary",
     "manifest_row",
     "split_cost",
     "summarize",
@@ -162,3 +163,11 @@ def summarize(
         spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
         interrupted=interrupted,
     )
+
+
+def interrupted_summary(out_dir: Path, items: Sequence[DatasetItem]) -> DatasetSummary:
+    """The summary of a run that was interrupted (the folder was written on the way out)."""
+    manifest = out_dir / MANIFEST
+    images = len(manifest.read_text().splitlines()) if manifest.exists() else 0
+    with Journal.open(out_dir) as journal:
+        return summarize(out_dir, journal, items, images=images, interrupted=True)

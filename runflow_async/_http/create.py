@@ -99,14 +99,10 @@ async def create_run(
     on_retry: RetryHook | None = None,
     gate: CreateGate | None = None,
 ) -> Run:
-    """Create one run; see the module docstring for the retry rules.
-
-    ``body`` must already carry its ``client_ref``. ``on_retry`` is told about
-    each retry of this create; ``gate`` coordinates 429 retries across a batch.
+    """Create one run (``body`` carries its ``client_ref``); retry rules in the module doc.
 
     Raises:
-        APIError: The create failed and was not billed, or (``CreateOutcomeUnknownError``)
-            whether it was billed could not be established.
+        APIError: Not created and not billed, or (``CreateOutcomeUnknownError``) unknown.
     """
     path = _model_path(model)
     client_ref: str = body["client_ref"]
