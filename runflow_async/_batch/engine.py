@@ -175,6 +175,7 @@ class Engine(ItemLife):
             await exit_group(self._tg, exc)
         finally:
             self._send.close()
+            self._receive.close()
 
     def _raise_fatal(self) -> None:
         first = self._fatal[0]
@@ -210,7 +211,7 @@ class Engine(ItemLife):
 
     @property
     def outcomes(self) -> MemoryObjectReceiveStream[Outcome]:
-        """Every outcome as it happens (the reader closes it when done)."""
+        """Every outcome as it happens; read it inside the block (it closes with the engine)."""
         return self._receive
 
     # -- submitting ----------------------------------------------------------
