@@ -183,8 +183,12 @@ class _Runner:
         )
 
     async def _record_all(self, engine: Engine) -> None:
-        async with engine.outcomes, anyio.create_task_group() as tg:
-            async for outcome in engine.outcomes:
+        async with anyio.create_task_group() as tg:
+            while True:
+                try:
+                    outcome = await engine.outcomes.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return  # every item has its outcome, or the engine ended (Ctrl-C)
                 self.progress.in_flight -= 1
                 self._tick()
                 tg.start_soon(self._record, self.items[outcome.index], outcome)
