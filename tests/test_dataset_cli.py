@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -387,3 +388,32 @@ async def test_a_budget_covers_the_whole_folder_across_resumes(
     assert counters.runs_created == 6
     assert counters.billed_usd <= Decimal("0.000140")
     assert len(manifest(out)) == 6
+
+
+async def test_a_cancelled_dataset_ends_cleanly_and_resumes(tmp_path: Path) -> None:
+    # Ctrl-C under asyncio.run is a cancellation: the pipeline must end without
+    # an ExceptionGroup (its outcome reader must not outlive the engine's stream).
+    from runflow_async._dataset.input import Defaults, read_generate_file
+    from runflow_async._dataset.pipeline import run_dataset
+    from tests.conftest import make_client
+
+    n = 200
+    items = read_generate_file(prompts_file(tmp_path, n), Defaults())
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001, seed=8) as emu:
+        async with make_client(emu.url) as client:
+            # As the CLI's SIGINT handler does: cancel the one task, natively.
+            task = asyncio.get_running_loop().create_task(
+                run_dataset(client, out, items, concurrency=32, on_progress=lambda p: stop(p))
+            )
+
+            def stop(p: Any) -> None:
+                if p.done >= 10 and not task.cancelling():
+                    task.cancel()
+
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert 10 <= len(manifest(out)) < n
+            summary = await run_dataset(client, out, items, concurrency=32)
+        assert summary.succeeded == n
+        assert emu.counters.runs_created == n

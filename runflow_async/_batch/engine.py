@@ -210,6 +210,11 @@ class Engine(ItemLife):
             self._work.cancel_scope.cancel()
 
     @property
+    def stop_reason(self) -> str | None:
+        """Why submitting stopped, or ``None`` (cheap; :meth:`snapshot` copies more)."""
+        return self._stop_reason
+
+    @property
     def outcomes(self) -> MemoryObjectReceiveStream[Outcome]:
         """Every outcome as it happens; read it inside the block (it closes with the engine)."""
         return self._receive

@@ -33,4 +33,4 @@ class EngineView:
     @property
     def stop_reason(self) -> str | None:
         """Why submitting stopped (``budget``, ``insufficient_credit``, ``cancelled``...)."""
-        return self._engine.snapshot().stop_reason
+        return self._engine.stop_reason

@@ -144,10 +144,12 @@ class _Runner:
             max_concurrency=self.concurrency,
             max_cost_usd=self.max_cost_usd,
         )
-        async with anyio.create_task_group() as records, engine:
+        # The engine outside, its reader inside: the reader has every outcome
+        # (and its downloads end) before the engine, and its stream, close.
+        async with engine, anyio.create_task_group() as records:
             records.start_soon(self._record_all, engine)
             for index, item in enumerate(self.items):
-                work = self._work(index, item, usd[item.key], engine.snapshot().stop_reason)
+                work = self._work(index, item, usd[item.key], engine.stop_reason)
                 if work is not None:
                     self.progress.in_flight += 1
                     await engine.put(work)
@@ -184,11 +186,7 @@ class _Runner:
 
     async def _record_all(self, engine: Engine) -> None:
         async with anyio.create_task_group() as tg:
-            while True:
-                try:
-                    outcome = await engine.outcomes.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return  # every item has its outcome, or the engine ended (Ctrl-C)
+            async for outcome in engine.outcomes:  # ends once every item has its outcome
                 self.progress.in_flight -= 1
                 self._tick()
                 tg.start_soon(self._record, self.items[outcome.index], outcome)
