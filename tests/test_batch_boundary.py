@@ -18,11 +18,13 @@ from runflow_async import (
     BudgetExceededError,
     ClientClosedError,
     GenerateRequest,
+    NotSubmittedError,
     PollPolicy,
     RetryPolicy,
+    RunAbandonedError,
     RunflowClient,
 )
-from runflow_async.emulator import Emulator
+from runflow_async.emulator import Emulator, Fault
 from tests.conftest import client_tasks
 
 SCALE = 0.005  # a "10 s" run takes 50 ms
@@ -102,6 +104,31 @@ async def test_cancel_while_the_block_waits_at_its_end_stops_creates() -> None:
         assert after - at_cancel <= WINDOW
         assert after < 200
         assert_listed(emu, holder[0])
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.slow(5.0), Fault.lost_response()], ids=["slow creates", "lost answers"]
+)
+async def test_cancel_under_slow_or_lost_creates_stops_them_and_lists_every_run(
+    fault: Fault,
+) -> None:
+    # A server that answers creates late, or stores the run and loses the answer:
+    # creates in flight at the cancel are read to the end (or left uncertain,
+    # with their client_ref listed), and nothing new is sent.
+    async with emulator() as emu, scaled_client(emu.url) as client:
+        emu.faults.next("create", fault, times=200)
+        holder: list[Batch] = []
+
+        async def body(_: anyio.CancelScope) -> None:
+            async with client.batch(max_concurrency=WINDOW) as batch:
+                holder.append(batch)
+                batch.submit_many(requests(200))
+
+        at_cancel, after = await run_cancelled(emu, body)
+        assert after - at_cancel <= WINDOW
+        assert_listed(emu, holder[0])
+        listed = len(holder[0].run_ids) + len(holder[0].uncertain_client_refs)
+        assert listed >= len(emu.runs())
 
 
 async def test_cancel_during_gather_stops_creates() -> None:
@@ -209,7 +236,10 @@ async def test_aclose_under_a_running_batch_raises_client_closed_error() -> None
                     await client.aclose()
                     outcomes = [await f.wait() for f in futures]  # every future resolves
             assert type(info.value) is ClientClosedError
-            assert all(o.error is not None or o.ok for o in outcomes)
+            stopped = [o for o in outcomes if not o.ok]
+            assert stopped  # the close ended them; none was left hanging
+            closed = (ClientClosedError, RunAbandonedError, NotSubmittedError)
+            assert all(isinstance(o.error, closed) for o in stopped)
             assert creates(emu) < 50
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from runflow_async import GenerateRequest, Outcome, Run
+from decimal import Decimal
+
+from runflow_async import GenerateRequest, NotSubmittedError, Outcome, Run
 from runflow_async._batch.hooks import NoHooks, WorkItem
 from runflow_async.emulator import Emulator
 from tests.test_batch_boundary import creates, scaled_client
@@ -47,7 +49,7 @@ async def test_hooks_come_write_ahead_and_an_attached_run_is_never_created() -> 
     assert engine.snapshot().unfinished == {}
 
 
-async def test_put_waits_for_a_slot_and_the_snapshot_shows_the_stop() -> None:
+async def test_put_keeps_to_the_window_and_the_budget_holds() -> None:
     async with (
         Emulator(time_scale=0.005, median_duration=10.0, seed=6) as emu,
         scaled_client(emu.url) as client,
@@ -63,8 +65,12 @@ async def test_put_waits_for_a_slot_and_the_snapshot_shows_the_stop() -> None:
             await eng.end_input()
             outcomes = [o async for o in eng.outcomes]
             snapshot = eng.snapshot()
-    assert snapshot.stop_reason is None or snapshot.stop_reason == "budget"
-    assert snapshot.spent_usd <= snapshot.committed_usd
-    assert sum(o.ok for o in outcomes) == creates(emu) >= 1
-    assert all(o.ok or o.error is not None for o in outcomes)
-    assert put >= 1
+    assert put == 10  # nothing stopped the engine: items over budget end one by one
+    assert emu.counters.max_in_flight <= 3
+    assert snapshot.spent_usd <= Decimal("0.01")
+    ok = [o for o in outcomes if o.ok]
+    refused = [o for o in outcomes if not o.ok]
+    assert len(ok) == creates(emu) >= 1
+    assert refused
+    assert all(isinstance(o.error, NotSubmittedError) for o in refused)
+    assert {o.error.reason for o in refused if isinstance(o.error, NotSubmittedError)} == {"budget"}
