@@ -89,8 +89,34 @@ def assert_listed(emu: Emulator, batch: Batch) -> None:
     assert all(f.done() for f in batch.futures)
 
 
-async def test_cancel_while_the_block_waits_at_its_end_stops_creates() -> None:
+async def wait_at_the_end(batch: Batch) -> None:
+    pass  # the block ends at once and waits in __aexit__
+
+
+async def gather(batch: Batch) -> None:
+    await batch.gather()
+
+
+async def as_completed(batch: Batch) -> None:
+    async for _outcome in batch.as_completed():
+        pass
+
+
+@pytest.mark.parametrize("pattern", [wait_at_the_end, gather, as_completed])
+@pytest.mark.parametrize(
+    "fault",
+    [None, Fault.slow(5.0), Fault.lost_response()],
+    ids=["no fault", "slow creates", "lost answers"],
+)
+async def test_cancelling_a_batch_stops_creates_and_lists_every_run(
+    pattern: Callable[[Batch], Awaitable[None]], fault: Fault | None
+) -> None:
+    # Under a server that answers creates late, or stores the run and loses the
+    # answer, creates in flight at the cancel are read to the end (or left
+    # uncertain, their client_ref listed), and nothing new is sent.
     async with emulator() as emu, scaled_client(emu.url) as client:
+        if fault is not None:
+            emu.faults.next("create", fault, times=200)
         before = client_tasks()
         holder: list[Batch] = []
 
@@ -98,67 +124,12 @@ async def test_cancel_while_the_block_waits_at_its_end_stops_creates() -> None:
             async with client.batch(max_concurrency=WINDOW) as batch:
                 holder.append(batch)
                 batch.submit_many(requests(200))
+                await pattern(batch)
 
         at_cancel, after = await run_cancelled(emu, body)
         assert client_tasks() == before
         assert after - at_cancel <= WINDOW
         assert after < 200
-        assert_listed(emu, holder[0])
-
-
-@pytest.mark.parametrize(
-    "fault", [Fault.slow(5.0), Fault.lost_response()], ids=["slow creates", "lost answers"]
-)
-async def test_cancel_under_slow_or_lost_creates_stops_them_and_lists_every_run(
-    fault: Fault,
-) -> None:
-    # A server that answers creates late, or stores the run and loses the answer:
-    # creates in flight at the cancel are read to the end (or left uncertain,
-    # with their client_ref listed), and nothing new is sent.
-    async with emulator() as emu, scaled_client(emu.url) as client:
-        emu.faults.next("create", fault, times=200)
-        holder: list[Batch] = []
-
-        async def body(_: anyio.CancelScope) -> None:
-            async with client.batch(max_concurrency=WINDOW) as batch:
-                holder.append(batch)
-                batch.submit_many(requests(200))
-
-        at_cancel, after = await run_cancelled(emu, body)
-        assert after - at_cancel <= WINDOW
-        assert_listed(emu, holder[0])
-        listed = len(holder[0].run_ids) + len(holder[0].uncertain_client_refs)
-        assert listed >= len(emu.runs())
-
-
-async def test_cancel_during_gather_stops_creates() -> None:
-    async with emulator() as emu, scaled_client(emu.url) as client:
-        holder: list[Batch] = []
-
-        async def body(_: anyio.CancelScope) -> None:
-            async with client.batch(max_concurrency=WINDOW) as batch:
-                holder.append(batch)
-                batch.submit_many(requests(200))
-                await batch.gather()
-
-        at_cancel, after = await run_cancelled(emu, body)
-        assert after - at_cancel <= WINDOW
-        assert_listed(emu, holder[0])
-
-
-async def test_cancel_during_as_completed_stops_creates() -> None:
-    async with emulator() as emu, scaled_client(emu.url) as client:
-        holder: list[Batch] = []
-
-        async def body(_: anyio.CancelScope) -> None:
-            async with client.batch(max_concurrency=WINDOW) as batch:
-                holder.append(batch)
-                batch.submit_many(requests(200))
-                async for _outcome in batch.as_completed():
-                    pass
-
-        at_cancel, after = await run_cancelled(emu, body)
-        assert after - at_cancel <= WINDOW
         assert_listed(emu, holder[0])
 
 

@@ -29,7 +29,6 @@ from runflow_async._batch.engine import Engine
 from runflow_async._batch.hooks import EngineHooks, NoHooks, WorkItem
 from runflow_async._batch.outcomes import CostReport, ItemCost, Outcome, RunFuture
 from runflow_async._batch.view import EngineView
-from runflow_async._core.errors import ClientClosedError
 from runflow_async._core.estimate import Estimate
 from runflow_async._core.models import Run
 from runflow_async._core.requests import RunRequest
@@ -46,13 +45,11 @@ class Batch(EngineView):
     def __init__(self, make_engine: Callable[[EngineHooks], Engine]) -> None:
         self._futures: list[RunFuture] = []
         self._engine = make_engine(_ResolveFutures(self._futures))
-        self._entered = False
 
     # -- lifecycle -----------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         await self._engine.__aenter__()
-        self._entered = True
         return self
 
     async def __aexit__(
@@ -89,8 +86,6 @@ class Batch(EngineView):
         return self._engine.estimate_all(list(requests))
 
     def _submit(self, request: RunRequest, estimate: Decimal | None) -> RunFuture:
-        if not self._entered:
-            raise ClientClosedError("Submit inside `async with client.batch(...)`, before it ends.")
         future = RunFuture(len(self._futures), request)
         self._futures.append(future)
         try:

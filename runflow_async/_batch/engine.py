@@ -331,22 +331,22 @@ class Engine(ItemLife):
         try:
             await self._send.send(outcome)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # nobody reads outcomes any more; the run stays listed
+            self._done(outcome, handed=False)  # nobody reads outcomes any more
         else:
-            self._undelivered.pop(outcome.index, None)
-        self._done()
+            self._done(outcome, handed=True)
 
     def _deliver_now(self, outcome: Outcome) -> None:
         self._hooks.on_outcome(outcome)
         try:
             self._send.send_nowait(outcome)
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # the reader is gone or busy: the run stays listed as undelivered
+            self._done(outcome, handed=False)  # the reader is gone or busy
         else:
-            self._undelivered.pop(outcome.index, None)
-        self._done()
+            self._done(outcome, handed=True)
 
-    def _done(self) -> None:
+    def _done(self, outcome: Outcome, *, handed: bool) -> None:
+        if handed:  # else its run, if any, stays listed as undelivered
+            self._undelivered.pop(outcome.index, None)
         self._outstanding -= 1
         if self._outstanding == 0:
             self._idle.set()

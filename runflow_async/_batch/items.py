@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -93,8 +94,9 @@ class ItemLife:
         if self._options.observer is not None:
             self._options.observer(event)
 
-    def stop(self, reason: str, *, cancel_in_flight: bool = False) -> None:
-        raise NotImplementedError  # the engine's
+    if TYPE_CHECKING:  # the engine's; declared here for the type checker only
+
+        def stop(self, reason: str, *, cancel_in_flight: bool = False) -> None: ...
 
     def not_submitted(
         self, index: int, request: RunRequest, estimate: Decimal, reason: str
