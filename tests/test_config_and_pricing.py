@@ -91,3 +91,13 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
 def test_run_model_accepts_model_instances() -> None:
     run = Run(id="r")
     assert Run.model_validate(run) is run
+
+
+def test_the_two_policies_must_describe_one_server_clock() -> None:
+    from runflow_async import ConfigurationError, PollPolicy, RetryPolicy, RunflowClient
+
+    with pytest.raises(ConfigurationError, match="time_scale differ"):
+        RunflowClient("k", retry=RetryPolicy(time_scale=0.01), poll=PollPolicy(time_scale=0.5))
+    client = RunflowClient("k", retry=RetryPolicy(time_scale=0.01))
+    assert client._transport.clock.scale == 0.01
+    assert RunflowClient("k", poll=PollPolicy(time_scale=0.2))._transport.clock.scale == 0.2
