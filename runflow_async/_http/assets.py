@@ -28,11 +28,12 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from runflow_async._core.errors import (
+    APIError,
     APIResponseError,
     PermissionDeniedError,
     RequestValidationError,
 )
-from runflow_async._http.errors import mapped_errors, status_error
+from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
 from runflow_async._http.retry import CallKind, with_retries
 from runflow_async._http.transport import Transport, is_plain_id, keyless_session, parse_response
 from runflow_async._imagesize import image_size_from_bytes
@@ -233,7 +234,7 @@ async def _put(transport: Transport, url: str, data: bytes, mime_type: str) -> N
         # A pool-sharing session without the caller's default headers, auth or
         # cookies: a lent session may carry them, and none may reach a storage host.
         async with keyless_session(transport.session()) as bare:
-            with mapped_errors("PUT", path, target=safe_url):
+            try:
                 async with bare.put(
                     url,
                     data=io.BytesIO(data),  # not bytes: aiohttp warns of large bytes bodies
@@ -242,6 +243,12 @@ async def _put(transport: Transport, url: str, data: bytes, mime_type: str) -> N
                     allow_redirects=False,
                 ) as resp:
                     status, headers, body = resp.status, resp.headers, await resp.read()
+            except CLIENT_ERRORS as exc:
+                error: APIError | None = client_error(exc, "PUT", path, target=safe_url)
+            else:
+                error = None
+        if error is not None:
+            raise error  # outside the except: aiohttp's message may quote the presigned URL
         if status not in _PUT_OK:
             raise status_error(status, body, headers, method="PUT", path=path, target=safe_url)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-from runflow_async._http.errors import mapped_errors, status_error
+from runflow_async._core.errors import APIError
+from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
 from runflow_async._http.transport import keyless_session
 
 __all__ = ["DownloadedFile", "download_to", "write_atomic"]
@@ -60,10 +61,16 @@ async def download_to(
     """
     safe_url = url.split("?", 1)[0]  # presigned query strings are credentials too
     async with keyless_session(session) as bare:
-        with mapped_errors("GET", safe_url, target=safe_url):
+        try:
             async with bare.get(url, timeout=timeout) as resp:
                 status, headers, content_type = resp.status, resp.headers, resp.content_type
                 data = await resp.read()
+        except CLIENT_ERRORS as exc:
+            error: APIError | None = client_error(exc, "GET", safe_url, target=safe_url)
+        else:
+            error = None
+    if error is not None:
+        raise error  # outside the except: aiohttp's message may quote the signed URL
     if status >= 400:
         raise status_error(status, data, headers, method="GET", path=safe_url, target=safe_url)
     await anyio.to_thread.run_sync(write_atomic, dest, data)

@@ -9,8 +9,7 @@ not chained (its message may quote the full URL).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -24,55 +23,50 @@ from runflow_async._core.errors import (
 from runflow_async._core.models import parse_error_body
 from runflow_async._http.retry import parse_retry_after
 
-__all__ = ["mapped_errors", "status_error"]
+__all__ = ["CLIENT_ERRORS", "client_error", "status_error"]
 
 
-@contextmanager
-def mapped_errors(method: str, path: str, *, target: str | None = None) -> Iterator[None]:
-    """Raise aiohttp and timeout failures inside the block as our errors.
+CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
+"""What aiohttp (and its timeouts) raise; :func:`client_error` maps each onto the tree."""
+
+
+def client_error(
+    exc: BaseException, method: str, path: str, *, target: str | None = None
+) -> APIError:
+    """Our error for an aiohttp failure. Raise it *outside* the ``except`` block.
+
+    aiohttp's exception is never chained: a ``ClientResponseError`` (a malformed
+    status line or header) holds the request's headers, ``Authorization``
+    included, and aiohttp's own frames hold them as locals. Its class and a
+    safe reason go into the message instead.
 
     Args:
+        exc: The aiohttp or timeout exception.
         method: The request's method.
         path: The request's path (no query string).
         target: The host's URL without its query, for a host other than the API.
-
-    Raises:
-        APITimeoutError: Timed out (``sent=False`` when connecting timed out).
-        APIConnectionError: No response (``sent=False`` when nothing was sent).
     """
     where = "the API" if target is None else target
-    cause: BaseException | None = None
-    try:
-        yield
-    except APIError:
-        raise  # ours already (APITimeoutError is also a TimeoutError)
-    except aiohttp.ConnectionTimeoutError as exc:
-        cause = exc
-        error: Exception = APITimeoutError(
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(
             f"Timed out connecting to {where}", sent=False, method=method, path=path
         )
-    except TimeoutError as exc:
-        cause = exc
-        error = APITimeoutError(f"Timed out waiting for {where}", method=method, path=path)
-    except aiohttp.ClientConnectorError as exc:
+    if isinstance(exc, TimeoutError):
+        return APITimeoutError(f"Timed out waiting for {where}", method=method, path=path)
+    if isinstance(exc, aiohttp.ClientConnectorError):
         # Refused, unreachable or DNS failure: nothing was sent.
-        cause = exc
-        reason = exc.os_error.strerror or type(exc).__name__
-        error = APIConnectionError(
+        reason = exc.os_error.strerror or name
+        return APIConnectionError(
             f"Could not connect to {where}: {reason}", sent=False, method=method, path=path
         )
-    except aiohttp.ClientError as exc:
-        cause = exc
-        error = APIConnectionError(
-            f"The connection to {where} failed mid-request ({type(exc).__name__})",
-            method=method,
-            path=path,
-        )
-    else:
-        return
-    if target is None:
-        raise error from cause
-    raise error from None
+    detail = exc.message if isinstance(exc, aiohttp.ClientResponseError) else ""
+    detail = f": {str(detail)[:200]}" if detail and target is None else ""
+    return APIConnectionError(
+        f"The connection to {where} failed mid-request ({name}{detail})",
+        method=method,
+        path=path,
+    )
 
 
 def status_error(

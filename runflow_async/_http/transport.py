@@ -29,7 +29,7 @@ from runflow_async._core.errors import (
     APIResponseError,
     ClientClosedError,
 )
-from runflow_async._http.errors import mapped_errors, status_error
+from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
 from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retries
 from runflow_async._version import __version__
 
@@ -190,6 +190,43 @@ class Transport:
             first_error=first,
         )
 
+    def _request_headers(self, extra: Mapping[str, str] | None, *, json: bool) -> dict[str, str]:
+        # Built where it is passed, so that no frame of ours holds it as a local.
+        headers = {**self._headers, "Authorization": f"Bearer {self._api_key.reveal()}"}
+        if json:
+            headers["Content-Type"] = "application/json"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        async with session.request(
+            method,
+            self.base_url + path,
+            params=params,
+            data=None if data is None else data.encode(),
+            headers=self._request_headers(headers, json=data is not None),
+            timeout=self.timeout,
+            allow_redirects=False,
+        ) as resp:
+            try:
+                return resp.status, resp.headers, await resp.read()
+            except CLIENT_ERRORS as exc:
+                # The status arrived, the body did not: keep the status, so a
+                # create answered 2xx is known to exist (never resent).
+                msg = f"The HTTP {resp.status} response was cut off ({type(exc).__name__})"
+                cut = APIConnectionError(msg, status=resp.status, method=method, path=path)
+        raise cut
+
     async def send(
         self,
         method: str,
@@ -208,31 +245,19 @@ class Transport:
             APIResponseError: A 2xx whose body is not JSON.
         """
         session = self.session()
-        all_headers = {**self._headers, "Authorization": f"Bearer {self._api_key.reveal()}"}
-        if headers:
-            all_headers.update(headers)
-        data = None
-        if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":")).encode()
-            all_headers["Content-Type"] = "application/json"
-        with mapped_errors(method, path):
-            async with session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                data=data,
-                headers=all_headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            ) as resp:
-                status, resp_headers = resp.status, resp.headers
-                try:
-                    body = await resp.read()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    # The status arrived, the body did not: keep the status, so a
-                    # create answered 2xx is known to exist (never resent).
-                    msg = f"The HTTP {status} response was cut off ({type(exc).__name__})"
-                    raise APIConnectionError(msg, status=status, method=method, path=path) from exc
+        body_bytes = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        try:
+            status, resp_headers, body = await self._exchange(
+                session, method, path, params=params, data=body_bytes, headers=headers
+            )
+        except APIError:
+            raise  # ours already (a cut-off body; APITimeoutError is also a TimeoutError)
+        except CLIENT_ERRORS as exc:
+            error: APIError | None = client_error(exc, method, path)
+        else:
+            error = None
+        if error is not None:
+            raise error  # outside the except: no __context__ that holds the key
         request_id = next((resp_headers[h] for h in _REQUEST_ID_HEADERS if h in resp_headers), None)
         if 200 <= status < 300:
             return Response(status, _parse_json(body, status, request_id, method, path), request_id)
