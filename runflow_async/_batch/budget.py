@@ -9,11 +9,14 @@ ratio seen (never below 1). A run is started only if spent + scaled reservations
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 import anyio
 
 __all__ = ["BudgetLedger"]
+
+logger = logging.getLogger("runflow_async")
 
 
 class BudgetLedger:
@@ -64,7 +67,12 @@ class BudgetLedger:
         self.estimated_total += estimate
 
     def add_spent(self, amount: Decimal) -> None:
-        """Count money spent outside a reservation (earlier runs, a canceled run's bill)."""
+        """Count money spent outside a reservation (earlier runs, a canceled run's bill).
+
+        A negative amount is ignored: nothing the API reports lowers spending.
+        """
+        if amount <= 0:
+            return
         self.spent += amount
         self._notify()
 
@@ -87,10 +95,16 @@ class BudgetLedger:
     def settle(self, estimate: Decimal, billed: Decimal | None) -> Decimal:
         """Replace a reservation by what was billed; return the amount counted as spent.
 
-        ``billed=None`` (the run finished but its cost is unknown) counts the
-        scaled estimate as spent, to stay on the safe side.
+        ``billed=None`` (the run finished but its cost is unknown) or a
+        negative ``billed`` (no bill lowers spending) counts the scaled
+        estimate as spent, to stay on the safe side.
         """
         self.reserved -= estimate
+        if billed is not None and billed < 0:
+            logger.warning(
+                "The API reported a negative cost (%s); counting the estimate instead.", billed
+            )
+            billed = None
         if billed is None:
             billed = estimate * self._factor
         elif estimate > 0:

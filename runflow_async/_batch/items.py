@@ -292,8 +292,10 @@ class ItemLife:
             self._window.on_success()
         else:
             self._ledger.release(est)
-            billed = final.cost or None
-            if billed:  # a canceled run may still bill what the provider charged
+            # A canceled run may still bill what the provider charged (never
+            # a negative amount: nothing the API reports lowers spending).
+            billed = final.cost if final.cost is not None and final.cost > 0 else None
+            if billed is not None:
                 self._ledger.add_spent(billed)
         self._billed += billed or 0
         self.emit(

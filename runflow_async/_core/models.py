@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -128,6 +128,20 @@ class Run(BaseModel):
     completed_at: datetime | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _readable_cost(cls, value: Any) -> Any:
+        # A cost we cannot use ("NaN", "Infinity", "n/a") is unknown, not a broken
+        # run: the run and its images are kept, and the budget counts the estimate.
+        if value is None or isinstance(value, Decimal):
+            return value if value is None or value.is_finite() else None
+        try:
+            number = Decimal(str(value))
+        except ArithmeticError:
+            return None
+        return number if number.is_finite() else None
+
     failure_stage_code: str | None = None
     links: Any = None
 

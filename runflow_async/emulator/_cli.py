@@ -9,7 +9,7 @@ import signal
 import sys
 from decimal import Decimal
 
-from runflow_async.emulator._config import EmulatorConfig, FaultRates
+from runflow_async.emulator._config import REPORTED_COSTS, EmulatorConfig, FaultRates
 from runflow_async.emulator._server import Emulator, serve
 
 __all__ = ["add_emulator_command", "run_emulator_command"]
@@ -53,6 +53,12 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     emu.add_argument(
         "--credit-usd", type=amount, default=None, help="answer 402 once this much is billed"
+    )
+    emu.add_argument(
+        "--reported-cost",
+        choices=REPORTED_COSTS,
+        default="billed",
+        help="what reads show as a run's cost (a fault; the bill stays true)",
     )
     _add_limit_flags(emu)
     _add_fault_flags(emu)
@@ -175,6 +181,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         failure_rate=args.failure_rate,
         api_keys=frozenset(args.api_keys) if args.api_keys else None,
         cost_multiplier=args.cost_multiplier,
+        reported_cost=args.reported_cost,
         credit_usd=args.credit_usd,
         max_in_flight_runs=args.max_in_flight_runs,
         create_rate_per_second=args.create_rate,

@@ -47,6 +47,10 @@ def check_money(name: str, value: Decimal) -> None:
         raise ValueError(f"{name} must be a finite amount, not negative, got {value}")
 
 
+REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
+"""Values of ``EmulatorConfig.reported_cost``."""
+
+
 @dataclass(frozen=True, slots=True)
 class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
@@ -195,6 +199,9 @@ class EmulatorConfig:
         url_ttl: Emulated seconds an output URL stays valid after a read signs it.
         pricing: The shared pricing policy that computes each run's cost.
         cost_multiplier: The emulator bills this times the policy price.
+        reported_cost: What reads show as a run's ``cost`` (the bill is the
+            true one whatever this says): ``billed`` (the truth), ``negative``,
+            ``huge`` ($1e9), ``nan`` or ``missing`` (null); a server fault.
         credit_usd: Once the billed total reaches this, creates answer 402. Runs
             admitted before that still finish and bill (the check is on what has
             been billed, not on what runs in flight will cost). Change it while
@@ -236,6 +243,7 @@ class EmulatorConfig:
     url_ttl: float = 3600.0
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
     cost_multiplier: Decimal = Decimal(1)
+    reported_cost: str = "billed"
     credit_usd: Decimal | None = None
     faults: FaultRates = field(default_factory=FaultRates)
     max_in_flight_runs: int | None = None
@@ -266,6 +274,11 @@ class EmulatorConfig:
         if not (math.isfinite(floor) and floor >= 0):
             raise ValueError(f"callback_timeout_floor must be finite, not negative, got {floor!r}")
         check_money("cost_multiplier", self.cost_multiplier)
+        if self.reported_cost not in REPORTED_COSTS:
+            raise ValueError(
+                f"reported_cost must be one of {', '.join(REPORTED_COSTS)}, "
+                f"got {self.reported_cost!r}"
+            )
         if self.credit_usd is not None:
             check_money("credit_usd", self.credit_usd)
         self._check_limits()

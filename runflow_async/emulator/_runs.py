@@ -119,6 +119,8 @@ class RunRecord:
         size: Size of every output image.
         cost: What a success bills.
         idempotency_key: The ``Idempotency-Key`` it was created with, if any.
+        reported_cost: What reads show as ``cost`` instead of ``cost`` (a fault:
+            ``"-0.004"``, ``"NaN"``, ``"1e12"``), or ``None`` for the truth.
         deliveries: Its callback deliveries, oldest first (``None`` before the first),
             kept here so that they are forgotten with the run.
     """
@@ -136,6 +138,7 @@ class RunRecord:
     size: Size
     cost: Decimal
     idempotency_key: str | None = None
+    reported_cost: str | None = None
     deliveries: list[Delivery] | None = None
 
     @property
@@ -177,6 +180,11 @@ class RunRecord:
             "timing": {"inference_ms": round(self.duration * (1 - _RUNNING_AT) * 1000)},
         }
 
+    def _cost_shown(self) -> str | None:
+        if self.reported_cost is None:
+            return str(self.cost)
+        return None if self.reported_cost == "missing" else self.reported_cost
+
     def _derived(self, now: float, url_for: UrlFor, output: bool = True) -> dict[str, Any]:
         status = self.status(now)
         done = status in ("succeeded", "failed")
@@ -186,7 +194,7 @@ class RunRecord:
             "status_code": status,
             "output": self._output(url_for) if output and status == "succeeded" else None,
             "duration_ms": round(self.duration * 1000) if done else None,
-            "cost": (str(self.cost) if failure is None else "0") if done else None,
+            "cost": (self._cost_shown() if failure is None else "0") if done else None,
             "started_at": (
                 EmulatedClock.iso(self.created + self.duration * _RUNNING_AT) if started else None
             ),

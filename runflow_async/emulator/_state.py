@@ -164,6 +164,7 @@ class EmulatorState:
             size=size,
             cost=cost,
             idempotency_key=key,
+            reported_cost=_reported(config.reported_cost, cost),
         )
         self.store.add(run, now, digest)
         if request.callback_url is not None:
@@ -255,3 +256,14 @@ class EmulatorState:
 
 STATE = web.AppKey("runflow_emulator_state", EmulatorState)
 """Where the application keeps its ``EmulatorState``."""
+
+
+def _reported(mode: str, cost: Decimal) -> str | None:
+    """What reads show as the cost of a run billed ``cost`` (``EmulatorConfig.reported_cost``)."""
+    return {
+        "billed": None,
+        "negative": str(-cost),
+        "huge": "1000000000",
+        "nan": "NaN",
+        "missing": "missing",
+    }[mode]
