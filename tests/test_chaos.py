@@ -25,6 +25,7 @@ from runflow_async import (
     RetryPolicy,
     RunflowClient,
 )
+from runflow_async._http.runs import BAD_READS
 from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY
@@ -131,11 +132,11 @@ async def test_status_reads_failing_past_their_retries_never_crash_a_per_run_bat
 
 
 async def test_a_run_that_cannot_be_read_fails_alone_and_stays_listed() -> None:
-    # A read refused for good (here a 404) ends that item, not the batch: the
-    # run exists and may be billed, so it stays listed and its money held.
+    # A read refused for good (here 404 after 404) ends that item, not the batch:
+    # the run exists and may be billed, so it stays listed and its money held.
     async with Emulator(time_scale=0.001, seed=2) as emu, _client(emu.url, "per_run") as client:
-        emu.faults.next("get_run", Fault.status(404))
-        async with client.batch(max_concurrency=2, max_cost_usd="1") as batch:
+        emu.faults.next("get_run", Fault.status(404), times=BAD_READS + 1)
+        async with client.batch(max_concurrency=1, max_cost_usd="1") as batch:
             batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(2))
         outcomes = await batch.gather()
     failed = [o for o in outcomes if not o.ok]
@@ -147,11 +148,34 @@ async def test_a_run_that_cannot_be_read_fails_alone_and_stays_listed() -> None:
     assert snapshot.committed_usd >= snapshot.spent_usd + failed[0].estimated_usd  # held
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.status(404), Fault.html_ok(), Fault.null_output()],
+    ids=["404", "html 200", "null output"],
+)
+@pytest.mark.parametrize("strategy", ["per_run", "auto"])
+async def test_a_bad_read_of_a_run_that_exists_never_fails_it(
+    fault: Fault, strategy: WaitStrategy
+) -> None:
+    # A lagging replica's 404, a proxy's HTML page answered 200, a succeeded run
+    # shown without its outputs: the run exists and was billed, so it is read
+    # again (a few bad reads in a row) and its images come through.
+    async with Emulator(time_scale=0.001, seed=2) as emu, _client(emu.url, strategy) as client:
+        emu.faults.next("get_run", fault, times=BAD_READS - 1)
+        emu.faults.next("list_runs", Fault.null_output(), times=2)
+        async with client.batch(max_concurrency=4) as batch:
+            batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(4))
+        outcomes = await batch.gather()
+        created = emu.counters.runs_created
+    assert all(o.ok and o.result is not None and o.result.images for o in outcomes)
+    assert created == 4
+
+
 @pytest.mark.parametrize("refused", [False, True])
 async def test_the_callback_fallback_reads_a_run_again_after_a_failed_read(refused: bool) -> None:
     # With the list filter unusable, runs whose callback never came are read one
     # by one; a read failing past its retries is tried again at the next interval,
-    # and one refused for good (a 404) ends its own item only.
+    # and one refused for good (404 after 404) ends its own item only.
     fault = Fault.status(404) if refused else Fault.status(502, html=True)
     async with (
         Emulator(time_scale=0.001, seed=2) as emu,
@@ -161,7 +185,7 @@ async def test_the_callback_fallback_reads_a_run_again_after_a_failed_read(refus
         async with CallbackReceiver([secret.plain_secret.get_secret_value()]) as rx:
             emu.faults.next("callback", Fault.drop(), times=2)  # no callback: fallback
             emu.faults.next("list_runs", Fault.status(400))  # the list filter: refused
-            emu.faults.next("get_run", fault, times=1 if refused else 6)
+            emu.faults.next("get_run", fault, times=BAD_READS + 1 if refused else 6)
             with anyio.fail_after(20):
                 async with client.batch(max_concurrency=1, callbacks=rx) as batch:
                     batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(2))

@@ -249,7 +249,8 @@ async def test_a_run_created_already_finished_is_not_polled(inline_server: Start
 
     async def handler(request: web.Request) -> web.StreamResponse:
         calls.append(request.method)
-        body = {"id": "r1", "status_code": "succeeded", "output": {"outputs": []}}
+        output = {"outputs": [{"url": "https://files.invalid/0.png"}]}
+        body = {"id": "r1", "status_code": "succeeded", "output": output}
         return web.json_response(body, status=201)
 
     url = await inline_server(handler)

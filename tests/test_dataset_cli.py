@@ -417,3 +417,33 @@ async def test_a_cancelled_dataset_ends_cleanly_and_resumes(tmp_path: Path) -> N
             summary = await run_dataset(client, out, items, concurrency=32)
         assert summary.succeeded == n
         assert emu.counters.runs_created == n
+
+
+async def test_a_succeeded_run_shown_without_images_is_collected_not_recreated(
+    tmp_path: Path,
+) -> None:
+    # The server bills the runs but keeps reading them back with "output": null:
+    # no item is "done" without its images; the next run reads them again (by
+    # run id, never creating them twice) and gets every image.
+    from runflow_async._dataset.input import Defaults, read_generate_file
+    from runflow_async._dataset.pipeline import run_dataset
+    from tests.conftest import make_client
+
+    n = 6
+    items = read_generate_file(prompts_file(tmp_path, n), Defaults())
+    out = tmp_path / "out"
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001, seed=8) as emu,
+        make_client(emu.url) as client,
+    ):
+        for route in ("get_run", "list_runs"):
+            emu.faults.next(route, Fault.null_output(), times=10_000)
+        first = await run_dataset(client, out, items, concurrency=n)
+        assert (first.succeeded, first.failed, first.pending) == (0, 0, n)
+        assert manifest(out) == []
+        emu.faults.clear()
+        second = await run_dataset(client, out, items, concurrency=n)
+        created = emu.counters.runs_created
+    assert second.succeeded == n
+    assert len(manifest(out)) == n
+    assert created == n

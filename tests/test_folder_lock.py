@@ -79,7 +79,10 @@ async def test_an_unreadable_run_ends_its_item_not_the_batch(
             return web.json_response({"id": run_id, "status_code": "queued"}, status=201)
         if request.path.endswith("/bad"):
             return web.json_response({"status_code": "succeeded"})  # no id: not a run
-        return web.json_response({"id": "good", "status_code": "succeeded", "cost": "0.01"})
+        output = {"outputs": [{"url": "https://files.invalid/0.png"}]}
+        return web.json_response(
+            {"id": "good", "status_code": "succeeded", "cost": "0.01", "output": output}
+        )
 
     url = await inline_server(api)
     client = RunflowClient(

@@ -17,6 +17,9 @@ Start = Callable[[Handler], Awaitable[str]]
 SCALE = 0.001
 
 
+OUTPUT = {"outputs": [{"url": "https://files.invalid/0.png"}]}
+
+
 class FakeAPI:
     """Runs that finish on their second read; a list endpoint that misbehaves on demand."""
 
@@ -28,8 +31,9 @@ class FakeAPI:
 
     def view(self, run_id: str) -> dict[str, Any]:
         reads = self.reads[run_id] = self.reads.get(run_id, 0) + 1
-        status = "succeeded" if reads > 1 else "running"
-        return {**self.runs[run_id], "status_code": status, "cost": "0.0015"}
+        if reads <= 1:
+            return {**self.runs[run_id], "status_code": "running"}
+        return {**self.runs[run_id], "status_code": "succeeded", "cost": "0.0015", "output": OUTPUT}
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":

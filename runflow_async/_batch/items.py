@@ -42,7 +42,7 @@ from runflow_async._core.models import GenerationResult, Run, RunStatus
 from runflow_async._core.requests import RunRequest
 from runflow_async._http.create import create_run, find_by_client_ref
 from runflow_async._http.retry import RetryEvent
-from runflow_async._http.runs import check_outcome, poll_run
+from runflow_async._http.runs import check_outcome, complete, growing, poll_run
 from runflow_async._http.transport import Transport
 from runflow_async._waiting.durations import DurationStats
 from runflow_async._waiting.list_poller import ListPoller
@@ -261,30 +261,33 @@ class ItemLife:
         return rx is not None and request.callback_url in (None, rx.url)
 
     async def _wait(self, run: Run, request: RunRequest, slot: Slot | None) -> Run:
-        if run.is_terminal:
-            return run
-        clock = self._transport.clock
-        started = clock.now()
         try:
             with anyio.fail_after(self._options.timeout):  # the caller's real seconds
-                if self._callbacks is not None and self._by_callback(request):
-                    # Noticed by callback: the slot is free while the cost is looked up.
-                    on_noticed = slot.release if slot is not None else None
-                    return await self._callbacks.wait(run.id, on_noticed)
-                final = await self._poller.wait(run.id) if self._poller is not None else None
-                if final is not None:
+                final = run if run.is_terminal else await self._notice(run, request, slot)
+                if complete(final):
                     return final
-                return await poll_run(
-                    self._transport,
-                    run.id,
-                    schedule=self._stats.schedule(self._poll, elapsed=clock.now() - started),
-                )
+                # Succeeded and billed, but this answer shows no images: read it again.
+                return await poll_run(self._transport, run.id, schedule=growing(self._poll))
         except TimeoutError as exc:
             raise RunTimeoutError(
                 f"Run {run.id} did not finish within {self._options.timeout}s; it may still "
                 "finish and be billed.",
                 run=run,
             ) from exc
+
+    async def _notice(self, run: Run, request: RunRequest, slot: Slot | None) -> Run:
+        """The run once the batch's strategy notices it ended."""
+        if self._callbacks is not None and self._by_callback(request):
+            # Noticed by callback: the slot is free while the cost is looked up.
+            on_noticed = slot.release if slot is not None else None
+            return await self._callbacks.wait(run.id, on_noticed)
+        clock = self._transport.clock
+        started = clock.now()
+        final = await self._poller.wait(run.id) if self._poller is not None else None
+        if final is not None:
+            return final
+        schedule = self._stats.schedule(self._poll, elapsed=clock.now() - started)
+        return await poll_run(self._transport, run.id, schedule=schedule)
 
     def _settle(self, index: int, request: RunRequest, est: Decimal, final: Run) -> Outcome:
         if final.succeeded:

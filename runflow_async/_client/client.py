@@ -34,7 +34,13 @@ from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
 from runflow_async._http.create import create_run
 from runflow_async._http.retry import RetryHook
-from runflow_async._http.runs import check_outcome, check_run_id, fetch_run, wait_for_run
+from runflow_async._http.runs import (
+    check_outcome,
+    check_run_id,
+    complete,
+    fetch_run,
+    wait_for_run,
+)
 from runflow_async._http.secrets import CallbackSecret, create_callback_secret
 from runflow_async._http.transport import Transport, parse_response
 from runflow_async._pricing import PricingPolicy
@@ -207,6 +213,10 @@ class RunflowClient(FilesMixin):
         created = await self.submit(request)
         if rx is not None and request.callback_url == rx.url and not created.is_terminal:
             run = await self._wait_by_callback(rx, created.id, timeout)
+            if not complete(run):  # succeeded, billed, but shown without its images
+                run = await wait_for_run(
+                    self._transport, run.id, timeout=timeout, policy=self.poll_policy
+                )
         else:
             run = await wait_for_run(
                 self._transport, created.id, timeout=timeout, policy=self.poll_policy, last=created

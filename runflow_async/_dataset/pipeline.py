@@ -36,12 +36,14 @@ from runflow_async._batch.hooks import NoHooks, WorkItem
 from runflow_async._batch.outcomes import Outcome
 from runflow_async._core.errors import (
     APIError,
+    APIResponseError,
     ClientClosedError,
     CreateOutcomeUnknownError,
     NotFoundError,
     NotSubmittedError,
     PermissionDeniedError,
     RunAbandonedError,
+    RunTimeoutError,
 )
 from runflow_async._core.estimate import estimate_requests
 from runflow_async._core.models import GenerationResult, ImageOutput, Run
@@ -220,6 +222,10 @@ class _Runner:
             # Stays "submitting" or "created": the next run reconciles it by
             # client_ref, or collects its run by id.
             pass
+        elif outcome.run_id is not None and isinstance(error, APIError | RunTimeoutError):
+            # Its run exists and may be (or was) billed, but could not be read
+            # to the end: it stays "created" and the next run reads it again.
+            pass
         else:
             assert error is not None  # noqa: S101 - an outcome has one or the other
             self.journal.mark_failed(
@@ -250,6 +256,10 @@ class _Runner:
             return await self.client.download(image, dest)
         except (PermissionDeniedError, NotFoundError):
             fresh = await self.client.get_run(run.id)  # expired URL: re-sign once
+            if n >= len(fresh.images):  # the re-read shows no images: try on the next run
+                raise APIResponseError(
+                    f"Run {run.id} was read again without image {n}", method="GET", path=run.id
+                ) from None
             return await self.client.download(fresh.images[n], dest)
 
 

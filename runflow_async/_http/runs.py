@@ -24,7 +24,9 @@ import anyio
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import (
     APIError,
+    APIResponseError,
     ConfigurationError,
+    NotFoundError,
     RunCanceledError,
     RunFailedError,
     RunTimeoutError,
@@ -36,6 +38,7 @@ __all__ = [
     "PollState",
     "check_outcome",
     "check_run_id",
+    "complete",
     "fallback",
     "fetch_run",
     "growing",
@@ -46,6 +49,9 @@ __all__ = [
 logger = logging.getLogger("runflow_async")
 
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+
+BAD_READS = 5
+"""Reads in a row that prove nothing about a run (HTML 200, 404, no outputs) before giving up."""
 _KNOWN = frozenset(s.value for s in RunStatus)
 
 
@@ -95,49 +101,78 @@ class PollState:
     reads: int = 0
 
 
+def complete(run: Run) -> bool:
+    """Whether ``run`` is terminal and, if it succeeded, shows its images."""
+    return run.is_terminal and (not run.succeeded or bool(run.images))
+
+
 async def poll_run(
     transport: Transport,
     run_id: str,
     *,
     schedule: Iterator[float],
     state: PollState | None = None,
+    bad_reads: int = BAD_READS,
 ) -> Run:
-    """Read ``run_id`` after each gap of ``schedule`` until it is terminal; return it.
+    """Read ``run_id`` after each gap of ``schedule`` until it is :func:`complete`.
 
     Only a finished run is validated into a model. An unknown status is logged
-    once and waited through.
+    once and waited through. The run is known to exist, so a read that proves
+    nothing about it (a 200 that is not a run, such as a proxy's HTML page; a
+    404 from a lagging replica; a succeeded run shown without its outputs) is
+    tried again, up to ``bad_reads`` times in a row.
 
     Raises:
-        APIError: A read failed for good (a 404, a refused key, an unreadable run).
+        APIError: A read failed for good (a refused key, ``bad_reads`` bad reads).
     """
     check_run_id(run_id)
     path = f"/v1/runs/{run_id}"
     state = state if state is not None else PollState()
     warned = False
+    bad = 0
     for gap in schedule:
         await transport.clock.sleep(gap)
         try:
-            response = await transport.request("GET", path)
+            run = await _read(transport, path, state)
         except APIError as exc:
-            if not exc.retryable:
+            transient = exc.retryable or isinstance(exc, APIResponseError | NotFoundError)
+            bad = 0 if exc.retryable else bad + 1
+            if not transient or bad > bad_reads:
                 raise
             logger.info("Reading run %s failed (%s); reading it again later.", run_id, exc)
             continue
-        state.reads += 1
-        data = response.data
-        status = data.get("status_code") if isinstance(data, dict) else None
-        if not isinstance(status, str) or status in _TERMINAL:
-            # Finished, or not a run we can read without a full parse.
-            run = parse_response(Run, data, method="GET", path=path)
-            state.last_status = run.status_code
-            if run.is_terminal:
-                return run
-            continue
-        state.last_status = status
-        if status not in _KNOWN and not warned:
-            warned = True
-            logger.warning("Run %s has unknown status %r; still waiting.", run_id, status)
+        if run is None:  # not finished
+            bad = 0
+            status = state.last_status
+            if status not in _KNOWN and not warned:
+                warned = True
+                logger.warning("Run %s has unknown status %r; still waiting.", run_id, status)
+        elif complete(run):
+            return run
+        elif (bad := bad + 1) > bad_reads:
+            raise APIResponseError(
+                f"Run {run_id} succeeded but {bad} reads showed no outputs; its images "
+                "are billed: read it later with get_run()",
+                method="GET",
+                path=path,
+            )
+        else:
+            logger.info("Run %s succeeded but shows no outputs yet; reading it again.", run_id)
     raise AssertionError("a poll schedule never ends")  # pragma: no cover
+
+
+async def _read(transport: Transport, path: str, state: PollState) -> Run | None:
+    """One read: the run if it is terminal (or not a run we can read lightly), else ``None``."""
+    response = await transport.request("GET", path)
+    state.reads += 1
+    data = response.data
+    status = data.get("status_code") if isinstance(data, dict) else None
+    if isinstance(status, str) and status not in _TERMINAL:
+        state.last_status = status
+        return None
+    run = parse_response(Run, data, method="GET", path=path)
+    state.last_status = run.status_code
+    return run if run.is_terminal else None
 
 
 async def wait_for_run(
@@ -153,7 +188,7 @@ async def wait_for_run(
     Raises:
         RunTimeoutError: The deadline passed; the run may still finish.
     """
-    if last is not None and last.is_terminal:
+    if last is not None and complete(last):
         return last
     state = PollState(last_status=last.status_code if last is not None else None)
     with anyio.move_on_after(timeout):

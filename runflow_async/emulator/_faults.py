@@ -17,7 +17,17 @@ from runflow_async.emulator._config import CALLBACK, FAULTABLE_ROUTES, CallbackF
 
 __all__ = ["CallbackDice", "Fault", "FaultDice", "FaultKind", "FaultScript"]
 
-FaultKind = Literal["status", "drop", "slow", "lost_response", "fail_run", "duplicate", "reorder"]
+FaultKind = Literal[
+    "status",
+    "drop",
+    "slow",
+    "lost_response",
+    "fail_run",
+    "duplicate",
+    "reorder",
+    "html_ok",
+    "null_output",
+]
 
 _CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
 _CALLBACK_ONLY: frozenset[str] = frozenset({"duplicate", "reorder"})
@@ -142,6 +152,20 @@ class Fault:
         if max_hold < 0:
             raise ValueError(f"a hold must not be negative, got {max_hold}")
         return cls("reorder", seconds=max_hold)
+
+    @classmethod
+    def html_ok(cls) -> Fault:
+        """Answer ``200 OK`` with an HTML page (a captive portal or proxy splash page)."""
+        return cls("html_ok", http_status=200, html=True)
+
+    @classmethod
+    def null_output(cls) -> Fault:
+        """Serve normally, but show every succeeded run with ``"output": null``.
+
+        On ``get_run`` and ``list_runs``: the run did succeed (and was billed);
+        only this read of it lacks the images.
+        """
+        return cls("null_output")
 
     @property
     def create_only(self) -> bool:

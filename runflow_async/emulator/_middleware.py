@@ -7,6 +7,7 @@ every request in its own task (and string request keys warn in recent aiohttp).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from runflow_async.emulator._config import FAULTABLE_ROUTES
 from runflow_async.emulator._faults import Fault
-from runflow_async.emulator._responses import error_response, html_error
+from runflow_async.emulator._responses import error_response, html_error, html_page, json_response
 from runflow_async.emulator._state import STATE
 
 __all__ = [
@@ -40,6 +41,7 @@ FORCED_FAILURE: ContextVar[tuple[str, str] | None] = ContextVar(
 PRESIGNED_ROUTES: frozenset[str] = frozenset({"file", "upload_put", "asset_file"})
 """Routes whose URLs carry their own credentials in the query string."""
 
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
 _NO_RESPONSE = 444  # nginx's "closed without response"; never reaches the client
 
 
@@ -108,6 +110,20 @@ async def refuse_credentials(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
+def _without_outputs(response: web.StreamResponse) -> web.StreamResponse:
+    """``response`` with ``output`` null on every succeeded run it shows."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return response
+    assert isinstance(response.body, bytes)  # noqa: S101 - json_response bodies are bytes
+    data = json.loads(response.body)
+    runs = data.get("items") if isinstance(data.get("items"), list) else [data]
+    for run in runs:
+        if isinstance(run, dict) and run.get("status_code") == "succeeded" and "output" in run:
+            run["output"] = None
+    keep = {k: v for k, v in response.headers.items() if k.lower() not in _BODY_HEADERS}
+    return json_response(data, status=response.status, headers=keep)
+
+
 @web.middleware
 async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Apply the scripted fault or the seeded random one, if any, to this request."""
@@ -128,6 +144,10 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
     if fault.kind == "slow":
         await asyncio.sleep(state.clock.real_seconds(fault.seconds))
         return await handler(request)
+    if fault.kind == "html_ok":
+        return html_page(200)
+    if fault.kind == "null_output":
+        return _without_outputs(await handler(request))
     if fault.kind == "lost_response":
         await handler(request)
         if fault.http_status is None:

@@ -69,6 +69,11 @@ def error_response(
 
 def html_error(status: int, headers: Mapping[str, str] | None = None) -> web.Response:
     """Return an nginx-style HTML error page, as a gateway in front of the API would."""
+    return html_page(status, headers)
+
+
+def html_page(status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Return an nginx-style HTML page with ``status`` (a 200 one is a proxy's splash page)."""
     title = f"{status} {_phrase(status)}"
     page = (
         f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
