@@ -233,12 +233,15 @@ async def test_rate_limits_until_attempts_run_out_raise_and_bill_nothing(
     assert emulator.counters.runs_created == 0
 
 
-async def test_persistent_5xx_looks_up_each_time_and_bills_nothing(
+async def test_persistent_5xx_looks_up_each_time_bills_nothing_and_stays_unknown(
     client: RunflowClient, emulator: Emulator
 ) -> None:
+    # Each 502 may have created the run: a lookup that misses proves nothing (a
+    # list may lag), so the create ends unknown, never "not created".
     emulator.faults.next("create", Fault.status(502, html=True), times=5)
-    with pytest.raises(ServerError):
+    with pytest.raises(CreateOutcomeUnknownError) as info:
         await client.submit(REQUEST)
+    assert isinstance(info.value.__cause__, ServerError)
     counters = emulator.counters
     assert counters.requests_by_route["create"] == 5
     assert counters.requests_by_route["list_runs"] == 5
@@ -302,3 +305,31 @@ async def test_last_attempt_that_is_ambiguous_is_still_looked_up(emulator: Emula
         run = await client.submit(REQUEST)
     assert emulator.counters.runs_created == 1
     assert [r["id"] for r in emulator.runs()] == [run.id]
+
+
+async def test_an_ambiguous_create_is_never_made_not_submitted_by_a_later_answer() -> None:
+    # The server stores the run and loses the answer; its list lags, so the
+    # lookup misses; the resend is answered 402. The run exists and is billed:
+    # the create must end unknown (its client_ref to look up), not "not created".
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE, list_lag=60) as emu:
+        emu.faults.next("create", Fault.lost_response())
+        emu.faults.next("create", Fault.status(402, "INSUFFICIENT_CREDIT"))
+        async with make_client(emu.url) as client:
+            with pytest.raises(CreateOutcomeUnknownError) as info:
+                await client.submit(REQUEST)
+        runs = emu.runs()
+    assert isinstance(info.value.__cause__, InsufficientCreditError)
+    assert len(runs) == 1
+    assert info.value.client_ref == runs[0]["client_ref"]
+
+
+async def test_a_lagging_list_hides_new_runs_but_reads_by_id_see_them() -> None:
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE, list_lag=60) as emu,
+        make_client(emu.url) as client,
+    ):
+        run = await client.submit(REQUEST)
+        assert (await client.get_run(run.id)).id == run.id
+        assert (await client.list_runs()).items == []
+    with pytest.raises(ValueError, match="list_lag"):
+        Emulator(list_lag=-1)

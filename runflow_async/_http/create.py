@@ -99,10 +99,10 @@ async def create_run(
     on_retry: RetryHook | None = None,
     gate: CreateGate | None = None,
 ) -> Run:
-    """Create one run (``body`` carries its ``client_ref``); retry rules in the module doc.
+    """Create one run (``body`` carries its ``client_ref``); rules in the module doc.
 
     Raises:
-        APIError: Not created and not billed, or (``CreateOutcomeUnknownError``) unknown.
+        APIError: Not created, or (``CreateOutcomeUnknownError``) unknown.
     """
     path = _model_path(model)
     client_ref: str = body["client_ref"]
@@ -130,14 +130,8 @@ async def create_run(
             # A 2xx means the run exists: recover it, never send again.
             found = await lookup()
             if found is None:
-                raise CreateOutcomeUnknownError(
-                    f"The API accepted a create with client_ref {client_ref} but its answer "
-                    "was unreadable and the run could not be found",
-                    client_ref=client_ref,
-                    idempotency_key=idempotency_key,
-                    method="POST",
-                    path=path,
-                ) from exc
+                reason = "the API accepted it but its answer was unreadable"
+                raise _unknown(reason, client_ref, idempotency_key, path) from exc
             return found
 
     return await with_retries(
@@ -149,4 +143,22 @@ async def create_run(
         reconcile=lookup,
         gate=gate,
         on_retry=on_retry,
+        unknown=lambda exc: _unknown(
+            f"an attempt went unanswered, then it ended in {type(exc).__name__}",
+            client_ref,
+            idempotency_key,
+            path,
+        ),
+    )
+
+
+def _unknown(reason: str, client_ref: str, idempotency_key: str, path: str) -> APIError:
+    """The end of a create that may have made a run that could not be found."""
+    return CreateOutcomeUnknownError(
+        f"A create with client_ref {client_ref} may have been billed ({reason}) and the "
+        "run was not found; look it up before creating it again",
+        client_ref=client_ref,
+        idempotency_key=idempotency_key,
+        method="POST",
+        path=path,
     )

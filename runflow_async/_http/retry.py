@@ -229,13 +229,15 @@ async def with_retries(
     gate: CreateGate | None = None,
     on_retry: RetryHook | None = None,
     first_error: APIError | None = None,
+    unknown: Callable[[APIError], APIError] | None = None,
 ) -> _T:
     """Call ``attempt`` until it succeeds or :func:`decide` says to stop; see the module doc.
 
-    ``reconcile`` finds what an ambiguous attempt may have made (``None``:
-    provably absent); ``gate`` takes over 429 waits; ``on_retry`` is told about
-    this call's retries besides the transport's own hook; ``first_error`` is
-    the failure of a first attempt the caller already made.
+    ``reconcile`` finds what an ambiguous attempt may have made; ``gate`` takes
+    over 429 waits; ``on_retry`` hears this call's retries; ``first_error`` is a
+    first attempt's failure. After an ambiguous attempt no answer proves that
+    nothing was made (lists lag): unless a last ``reconcile`` finds it, the
+    call ends in ``unknown(error)``.
     """
     policy = retrying.policy
     limit = min(policy.max_attempts, max_attempts or policy.max_attempts)
@@ -254,24 +256,34 @@ async def with_retries(
                 failed = error
         exc, failed = failed, None
         action = decide(kind, exc, tries)
-        if action is Action.RAISE:
-            raise exc
+        check_first = check_first or action is Action.RECONCILE
         if gate is not None and isinstance(exc, RateLimitError) and throttles < MAX_GATED_THROTTLES:
             throttles += 1
             tries -= 1  # a 429 proves nothing was created: no attempt used up
-            gate.throttled(exc.retry_after)
             event = RetryEvent(method, path, tries + 1, exc.retry_after or 0.0, exc)
-            _report((on_retry,), policy, event, log=False)
-            await gate.wait_to_retry()
+            await _gated(gate, exc, event, on_retry)
             continue
-        if tries >= limit or anyio.current_time() - started >= policy.max_time:
-            # Last chance to find it; if it is provably absent, the error stands.
-            found = await reconcile() if action is Action.RECONCILE and reconcile else None
-            if found is not None:
-                return found
+        ended = tries >= limit or anyio.current_time() - started >= policy.max_time
+        if action is Action.RAISE or ended:
+            # After any ambiguous attempt, only a lookup that finds it ends well;
+            # a miss proves nothing (lists lag), so the outcome stays unknown.
+            if check_first and reconcile is not None:
+                if (found := await reconcile()) is not None:
+                    return found
+                if unknown is not None:
+                    raise unknown(exc) from exc
             raise exc
-        check_first = check_first or action is Action.RECONCILE
         wait = nominal_wait(policy, tries, exc)
         event = RetryEvent(method, path, tries, wait, exc)
         _report((retrying.hook, on_retry), policy, event, log=True)
         await retrying.clock.sleep(wait)
+
+
+async def _gated(
+    gate: CreateGate, exc: RateLimitError, event: RetryEvent, hook: RetryHook | None
+) -> None:
+    """A 429 through a gate: report it, then wait where the gate says."""
+    gate.throttled(exc.retry_after)
+    if hook is not None:
+        hook(event)
+    await gate.wait_to_retry()

@@ -55,6 +55,12 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--credit-usd", type=amount, default=None, help="answer 402 once this much is billed"
     )
     emu.add_argument(
+        "--list-lag",
+        type=float,
+        default=0.0,
+        help="emulated seconds before a new run appears in run lists",
+    )
+    emu.add_argument(
         "--reported-cost",
         choices=REPORTED_COSTS,
         default="billed",
@@ -182,6 +188,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         api_keys=frozenset(args.api_keys) if args.api_keys else None,
         cost_multiplier=args.cost_multiplier,
         reported_cost=args.reported_cost,
+        list_lag=args.list_lag,
         credit_usd=args.credit_usd,
         max_in_flight_runs=args.max_in_flight_runs,
         create_rate_per_second=args.create_rate,

@@ -199,6 +199,8 @@ class EmulatorConfig:
         url_ttl: Emulated seconds an output URL stays valid after a read signs it.
         pricing: The shared pricing policy that computes each run's cost.
         cost_multiplier: The emulator bills this times the policy price.
+        list_lag: Emulated seconds before a new run appears in ``GET /v1/runs``
+            (reads by id see it at once): an eventually consistent list index.
         reported_cost: What reads show as a run's ``cost`` (the bill is the
             true one whatever this says): ``billed`` (the truth), ``negative``,
             ``huge`` ($1e9), ``nan`` or ``missing`` (null); a server fault.
@@ -244,6 +246,7 @@ class EmulatorConfig:
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
     cost_multiplier: Decimal = Decimal(1)
     reported_cost: str = "billed"
+    list_lag: float = 0.0
     credit_usd: Decimal | None = None
     faults: FaultRates = field(default_factory=FaultRates)
     max_in_flight_runs: int | None = None
@@ -274,6 +277,8 @@ class EmulatorConfig:
         if not (math.isfinite(floor) and floor >= 0):
             raise ValueError(f"callback_timeout_floor must be finite, not negative, got {floor!r}")
         check_money("cost_multiplier", self.cost_multiplier)
+        if not (math.isfinite(self.list_lag) and self.list_lag >= 0):
+            raise ValueError(f"list_lag must be finite, not negative, got {self.list_lag!r}")
         if self.reported_cost not in REPORTED_COSTS:
             raise ValueError(
                 f"reported_cost must be one of {', '.join(REPORTED_COSTS)}, "

@@ -131,7 +131,7 @@ async def list_runs(request: web.Request) -> web.Response:
         if (named := store.by_id.get(run_id)) is not None:
             ledger.read(named.seq)
     url_for = state.url_for(base_url(request), now)
-    page = walk(store, params, now, url_for)
+    page = walk(store, params, now, url_for, lag=state.config.list_lag)
     items = [run.to_api(now, url_for, params.fields) for run in page.runs]
     if params.fields is None or "status_code" in params.fields:
         for run in page.runs:

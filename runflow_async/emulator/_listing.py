@@ -159,8 +159,14 @@ def _from(candidates: list[RunRecord], start: int, step: int) -> Iterable[RunRec
     return reversed(candidates[: bisect_right(seqs, start)])
 
 
-def walk(store: RunStore, params: ListParams, now: float, url_for: UrlFor) -> Page:
-    """Return the page of runs ``params`` asks for, as of emulated time ``now``."""
+def walk(
+    store: RunStore, params: ListParams, now: float, url_for: UrlFor, *, lag: float = 0.0
+) -> Page:
+    """Return the page of runs ``params`` asks for, as of emulated time ``now``.
+
+    ``lag``: a run appears in lists only this many emulated seconds after it
+    was created (an eventually consistent index; reads by id see it at once).
+    """
     cursor = params.cursor
     order = 1 if params.ascending else -1
     forward = cursor is None or cursor.forward
@@ -174,6 +180,8 @@ def walk(store: RunStore, params: ListParams, now: float, url_for: UrlFor) -> Pa
         runs, check = store.scan(start, step), query
     else:
         runs, check = iter(_from(indexed[0], start, step)), indexed[1]
+    if lag > 0:
+        runs = (run for run in runs if run.created <= now - lag)
     if check is not None:
         runs = (run for run in runs if check.matches(_getter(run, now, url_for)))
     found = list(islice(runs, params.limit + 1))
