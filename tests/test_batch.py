@@ -455,3 +455,25 @@ async def test_nonsense_batch_options_are_refused(options: BatchOptions) -> None
             client.batch(**options)
         with pytest.raises(ConfigurationError):
             client.map([], **options)
+
+
+async def test_a_refused_key_stops_the_batch_after_the_first_create() -> None:
+    async with (
+        emulator(api_keys=frozenset({API_KEY})) as emu,
+        RunflowClient(
+            "rf_wrong_key_000000000000",
+            base_url=emu.url,
+            retry=RetryPolicy(time_scale=SCALE),
+            poll=PollPolicy(time_scale=SCALE),
+        ) as client,
+    ):
+        async with client.batch(max_concurrency=8) as batch:
+            batch.submit_many(requests(200))
+        outcomes = await batch.gather()
+        sent = emu.counters.requests_by_route["create"]
+    assert sent <= 8  # only those already in flight
+    assert batch.stop_reason == "authentication"
+    assert all(isinstance(o.error, NotSubmittedError) for o in outcomes)
+    assert {o.error.reason for o in outcomes if isinstance(o.error, NotSubmittedError)} == {
+        "authentication"
+    }

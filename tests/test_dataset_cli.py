@@ -447,3 +447,43 @@ async def test_a_succeeded_run_shown_without_images_is_collected_not_recreated(
     assert second.succeeded == n
     assert len(manifest(out)) == n
     assert created == n
+
+
+async def test_a_wrong_key_stops_at_once_and_the_rerun_with_the_right_one_finishes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 100
+    inp = prompts_file(tmp_path, n)
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        wrong = cli_args(inp, out, emu.url, "--json")
+        wrong[wrong.index(API_KEY)] = "rf_wrong_key_000000000000"
+        assert await run_cli(wrong) == 1
+        refused = emu.counters.requests_by_route["create"]
+        report = json.loads(capsys.readouterr().out)
+        assert report["not_finished"] == {"authentication": n}
+        assert refused <= 16  # stopped after the first 401, within the window
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+        assert emu.counters.runs_created == n
+    assert len(manifest(out)) == n
+
+
+async def test_an_unreachable_api_leaves_items_to_submit_on_the_next_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    n = 10
+    inp = prompts_file(tmp_path, n)
+    out = tmp_path / "out"
+    assert await run_cli(cli_args(inp, out, dead, "--json")) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] == 0
+    assert report["not_finished"] == {"server": n}
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+        assert emu.counters.runs_created == n
+    assert len(manifest(out)) == n

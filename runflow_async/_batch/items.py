@@ -31,9 +31,11 @@ from runflow_async._callbacks.waiter import CallbackWaiter
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import (
     APIError,
+    AuthenticationError,
     CreateOutcomeUnknownError,
     InsufficientCreditError,
     NotSubmittedError,
+    PermissionDeniedError,
     RunAbandonedError,
     RunError,
     RunTimeoutError,
@@ -57,7 +59,17 @@ STOP_MESSAGES = {
     "fail_fast": "an earlier item failed and fail_fast is set",
     "cancelled": "the batch was cancelled",
     "closed": "the client was closed",
+    "authentication": "the API refused the key or its permissions (401/403)",
     "error": "the batch failed",
+}
+
+
+# Create refusals that prove nothing was created and that every later create
+# would get too (a wrong key, no credit): the batch stops at the first one.
+_STOPPING: dict[type[APIError], str] = {
+    InsufficientCreditError: "insufficient_credit",
+    AuthenticationError: "authentication",
+    PermissionDeniedError: "authentication",
 }
 
 
@@ -204,11 +216,12 @@ class ItemLife:
     def _create_failed(
         self, index: int, request: RunRequest, est: Decimal, exc: APIError
     ) -> Outcome:
-        if isinstance(exc, InsufficientCreditError):
+        stop = _STOPPING.get(type(exc))
+        if stop is not None:  # the next creates would be refused alike: stop them all
             del self._uncertain[index]
             self._ledger.release(est)
-            self.stop("insufficient_credit")
-            outcome = self.not_submitted(index, request, est, "insufficient_credit")
+            self.stop(stop)
+            outcome = self.not_submitted(index, request, est, stop)
             assert outcome.error is not None  # noqa: S101 - not_submitted sets it
             outcome.error.__cause__ = exc
             return outcome

@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -215,9 +215,23 @@ async def _run(
         f"{summary.pending} not finished, spent ${summary.spent_usd} -> {summary.out_dir}",
         file=sys.stderr,
     )
+    if summary.reasons:
+        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.reasons.items()))
+        print(f"  not finished: {why}; {_next_step(summary.reasons)}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_json()))
     return summary.exit_code
+
+
+def _next_step(reasons: Mapping[str, int]) -> str:
+    """What to do next, for the commonest reasons items are left unfinished."""
+    if "authentication" in reasons:
+        return "check the API key (--api-key or RUNFLOW_API_KEY), then run the same command"
+    if "budget" in reasons:
+        return "raise --max-cost and run the same command"
+    if "insufficient_credit" in reasons:
+        return "add credit, then run the same command"
+    return "run the same command again to finish (nothing is billed twice)"
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -7,15 +7,16 @@ and summaries from it, so they never hold duplicates or stale rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
 
 from runflow_async._core.models import ImageOutput, Run
 from runflow_async._dataset.input import DatasetItem
-from runflow_async._dataset.journal import ItemState, Journal
+from runflow_async._dataset.journal import ItemState, Journal, JournalItem
 from runflow_async._http.download import write_atomic
 
 __all__ = [
@@ -47,6 +48,8 @@ class DatasetSummary:
     images: int
     spent_usd: Decimal
     interrupted: bool = False
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    """Why items are not finished: a count per reason (``budget``, ``authentication``...)."""
 
     @property
     def exit_code(self) -> int:
@@ -66,6 +69,7 @@ class DatasetSummary:
             "images": self.images,
             "spent_usd": str(self.spent_usd),
             "interrupted": self.interrupted,
+            "not_finished": dict(self.reasons),
             "exit_code": self.exit_code,
         }
 
@@ -162,7 +166,21 @@ def summarize(
         images=images,
         spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
         interrupted=interrupted,
+        reasons=_reasons(states, interrupted=interrupted),
     )
+
+
+def _reasons(states: Sequence[JournalItem], *, interrupted: bool) -> dict[str, int]:
+    """Why each unfinished item is not finished, counted."""
+    counts: Counter[str] = Counter()
+    for entry in states:
+        if entry.state is ItemState.NOT_SUBMITTED:
+            counts[(entry.error or "not submitted").split(":")[0]] += 1
+        elif entry.state in (ItemState.CREATED, ItemState.SUBMITTING):
+            counts["interrupted" if interrupted else "to collect"] += 1
+        elif entry.state is ItemState.PENDING:
+            counts["interrupted" if interrupted else "not started"] += 1
+    return dict(counts)
 
 
 def interrupted_summary(out_dir: Path, items: Sequence[DatasetItem]) -> DatasetSummary:

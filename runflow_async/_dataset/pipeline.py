@@ -58,6 +58,7 @@ from runflow_async._dataset.outputs import (
     summarize,
     write_outputs,
 )
+from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
     from runflow_async._client.client import RunflowClient
@@ -222,6 +223,10 @@ class _Runner:
             # Stays "submitting" or "created": the next run reconciles it by
             # client_ref, or collects its run by id.
             pass
+        elif outcome.run_id is None and isinstance(error, APIError) and not_created(error):
+            # Refused before anything was created (a 429 given up, the API
+            # unreachable, the model unavailable): a re-run submits it again.
+            self.journal.mark_not_submitted(item.key, reason=f"server: {type(error).__name__}")
         elif outcome.run_id is not None and isinstance(error, APIError | RunTimeoutError):
             # Its run exists and may be (or was) billed, but could not be read
             # to the end: it stays "created" and the next run reads it again.
