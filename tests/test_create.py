@@ -333,3 +333,22 @@ async def test_a_lagging_list_hides_new_runs_but_reads_by_id_see_them() -> None:
         assert (await client.list_runs()).items == []
     with pytest.raises(ValueError, match="list_lag"):
         Emulator(list_lag=-1)
+
+
+async def test_a_create_sent_again_under_its_client_ref_reuses_its_key() -> None:
+    # A create is stored and its answer lost; the list lags, so the lookup
+    # misses and the create ends unknown. Resumed later with the same client_ref
+    # (as a dataset does), it sends the same Idempotency-Key: the server replays
+    # the run instead of billing a second one.
+    policy = RetryPolicy(max_attempts=1, time_scale=TIME_SCALE)
+    request = REQUEST.model_copy(update={"client_ref": "rfa-dataset-item-7"})
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE, list_lag=60) as emu,
+        make_client(emu.url, retry=policy) as client,
+    ):
+        emu.faults.next("create", Fault.lost_response(status=None))
+        with pytest.raises(CreateOutcomeUnknownError):
+            await client.submit(request)
+        again = await client.submit(request)
+        runs = emu.runs()
+    assert [run["id"] for run in runs] == [again.id]

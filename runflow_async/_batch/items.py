@@ -42,7 +42,7 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.models import GenerationResult, Run, RunStatus
 from runflow_async._core.requests import RunRequest
-from runflow_async._http.create import create_run, find_by_client_ref
+from runflow_async._http.create import create_run, find_by_client_ref, idempotency_key_for
 from runflow_async._http.retry import RetryEvent
 from runflow_async._http.runs import check_outcome, complete, growing, poll_run
 from runflow_async._http.transport import Transport
@@ -168,7 +168,9 @@ class ItemLife:
         assert request.client_ref is not None  # noqa: S101 - checked by the caller
         try:
             found = await find_by_client_ref(
-                self._transport, request.client_ref, idempotency_key="(resume)"
+                self._transport,
+                request.client_ref,
+                idempotency_key=idempotency_key_for(request.client_ref),
             )
         except CreateOutcomeUnknownError as exc:
             self._uncertain[index] = request.client_ref
@@ -198,7 +200,7 @@ class ItemLife:
                 self._transport,
                 request.model,
                 body,
-                idempotency_key=str(uuid.uuid4()),
+                idempotency_key=idempotency_key_for(client_ref),
                 on_retry=lambda event: self._on_create_retry(index, event),
                 gate=gate,
             )

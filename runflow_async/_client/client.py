@@ -32,7 +32,7 @@ from runflow_async._core.config import (
 from runflow_async._core.errors import ConfigurationError, RunTimeoutError
 from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
-from runflow_async._http.create import create_run
+from runflow_async._http.create import create_run, idempotency_key_for
 from runflow_async._http.retry import RetryHook
 from runflow_async._http.runs import (
     check_outcome,
@@ -162,17 +162,18 @@ class RunflowClient(FilesMixin):
     async def submit(self, request: RunRequest) -> Run:
         """Create a run and return it as created (``queued``), without waiting.
 
-        The create carries a fresh ``Idempotency-Key`` and (unless the request
-        sets one) a fresh ``client_ref``, both reused on every retry, so a
-        create is billed at most once.
+        The create carries (unless the request sets one) a fresh ``client_ref``
+        and an ``Idempotency-Key`` derived from it, both reused on every retry,
+        so a create is billed at most once. Submitting again with the same
+        ``client_ref`` sends the same key: a server that honours it answers with
+        the same run.
 
         Raises:
             APIError: The create failed (see :class:`CreateOutcomeUnknownError`).
         """
         body = request.to_body(client_ref=_new_client_ref())
-        return await create_run(
-            self._transport, request.model, body, idempotency_key=str(uuid.uuid4())
-        )
+        key = idempotency_key_for(body["client_ref"])
+        return await create_run(self._transport, request.model, body, idempotency_key=key)
 
     async def get_run(self, run_id: str) -> Run:
         """Fetch a run (fresh signed output URLs on every read)."""

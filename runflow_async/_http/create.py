@@ -20,6 +20,7 @@ that fails, ends in :class:`CreateOutcomeUnknownError` rather than a blind resen
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -37,9 +38,29 @@ from runflow_async._core.models import Run, RunPage
 from runflow_async._http.retry import CallKind, CreateGate, RetryHook, with_retries
 from runflow_async._http.transport import Transport
 
-__all__ = ["CreateGate", "client_ref_query", "create_run", "find_by_client_ref"]
+__all__ = [
+    "CreateGate",
+    "client_ref_query",
+    "create_run",
+    "find_by_client_ref",
+    "idempotency_key_for",
+]
 
 logger = logging.getLogger("runflow_async")
+
+
+_KEY_NAMESPACE = uuid.UUID("6c1f0a52-8f1e-4c0e-9a43-2d7b5e0f9a11")
+
+
+def idempotency_key_for(client_ref: str) -> str:
+    """The ``Idempotency-Key`` of the create named ``client_ref``, the same every time.
+
+    Derived rather than drawn, so that every attempt *and every resume* of one
+    logical create (a dataset keeps its ``client_ref`` in the journal) sends
+    the same key: a server that honours it replays the run instead of billing
+    a second one, even when its list lags and a lookup misses.
+    """
+    return str(uuid.uuid5(_KEY_NAMESPACE, client_ref))
 
 
 def client_ref_query(client_ref: str) -> str:
