@@ -98,3 +98,17 @@ async def test_an_unreadable_run_ends_its_item_not_the_batch(
     assert isinstance((await bad.wait()).error, APIResponseError)
     assert (await good.wait()).ok
     assert batch.unfinished_run_ids == ["bad"]  # it exists: listed for collection
+
+
+def test_written_files_honour_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from runflow_async._http.download import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.png", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == 0o640

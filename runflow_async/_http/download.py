@@ -38,16 +38,36 @@ TEMP_SUFFIX = ".rfa-part"
 
 
 def write_atomic(dest: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``."""
+    """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``.
+
+    The file gets the mode a plain ``open()`` would give it (``0o666`` less the
+    umask), not the temporary file's private ``0o600``.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # Linux shows it without changing it; elsewhere the only way to read it is
+    # to set it and set it straight back (a moment other threads could see).
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - not Linux
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
 
 
 async def download_to(
