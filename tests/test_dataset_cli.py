@@ -487,3 +487,18 @@ async def test_an_unreachable_api_leaves_items_to_submit_on_the_next_run(
         assert await run_cli(cli_args(inp, out, emu.url)) == 0
         assert emu.counters.runs_created == n
     assert len(manifest(out)) == n
+
+
+async def test_with_a_base_seed_inserting_a_line_bills_only_that_line(tmp_path: Path) -> None:
+    inp = tmp_path / "prompts.txt"
+    out = tmp_path / "out"
+    lines = [f"prompt {i}" for i in range(8)]
+    inp.write_text("\n".join(lines) + "\n")
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
+        assert await run_cli(cli_args(inp, out, emu.url, "--seed", "42")) == 0
+        seeds = {row["prompt"]: row["seed"] for row in manifest(out)}
+        inp.write_text("\n".join(["a new first line", *lines]) + "\n")
+        assert await run_cli(cli_args(inp, out, emu.url, "--seed", "42")) == 0
+        assert emu.counters.runs_created == len(lines) + 1
+    rows = {row["prompt"]: row["seed"] for row in manifest(out)}
+    assert {p: rows[p] for p in lines} == seeds  # no earlier line's seed moved

@@ -318,9 +318,12 @@ def test_defaults_apply_only_where_the_line_is_silent(tmp_path: Path) -> None:
     )
     defaults = Defaults(image_size="768x512", num_images=3, output_format="webp", base_seed=100)
     a, b = generate(path, defaults)
+    seed = a.input_payload()["seed"]
+    assert isinstance(seed, int)
+    assert 0 <= seed < 2**31
     assert a.input_payload() == {
         "prompt": "a",
-        "seed": 100,
+        "seed": seed,
         "image_size": {"width": 768, "height": 512},
         "num_images": 3,
         "output_format": "webp",
@@ -334,10 +337,18 @@ def test_defaults_apply_only_where_the_line_is_silent(tmp_path: Path) -> None:
     }
 
 
-def test_base_seed_counts_up_by_ordinal_and_wraps(tmp_path: Path) -> None:
-    path = write(tmp_path / "p.csv", "prompt,seed\na,\nb,42\nc,\n")
-    seeds = [r.seed for r in generate(path, Defaults(base_seed=2**31 - 2))]
-    assert seeds == [2**31 - 2, 42, 0]
+def test_a_default_seed_follows_the_line_not_its_position(tmp_path: Path) -> None:
+    defaults = Defaults(base_seed=2**31 - 2)
+    first = generate(write(tmp_path / "p.csv", "prompt,seed\na,\nb,42\nc,\nc,\n"), defaults)
+    moved = generate(write(tmp_path / "q.csv", "prompt,seed\nnew,\nc,\na,\nb,42\nc,\n"), defaults)
+    seeds = {r.prompt: r.seed for r in first}
+    assert seeds["b"] == 42  # a line's own seed wins
+    assert (moved[2].seed, moved[3].seed) == (seeds["a"], 42)  # unmoved by the insertion
+    assert {moved[1].seed, moved[4].seed} == {first[2].seed, first[3].seed}  # "c" twice
+    assert first[2].seed != first[3].seed  # identical lines get distinct seeds
+    assert all(s is not None and 0 <= s < 2**31 for s in (r.seed for r in first))
+    other = generate(write(tmp_path / "r.csv", "prompt,seed\na,\n"), Defaults(base_seed=7))
+    assert other[0].seed != seeds["a"]  # the base seed still matters
 
 
 def test_a_bad_default_is_reported_on_every_line(tmp_path: Path) -> None:

@@ -67,7 +67,11 @@ def _request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=_size, help="preset name or WxH, e.g. 1024x768")
     parser.add_argument("--num-images", type=int, choices=range(1, 5), metavar="1-4")
     parser.add_argument("--output-format", choices=["jpeg", "png", "webp"])
-    parser.add_argument("--seed", type=int, help="base seed; item N gets seed+N")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="base seed; each line's seed derives from it and the line's content",
+    )
 
 
 def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,7 +10,7 @@ with each local edit image as its absolute path), then ``-N``, N counting
 earlier lines with the same digest. The same line gets the same key on every
 run, identical lines are distinct items (``-0``, ``-1``), and appended lines
 leave existing keys alone. Editing a line, or a default it uses (``base_seed``
-moves the seeds of lines after an insertion), makes it a new item.
+included), makes it a new item; inserting a line moves no other line's seed.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class Defaults:
         image_size: A preset name or ``(width, height)`` (see :func:`parse_size`).
         num_images: Images per run.
         output_format: ``"jpeg"``, ``"png"`` or ``"webp"``.
-        base_seed: A line without a seed gets ``(base_seed + ordinal) % 2**31``.
+        base_seed: A line without a seed gets one derived from ``base_seed`` and
+            the line's content (the same line, the same seed, wherever it is).
     """
 
     image_size: str | tuple[int, int] | None = None
@@ -207,6 +208,23 @@ class _Reader:
     items: list[DatasetItem] = field(default_factory=list)
     problems: list[tuple[int, str]] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
+    seeded: Counter[str] = field(default_factory=Counter)
+
+    def _seed(self, fields: dict[str, Any], metadata: Any, paths: list[Path]) -> int:
+        """A line's default seed: from ``base_seed`` and the line's own content.
+
+        Not from its position: inserting a line must not move every later seed
+        (and so make every later line a new item, billed again).
+        """
+        basis = json.dumps(
+            [self.kind, fields, metadata, [str(p) for p in paths]], sort_keys=True, default=str
+        )
+        digest = hashlib.sha256(basis.encode()).hexdigest()
+        occurrence = self.seeded[digest]
+        self.seeded[digest] += 1
+        assert self.defaults.base_seed is not None  # noqa: S101 - checked by the caller
+        return (self.defaults.base_seed + int(digest[:8], 16) + occurrence) % _SEED_MODULUS
+
     ordinal: int = 0
 
     def add(self, line: int, fields: dict[str, Any], problems: list[str] | None = None) -> None:
@@ -223,8 +241,6 @@ class _Reader:
         for name in ("image_size", "num_images", "output_format"):
             if name not in fields and getattr(self.defaults, name) is not None:
                 fields[name] = getattr(self.defaults, name)
-        if "seed" not in fields and self.defaults.base_seed is not None:
-            fields["seed"] = (self.defaults.base_seed + ordinal) % _SEED_MODULUS
         if isinstance(fields.get("image_size"), str):
             try:
                 fields["image_size"] = parse_size(fields["image_size"])
@@ -243,6 +259,8 @@ class _Reader:
                     urls[position] = _PLACEHOLDER.format(position)
                     paths.append(local)
                     positions.append(position)
+        if "seed" not in fields and self.defaults.base_seed is not None:
+            fields["seed"] = self._seed(fields, metadata, paths)
         cls = EditRequest if self.kind == "edit" else GenerateRequest
         try:
             request = cast("GenerateRequest | EditRequest", build_request(cls, fields))
