@@ -22,6 +22,7 @@ from runflow_async._client.files import FilesMixin
 from runflow_async._core.clock import Clock
 from runflow_async._core.config import (
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_WAIT_TIMEOUT,
     PollPolicy,
     RetryPolicy,
@@ -81,6 +82,8 @@ class RunflowClient(FilesMixin):
         retry: Backoff for retried calls (``RetryPolicy(time_scale=...)`` in tests).
         poll: Spacing of status reads while waiting.
         max_connections: Connection pool size; size it to the concurrency you use.
+        max_response_bytes: The largest API response body read (default 16 MiB);
+            a larger one raises ``APIResponseError`` without being held in memory.
         session: An ``aiohttp.ClientSession`` to use instead of our own; we never close it.
         on_retry: A synchronous hook told about each retry.
         pricing: The megapixel price rules used for estimates and budgets.
@@ -105,6 +108,7 @@ class RunflowClient(FilesMixin):
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
         pricing: PricingPolicy | None = None,
@@ -113,6 +117,8 @@ class RunflowClient(FilesMixin):
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1.")
+        if max_response_bytes < 1:
+            raise ConfigurationError("max_response_bytes must be at least 1.")
         self.base_url = resolve_base_url(base_url)
         self.poll_policy = poll or PollPolicy()
         self.pricing = pricing or PricingPolicy()
@@ -129,6 +135,7 @@ class RunflowClient(FilesMixin):
             timeouts=timeouts or Timeouts(),
             retry=retry,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
             session=session,
             on_retry=on_retry,
             clock=_clock(retry, self.poll_policy),

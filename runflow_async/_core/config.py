@@ -15,6 +15,7 @@ from runflow_async._core.errors import ConfigurationError
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_WAIT_TIMEOUT",
     "ENV_API_KEY",
     "ENV_BASE_URL",
@@ -27,6 +28,8 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.runflow.io"
 DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""The largest API response body read (16 MiB); a larger one is an ``APIResponseError``."""
 # Runs "almost always complete in under 60 seconds" (docs: guides/cancel-a-run);
 # the official JS SDK waits 180 s. We wait a little longer before giving up.
 DEFAULT_WAIT_TIMEOUT = 300.0

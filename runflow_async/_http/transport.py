@@ -22,7 +22,7 @@ import aiohttp
 import pydantic
 
 from runflow_async._core.clock import Clock
-from runflow_async._core.config import RetryPolicy, Timeouts
+from runflow_async._core.config import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, Timeouts
 from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
@@ -101,6 +101,7 @@ class Transport:
         timeouts: Per-request limits.
         retry: Retry policy for idempotent calls and creates.
         max_connections: Size of the connection pool we create.
+        max_response_bytes: The largest response body read.
         session: A session to borrow instead of creating one (never closed by us).
         on_retry: Called before each retry.
         clock: Scales the waits the client chooses (backoff, polls) to the server's time.
@@ -115,6 +116,7 @@ class Transport:
         timeouts: Timeouts,
         retry: RetryPolicy,
         max_connections: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
         clock: Clock | None = None,
@@ -125,6 +127,7 @@ class Transport:
         self.retry = retry
         self.on_retry = on_retry
         self._max_connections = max_connections
+        self._max_body = max_response_bytes
         self._session = session
         self._owns_session = session is None
         self._closed = False
@@ -219,13 +222,29 @@ class Transport:
             allow_redirects=False,
         ) as resp:
             try:
-                return resp.status, resp.headers, await resp.read()
+                return resp.status, resp.headers, await self._body(resp, method, path)
             except CLIENT_ERRORS as exc:
                 # The status arrived, the body did not: keep the status, so a
                 # create answered 2xx is known to exist (never resent).
                 msg = f"The HTTP {resp.status} response was cut off ({type(exc).__name__})"
                 cut = APIConnectionError(msg, status=resp.status, method=method, path=path)
         raise cut
+
+    async def _body(self, resp: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+        """The body, refused past ``max_response_bytes`` before it fills memory."""
+        limit = self._max_body
+        length = resp.content_length
+        if length is not None:
+            if length > limit:
+                raise _too_big(resp.status, limit, method, path)
+            return await resp.read()
+        chunks, size = [], 0  # no Content-Length: count as it comes
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise _too_big(resp.status, limit, method, path)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def send(
         self,
@@ -264,6 +283,16 @@ class Transport:
         raise status_error(
             status, body, resp_headers, method=method, path=path, request_id=request_id
         )
+
+
+def _too_big(status: int, limit: int, method: str, path: str) -> APIResponseError:
+    return APIResponseError(
+        f"HTTP {status} response body is over {limit} bytes (max_response_bytes); not read",
+        status=status,
+        retryable=False,
+        method=method,
+        path=path,
+    )
 
 
 def _parse_json(body: bytes, status: int, request_id: str | None, method: str, path: str) -> Any:

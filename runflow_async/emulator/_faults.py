@@ -27,6 +27,7 @@ FaultKind = Literal[
     "reorder",
     "html_ok",
     "null_output",
+    "oversized",
 ]
 
 _CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
@@ -50,6 +51,7 @@ class Fault:
         retry_after: ``Retry-After`` header value, verbatim.
         html: Answer an HTML error page instead of the JSON envelope.
         seconds: Emulated delay of ``slow``; longest hold of ``reorder``.
+        size_bytes: Body size of ``oversized``.
     """
 
     kind: FaultKind
@@ -59,6 +61,7 @@ class Fault:
     retry_after: str | None = None
     html: bool = False
     seconds: float = 0.0
+    size_bytes: int = 0
 
     @classmethod
     def status(
@@ -157,6 +160,18 @@ class Fault:
     def html_ok(cls) -> Fault:
         """Answer ``200 OK`` with an HTML page (a captive portal or proxy splash page)."""
         return cls("html_ok", http_status=200, html=True)
+
+    @classmethod
+    def oversized(cls, size_bytes: int, *, chunked: bool = False) -> Fault:
+        """Answer ``200 OK`` with a JSON body of about ``size_bytes`` bytes.
+
+        Args:
+            size_bytes: How big the body is.
+            chunked: Send it without ``Content-Length`` (chunked), as a stream.
+        """
+        if size_bytes < 0:
+            raise ValueError(f"a size must not be negative, got {size_bytes}")
+        return cls("oversized", http_status=200, size_bytes=size_bytes, html=chunked)
 
     @classmethod
     def null_output(cls) -> Fault:

@@ -110,6 +110,22 @@ async def refuse_credentials(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
+async def _oversized(request: web.Request, fault: Fault) -> web.StreamResponse:
+    """A 200 whose JSON body is ``fault.size_bytes`` long (chunked when ``fault.html``)."""
+    pad = max(0, fault.size_bytes - len('{"pad":""}'))
+    if not fault.html:
+        return web.Response(body=b'{"pad":"' + b"x" * pad + b'"}', content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(b'{"pad":"')
+    for start in range(0, pad, 64 * 1024):
+        await response.write(b"x" * min(64 * 1024, pad - start))
+    await response.write(b'"}')
+    await response.write_eof()
+    return response
+
+
 def _without_outputs(response: web.StreamResponse) -> web.StreamResponse:
     """``response`` with ``output`` null on every succeeded run it shows."""
     if not isinstance(response, web.Response) or response.content_type != "application/json":
@@ -146,6 +162,8 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     if fault.kind == "html_ok":
         return html_page(200)
+    if fault.kind == "oversized":
+        return await _oversized(request, fault)
     if fault.kind == "null_output":
         return _without_outputs(await handler(request))
     if fault.kind == "lost_response":
