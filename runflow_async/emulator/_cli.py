@@ -128,6 +128,9 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         ("--rate-drop", 0.0, "whose connection is closed without an answer"),
         ("--rate-lost-create", 0.0, "of creates: run stored, answer lost (a 502 page)"),
         ("--rate-slow", 0.0, "answered --slow-seconds late"),
+        ("--rate-html-ok", 0.0, "of status reads: 200 OK with an HTML page"),
+        ("--rate-null-output", 0.0, 'of status reads: succeeded runs shown with "output": null'),
+        ("--rate-not-found", 0.0, "of run reads: a transient 404 for a run that exists"),
     ):
         faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
     faults.add_argument(
@@ -173,6 +176,9 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         rate_drop=args.rate_drop,
         rate_lost_create=args.rate_lost_create,
         rate_slow=args.rate_slow,
+        rate_html_ok=args.rate_html_ok,
+        rate_null_output=args.rate_null_output,
+        rate_not_found=args.rate_not_found,
         slow_seconds=args.slow_seconds,
         applies_to=args.fault_routes,
         only_on=dict(args.fault_only),

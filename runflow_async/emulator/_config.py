@@ -51,12 +51,17 @@ REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 """Values of ``EmulatorConfig.reported_cost``."""
 
 
+READ_FAULT_RATES = ("rate_html_ok", "rate_null_output", "rate_not_found")
+"""Primary rates that only apply to status reads: a bad answer about a run that exists."""
+
+
 @dataclass(frozen=True, slots=True)
 class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``) are mutually exclusive outcomes of one draw, so their sum must not
+    ``rate_slow``, and the read faults ``rate_html_ok``, ``rate_null_output``,
+    ``rate_not_found``) are mutually exclusive outcomes of one draw, so their sum must not
     exceed 1. Each kind applies to every route of ``applies_to`` unless ``only_on``
     confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05, only_on={"5xx": frozenset(
     {"get_run", "list_runs"})})`` answers 5% of all requests 429 and 5% of status reads
@@ -75,6 +80,12 @@ class FaultRates:
             response (a 502 page), the ambiguous case.
         rate_slow: Fraction of requests delayed by ``slow_seconds`` before answering.
         slow_seconds: Delay of a slow request, in emulated seconds.
+        rate_html_ok: Fraction of status reads (``get_run``, ``list_runs``) answered
+            ``200 OK`` with an HTML page (a proxy's splash page).
+        rate_null_output: Fraction of status reads that show every succeeded run
+            with ``"output": null`` (the run did succeed and was billed).
+        rate_not_found: Fraction of ``get_run`` reads answered a transient ``404``
+            although the run exists (a replica that has not seen it yet).
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
         only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
             to these routes of ``applies_to``; a kind not named applies to all of them.
@@ -90,6 +101,9 @@ class FaultRates:
     rate_lost_create: float = 0.0
     rate_slow: float = 0.0
     slow_seconds: float = 1.0
+    rate_html_ok: float = 0.0
+    rate_null_output: float = 0.0
+    rate_not_found: float = 0.0
     applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
     only_on: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
@@ -104,6 +118,7 @@ class FaultRates:
             "rate_drop",
             "rate_lost_create",
             "rate_slow",
+            *READ_FAULT_RATES,
         ):
             _check_fraction(name, getattr(self, name))
         if self.total > 1.0:
@@ -139,7 +154,12 @@ class FaultRates:
     def total(self) -> float:
         """Return the probability that a request draws any fault at all."""
         return (
-            self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create + self.rate_slow
+            self.rate_429
+            + self.rate_5xx
+            + self.rate_drop
+            + self.rate_lost_create
+            + self.rate_slow
+            + sum(getattr(self, name) for name in READ_FAULT_RATES)
         )
 
 

@@ -295,9 +295,25 @@ class FaultDice:
             return Fault.drop() if rates.applies("drop", route) else None
         if draw < (edge := edge + rates.rate_lost_create):
             return Fault.lost_response() if route == "create" else None
-        if draw < edge + rates.rate_slow and rates.applies("slow", route):
-            return Fault.slow(rates.slow_seconds)
+        if draw < (edge := edge + rates.rate_slow):
+            return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
+        return _read_fault(rates, route, draw - edge)
+
+
+_READS = frozenset({"get_run", "list_runs"})
+
+
+def _read_fault(rates: FaultRates, route: str, draw: float) -> Fault | None:
+    """The faults of status reads, drawn after the others (same draw, further edges)."""
+    if route not in _READS:
         return None
+    if draw < (edge := rates.rate_html_ok):
+        return Fault.html_ok()
+    if draw < (edge := edge + rates.rate_null_output):
+        return Fault.null_output()
+    if draw < edge + rates.rate_not_found and route == "get_run":
+        return Fault.status(404)
+    return None
 
 
 class CallbackDice:

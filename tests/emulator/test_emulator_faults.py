@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -205,6 +206,32 @@ async def test_seeded_rates_inject_each_fault_kind(
             assert resp.status == 200  # not in applies_to
         counters = h.emu.counters
     assert counters.faults_injected == expected
+
+
+@pytest.mark.parametrize(
+    ("rates", "expected"),
+    [
+        (FaultRates(rate_html_ok=1.0), {"html_ok": 4}),
+        (FaultRates(rate_null_output=1.0), {"null_output": 4}),
+        (FaultRates(rate_not_found=1.0), {"status_404": 2}),
+    ],
+)
+async def test_read_fault_rates_hit_status_reads_only(
+    rates: FaultRates, expected: dict[str, int]
+) -> None:
+    async with running(faults=rates) as h:
+        run = await h.create()  # creates never draw a read fault
+        for _ in range(2):
+            for path in (f"/v1/runs/{run['id']}", "/v1/runs"):
+                async with h.http.get(path, headers=AUTH) as resp:
+                    body = await resp.read()
+                    if "html_ok" in expected:
+                        assert resp.status == 200
+                        assert body.lstrip().startswith(b"<")
+                    if "null_output" in expected:
+                        assert resp.status == 200
+                        assert json.loads(body)
+        assert h.emu.counters.faults_injected == expected
 
 
 async def test_seeded_rates_are_deterministic_and_mixed() -> None:
