@@ -159,7 +159,9 @@ class FaultRates:
             + self.rate_drop
             + self.rate_lost_create
             + self.rate_slow
-            + sum(getattr(self, name) for name in READ_FAULT_RATES)
+            + self.rate_html_ok
+            + self.rate_null_output
+            + self.rate_not_found
         )
 
 
