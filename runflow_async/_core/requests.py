@@ -10,13 +10,14 @@ each field; the server stays authoritative and its 422 ``errors`` surface as
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from runflow_async._core.errors import RequestValidationError
+from runflow_async._keywords import unknown_names_message
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
 
 __all__ = [
@@ -239,12 +240,35 @@ class EditRequest(RunRequest):
 _R = TypeVar("_R", bound=RunRequest)
 
 
-def build_request(cls: type[_R], fields: Mapping[str, Any]) -> _R:
+def build_request(
+    cls: type[_R],
+    fields: Mapping[str, Any],
+    *,
+    where: str | None = None,
+    also: Collection[str] = (),
+) -> _R:
     """Validate ``fields`` into ``cls``, raising our own error type.
 
+    Args:
+        cls: The request model.
+        fields: Its fields.
+        where: The entry point, as the message about an unknown field starts.
+        also: The entry point's other keywords, suggested for a misspelling too.
+
     Raises:
-        RequestValidationError: Naming every invalid field; nothing was sent.
+        RequestValidationError: Naming every invalid field (and for an unknown
+            one the closest valid name); nothing was sent.
     """
+    unknown = unknown_names_message(
+        fields, cls.model_fields, where=where or f"{cls.__name__}()", also=also
+    )
+    if unknown is not None:
+        errors = [
+            {"field": name, "message": "unknown field"}
+            for name in fields
+            if name not in cls.model_fields
+        ]
+        raise RequestValidationError(unknown, errors=errors)
     try:
         return cls.model_validate(dict(fields))
     except pydantic.ValidationError as exc:
