@@ -11,7 +11,7 @@ Shared by the client and the emulator (which may import the root modules only),
 so both say it alike; each raises its own error class. Pure: no I/O. Only
 simple hints are checked (``int``, ``float``, ``bool``, ``str``, ``Decimal``,
 ``None``, ``Literal``, classes, unions of these, a generic's container, a
-callable Protocol); values are never shown (a wrong-typed API key stays secret),
+Protocol's methods); values are never shown (a wrong-typed API key stays secret),
 except a ``Literal``'s misspelled string.
 """
 
@@ -135,9 +135,15 @@ def _accepts(value: Any, hint: Any) -> bool | None:
     if not isinstance(hint, type) or hint is Any:
         return None
     if getattr(hint, "_is_protocol", False) and not getattr(hint, "_is_runtime_protocol", False):
-        calls = any("__call__" in vars(base) for base in hint.__mro__[:-1])
-        return callable(value) if calls else None
+        return all(hasattr(value, member) for member in _protocol_members(hint))
     return isinstance(value, hint)
+
+
+def _protocol_members(protocol: type) -> set[str]:
+    """The public methods a Protocol declares (and ``__call__``): a structural check."""
+    bases = [b for b in protocol.__mro__ if b not in (typing.Protocol, typing.Generic, object)]
+    names = {name for base in bases for name in vars(base) if not name.startswith("_")}
+    return names | {"__call__" for base in bases if "__call__" in vars(base)}
 
 
 def check_types(

@@ -259,28 +259,26 @@ def build_request(
         RequestValidationError: Naming every invalid field (and for an unknown
             one the closest valid name); nothing was sent.
     """
-    unknown = unknown_names_message(
-        fields, cls.model_fields, where=where or f"{cls.__name__}()", also=also
-    )
-    if unknown is not None:
-        errors = [
-            {"field": name, "message": "unknown field"}
-            for name in fields
-            if name not in cls.model_fields
-        ]
-        raise RequestValidationError(unknown, errors=errors)
     try:
         return cls.model_validate(dict(fields))
     except pydantic.ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(
-                    str(part) for part in err["loc"] if part not in ("preset", "custom")
-                )
-                or "(request)",
-                "message": err["msg"].removeprefix("Value error, "),
-            }
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise RequestValidationError(f"Invalid {cls.__name__}: {detail}.", errors=errors) from exc
+        errors = [_field_error(err) for err in exc.errors(include_url=False, include_input=False)]
+        unknown = unknown_names_message(
+            fields, cls.model_fields, where=where or f"{cls.__name__}()", also=also
+        )
+        rest = [e for e in errors if e["field"] in cls.model_fields or e["field"] not in fields]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in rest)
+        message = " ".join(
+            part
+            for part in (unknown, f"Invalid {cls.__name__}: {detail}." if rest else None)
+            if part is not None
+        )
+        raise RequestValidationError(message, errors=errors) from exc
+
+
+def _field_error(err: Any) -> dict[str, str]:
+    """One pydantic error as ``{"field", "message"}``; an unknown field is named as such."""
+    field = ".".join(str(part) for part in err["loc"] if part not in ("preset", "custom"))
+    if err["type"] == "extra_forbidden":
+        return {"field": field, "message": "unknown field"}
+    return {"field": field or "(request)", "message": err["msg"].removeprefix("Value error, ")}
