@@ -92,7 +92,12 @@ class BatchesMixin:
         if not (spent.is_finite() and spent >= 0):
             raise ConfigurationError(f"{where}: spent_usd must be finite, not negative.")
         return self._engine(
-            where, options, hooks=hooks, outcome_buffer=outcome_buffer, spent_usd=spent
+            where,
+            options,
+            hooks=hooks,
+            outcome_buffer=outcome_buffer,
+            spent_usd=spent,
+            also=ENGINE_KEYWORDS,
         )
 
     def _engine(
@@ -103,13 +108,14 @@ class BatchesMixin:
         hooks: EngineHooks | None = None,
         outcome_buffer: float = math.inf,
         spent_usd: Decimal = Decimal(0),
+        also: tuple[str, ...] = (),
     ) -> Engine:
         built = EngineOptions.build(
             options,
             wait_strategy=self.wait_strategy,
             callbacks=self.callbacks,
             where=where,
-            also=ENGINE_KEYWORDS if where == "client.engine()" else (),
+            also=also,
         )
         return Engine(
             self._transport,
