@@ -157,7 +157,7 @@ def test_a_marker_with_a_wrong_argument_says_so(pytester: pytest.Pytester) -> No
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
-            "*@pytest.mark.runflow_emulator: sede is not an EmulatorConfig field*",
+            "*@pytest.mark.runflow_emulator(...): unknown option 'sede'; did you mean 'seed'?*",
             "*@pytest.mark.runflow_emulator takes keyword arguments only*",
         ]
     )

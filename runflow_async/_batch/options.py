@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import typing
+from collections.abc import Collection
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import TypedDict
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypedDict
 
 from runflow_async._batch.observe import BatchObserver
 from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._core.errors import ConfigurationError
+from runflow_async._keywords import check_names, check_types
 from runflow_async._waiting.list_poller import WaitStrategy
 
-__all__ = ["BatchOptions", "EngineOptions", "check_serving"]
+__all__ = ["BATCH_OPTION_NAMES", "BatchOptions", "EngineOptions", "check_serving"]
 
 
 class BatchOptions(TypedDict, total=False):
@@ -44,6 +49,31 @@ class BatchOptions(TypedDict, total=False):
     callbacks: CallbackReceiver | None
 
 
+BATCH_OPTION_NAMES: frozenset[str] = BatchOptions.__required_keys__ | BatchOptions.__optional_keys__
+"""The names :class:`BatchOptions` declares: the only ones accepted at run time."""
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    # This module's names: BatchOptions.__module__ is rewritten to the public one.
+    return typing.get_type_hints(BatchOptions, globalns=globals())
+
+
+def _budget(cap: Decimal | float | str | None, where: str) -> Decimal | None:
+    if cap is None:
+        return None
+    try:
+        amount = Decimal(str(cap))  # a float through its repr: 0.1 is $0.1
+    except InvalidOperation:
+        raise ConfigurationError(f"{where}: max_cost_usd {cap!r} is not an amount.") from None
+    if not (amount.is_finite() and amount > 0):
+        raise ConfigurationError(
+            f"{where}: max_cost_usd must be a positive, finite amount, got {cap!r}; "
+            "None means no budget."
+        )
+    return amount
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     """Settings of one batch, validated (see :class:`BatchOptions`)."""
@@ -65,16 +95,28 @@ class EngineOptions:
         *,
         wait_strategy: WaitStrategy,
         callbacks: CallbackReceiver | None = None,
+        where: str = "client.batch()",
+        also: Collection[str] = (),
     ) -> EngineOptions:
         """Validate user options (``callbacks`` is the client's default).
 
+        Args:
+            options: What the user passed.
+            wait_strategy: The client's.
+            callbacks: The client's default receiver.
+            where: The entry point, as error messages start.
+            also: The entry point's other keywords, suggested for a misspelling too.
+
         Raises:
-            ConfigurationError: A nonsensical value, or a receiver not serving yet.
+            ConfigurationError: An unknown option (naming the closest valid one), a
+                value of the wrong type, a nonsensical value, or a receiver not
+                serving yet. Also a ``TypeError``.
         """
-        cap = options.get("max_cost_usd")
+        check_names(options, BATCH_OPTION_NAMES, where=where, error=ConfigurationError, also=also)
+        check_types(options, _hints(), where=where, error=ConfigurationError)
         built = cls(
             max_concurrency=options.get("max_concurrency", 16),
-            max_cost_usd=None if cap is None else Decimal(str(cap)),
+            max_cost_usd=_budget(options.get("max_cost_usd"), where),
             submits_per_second=options.get("submits_per_second"),
             adaptive=options.get("adaptive", True),
             fail_fast=options.get("fail_fast", False),
@@ -83,15 +125,19 @@ class EngineOptions:
             observer=options.get("observer"),
             callbacks=options.get("callbacks", callbacks),
         )
-        if built.callbacks is not None:
-            check_serving(built.callbacks)
-        if built.max_concurrency < 1:
-            raise ConfigurationError("max_concurrency must be at least 1.")
-        if built.max_cost_usd is not None and built.max_cost_usd < 0:
-            raise ConfigurationError("max_cost_usd must not be negative.")
-        if built.submits_per_second is not None and built.submits_per_second <= 0:
-            raise ConfigurationError("submits_per_second must be positive.")
+        built._check(where)
         return built
+
+    def _check(self, where: str) -> None:
+        if self.callbacks is not None:
+            check_serving(self.callbacks)
+        if self.max_concurrency < 1:
+            raise ConfigurationError(f"{where}: max_concurrency must be at least 1.")
+        rate = self.submits_per_second
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise ConfigurationError(f"{where}: submits_per_second must be positive and finite.")
+        if self.timeout is not None and not self.timeout > 0:  # "not >" refuses NaN too
+            raise ConfigurationError(f"{where}: timeout must be positive seconds, or None.")
 
 
 def check_serving(receiver: CallbackReceiver) -> str:

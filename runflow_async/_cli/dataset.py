@@ -51,8 +51,8 @@ def _money(text: str) -> Decimal:
         value = Decimal(text)
     except InvalidOperation as exc:
         raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
+    if not (value.is_finite() and value > 0):  # as the engine's max_cost_usd
+        raise argparse.ArgumentTypeError("must be a positive amount")
     return value
 
 

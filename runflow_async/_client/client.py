@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, Self
 
 import aiohttp
 import anyio
 
-from runflow_async._batch.batch import Batch
-from runflow_async._batch.engine import Engine
-from runflow_async._batch.hooks import EngineHooks
-from runflow_async._batch.map import MapRun, RequestSource
-from runflow_async._batch.options import BatchOptions, EngineOptions, check_serving
+from runflow_async._batch.options import check_serving
 from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._callbacks.waiter import CallbackWaiter
+from runflow_async._client.batches import BatchesMixin
 from runflow_async._client.files import FilesMixin
 from runflow_async._core.clock import Clock
 from runflow_async._core.config import (
@@ -30,7 +26,7 @@ from runflow_async._core.config import (
     resolve_api_key,
     resolve_base_url,
 )
-from runflow_async._core.errors import ConfigurationError, RunTimeoutError
+from runflow_async._core.errors import ConfigurationError, RequestValidationError, RunTimeoutError
 from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
 from runflow_async._http.create import create_run, idempotency_key_for
@@ -44,6 +40,7 @@ from runflow_async._http.runs import (
 )
 from runflow_async._http.secrets import CallbackSecret, create_callback_secret
 from runflow_async._http.transport import Transport, parse_response
+from runflow_async._keywords import checked_keywords
 from runflow_async._pricing import PricingPolicy
 from runflow_async._waiting.durations import DurationStats
 from runflow_async._waiting.list_poller import WaitStrategy
@@ -66,7 +63,7 @@ def _new_client_ref() -> str:
     return f"rfa-{uuid.uuid4().hex}"
 
 
-class RunflowClient(FilesMixin):
+class RunflowClient(FilesMixin, BatchesMixin):
     """An asyncio client for Runflow's FLUX.2 [klein] 9B endpoints.
 
     Use it as an async context manager; it owns one connection pool::
@@ -95,9 +92,12 @@ class RunflowClient(FilesMixin):
             wait for its signed deliveries, polling slowly as a safety net.
 
     Raises:
-        ConfigurationError: No API key, or a malformed key or URL.
+        ConfigurationError: No API key, a malformed key or URL, an unknown option
+            (naming the closest valid one: ``RunflowClient(max_conections=8)``), or
+            a value of the wrong type (also a ``TypeError``).
     """
 
+    @checked_keywords("RunflowClient()", error=ConfigurationError)
     def __init__(
         self,
         api_key: str | None = None,
@@ -122,8 +122,6 @@ class RunflowClient(FilesMixin):
         self.base_url = resolve_base_url(base_url)
         self.poll_policy = poll or PollPolicy()
         self.pricing = pricing or PricingPolicy()
-        if wait_strategy not in ("auto", "list", "per_run"):
-            raise ConfigurationError(f"Unknown wait_strategy {wait_strategy!r}.")
         self.wait_strategy: WaitStrategy = wait_strategy
         self.callbacks = callbacks
         self._durations = DurationStats()
@@ -267,9 +265,20 @@ class RunflowClient(FilesMixin):
             **fields: Any :class:`GenerateRequest` field (``image_size``, ``seed``, ...).
 
         Raises:
-            RequestValidationError: Invalid fields; nothing was sent.
+            RequestValidationError: Invalid or unknown fields (an unknown one with
+                the closest valid name); nothing was sent.
         """
-        request = build_request(GenerateRequest, {"prompt": prompt, **fields})
+        if "image_urls" in fields:
+            raise RequestValidationError(
+                "client.generate() takes no image_urls; use client.edit().",
+                errors=[{"field": "image_urls", "message": "edit requests only"}],
+            )
+        request = build_request(
+            GenerateRequest,
+            {"prompt": prompt, **fields},
+            where="client.generate()",
+            also=("timeout",),
+        )
         return await self.run(request, timeout=timeout)
 
     async def edit(
@@ -283,10 +292,14 @@ class RunflowClient(FilesMixin):
         """Edit 1-4 images (http(s) URLs) as the prompt says and wait for the result.
 
         Raises:
-            RequestValidationError: Invalid fields; nothing was sent.
+            RequestValidationError: Invalid or unknown fields (an unknown one with
+                the closest valid name); nothing was sent.
         """
         request = build_request(
-            EditRequest, {"prompt": prompt, "image_urls": list(image_urls), **fields}
+            EditRequest,
+            {"prompt": prompt, "image_urls": list(image_urls), **fields},
+            where="client.edit()",
+            also=("timeout",),
         )
         return await self.run(request, timeout=timeout)
 
@@ -334,59 +347,6 @@ class RunflowClient(FilesMixin):
             if not page.next_cursor or not page.items:
                 return
             cursor = page.next_cursor
-
-    def batch(self, **options: Unpack[BatchOptions]) -> Batch:
-        """Open a batch: futures for many runs under one window, rate and budget.
-
-        Use it as ``async with client.batch(max_concurrency=50) as batch``.
-        Options (all keyword, see :class:`BatchOptions`): ``max_concurrency``,
-        ``max_cost_usd``, ``submits_per_second``, ``adaptive``, ``fail_fast``,
-        ``timeout``, ``observer``, ``callbacks``.
-
-        Raises:
-            ConfigurationError: A nonsensical option.
-        """
-        return Batch(lambda hooks: self.engine(hooks=hooks, **options))
-
-    def map(self, requests: RequestSource, **options: Unpack[BatchOptions]) -> MapRun:
-        """Run a lazy (even endless) stream of requests; outcomes arrive as they finish.
-
-        Use it as ``async with client.map(requests) as outcomes: async for o in outcomes``.
-        Memory stays bounded by ``max_concurrency``. Options as for :meth:`batch`.
-        """
-        return MapRun(lambda buffer: self.engine(outcome_buffer=buffer, **options), requests)
-
-    def engine(
-        self,
-        *,
-        hooks: EngineHooks | None = None,
-        outcome_buffer: float = float("inf"),
-        spent_usd: Decimal = Decimal(0),
-        **options: Unpack[BatchOptions],
-    ) -> Engine:
-        """The engine under :meth:`batch` and :meth:`map`, for pipelines that need its hooks.
-
-        ``async with client.engine(hooks=...) as engine``: ``engine.submit`` /
-        ``await engine.put`` items, read ``engine.outcomes``. ``hooks`` are told
-        each ``client_ref`` before its create is sent and each run as soon as it
-        exists (a write-ahead journal); ``spent_usd`` counts earlier spending
-        against ``max_cost_usd``. Options as for :meth:`batch`.
-
-        Raises:
-            ConfigurationError: A nonsensical option.
-        """
-        return Engine(
-            self._transport,
-            pricing=self.pricing,
-            poll=self.poll_policy,
-            stats=self._durations,
-            options=EngineOptions.build(
-                options, wait_strategy=self.wait_strategy, callbacks=self.callbacks
-            ),
-            hooks=hooks,
-            outcome_buffer=outcome_buffer,
-            spent_usd=spent_usd,
-        )
 
     async def health(self) -> dict[str, Any]:
         """Return ``GET /v1/health``'s body; any 2xx means healthy."""

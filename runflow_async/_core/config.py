@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from runflow_async._core.errors import ConfigurationError
+from runflow_async._keywords import checked_fields
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -37,6 +38,7 @@ ENV_API_KEY = "RUNFLOW_API_KEY"
 ENV_BASE_URL = "RUNFLOW_BASE_URL"
 
 
+@checked_fields(error=ConfigurationError)
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Per-request time limits, in seconds (``None`` disables one).
@@ -51,7 +53,14 @@ class Timeouts:
     read: float | None = 30.0
     total: float | None = 60.0
 
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "total"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # "not >" refuses NaN too
+                raise ConfigurationError(f"Timeouts.{name} must be positive or None.")
 
+
+@checked_fields(error=ConfigurationError)
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How the HTTP layer retries: exponential backoff with full jitter.
@@ -81,12 +90,14 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigurationError("RetryPolicy.max_attempts must be at least 1.")
-        if min(self.max_time, self.initial_wait, self.max_wait, self.max_retry_after) < 0:
+        times = (self.max_time, self.initial_wait, self.max_wait, self.max_retry_after)
+        if not all(t >= 0 for t in times):  # "not >=" refuses NaN too
             raise ConfigurationError("RetryPolicy times must not be negative.")
-        if self.time_scale < 0:
+        if not self.time_scale >= 0:
             raise ConfigurationError("RetryPolicy.time_scale must not be negative.")
 
 
+@checked_fields(error=ConfigurationError)
 @dataclass(frozen=True, slots=True)
 class PollPolicy:
     """How :meth:`RunflowClient.wait` spaces its status reads.
@@ -115,11 +126,12 @@ class PollPolicy:
     callback_fallback_interval: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.initial_interval <= 0 or self.max_interval < self.initial_interval:
+        # Written as "not (...)" so that NaN is refused too.
+        if not 0 < self.initial_interval <= self.max_interval:
             raise ConfigurationError("PollPolicy needs 0 < initial_interval <= max_interval.")
-        if self.multiplier < 1 or self.time_scale <= 0:
+        if not (self.multiplier >= 1 and self.time_scale > 0):
             raise ConfigurationError("PollPolicy needs multiplier >= 1 and time_scale > 0.")
-        if self.callback_fallback_after < 0 or self.callback_fallback_interval <= 0:
+        if not (self.callback_fallback_after >= 0 and self.callback_fallback_interval > 0):
             raise ConfigurationError(
                 "PollPolicy needs callback_fallback_after >= 0 and callback_fallback_interval > 0."
             )

@@ -3,9 +3,9 @@
 ::
 
     RunflowError
-    ├── ConfigurationError (ValueError)          bad client settings
+    ├── ConfigurationError (ValueError, TypeError) bad settings, an unknown option
     ├── ClientClosedError (RuntimeError)         the client was used after aclose()
-    ├── RequestValidationError (ValueError)      bad request, caught before sending
+    ├── RequestValidationError (ValueError, TypeError) bad request, caught before sending
     ├── APIError                                 the API call failed
     │   ├── APIConnectionError                   no usable response
     │   │   └── APITimeoutError (TimeoutError)
@@ -83,16 +83,26 @@ class RunflowError(Exception):
     """The root of every error this package raises."""
 
 
-class ConfigurationError(RunflowError, ValueError):
-    """The client was configured wrongly (missing key, bad URL, bad policy)."""
+class ConfigurationError(RunflowError, ValueError, TypeError):
+    """The client was configured wrongly (missing key, bad URL, bad policy, unknown option).
+
+    Also a ``TypeError``: an unknown or misspelled keyword (``unknown option
+    'max_concurency'; did you mean 'max_concurrency'?``) or a value of the wrong
+    type is what Python itself reports as a ``TypeError``, and catching either
+    class catches it. It stays a ``ValueError`` for nonsensical values.
+    """
 
 
 class ClientClosedError(RunflowError, RuntimeError):
     """The client was used after it was closed; create a new one."""
 
 
-class RequestValidationError(RunflowError, ValueError):
+class RequestValidationError(RunflowError, ValueError, TypeError):
     """A request was invalid; nothing was sent.
+
+    Also a ``TypeError``, like :class:`ConfigurationError`: an unknown field
+    (``unknown option 'sede'; did you mean 'seed'?``) is what Python reports as a
+    ``TypeError``.
 
     Attributes:
         errors: One ``{"field", "message"}`` mapping per problem.

@@ -10,13 +10,14 @@ each field; the server stays authoritative and its 422 ``errors`` surface as
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from runflow_async._core.errors import RequestValidationError
+from runflow_async._keywords import unknown_names_message
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
 
 __all__ = [
@@ -239,24 +240,45 @@ class EditRequest(RunRequest):
 _R = TypeVar("_R", bound=RunRequest)
 
 
-def build_request(cls: type[_R], fields: Mapping[str, Any]) -> _R:
+def build_request(
+    cls: type[_R],
+    fields: Mapping[str, Any],
+    *,
+    where: str | None = None,
+    also: Collection[str] = (),
+) -> _R:
     """Validate ``fields`` into ``cls``, raising our own error type.
 
+    Args:
+        cls: The request model.
+        fields: Its fields.
+        where: The entry point, as the message about an unknown field starts.
+        also: The entry point's other keywords, suggested for a misspelling too.
+
     Raises:
-        RequestValidationError: Naming every invalid field; nothing was sent.
+        RequestValidationError: Naming every invalid field (and for an unknown
+            one the closest valid name); nothing was sent.
     """
     try:
         return cls.model_validate(dict(fields))
     except pydantic.ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(
-                    str(part) for part in err["loc"] if part not in ("preset", "custom")
-                )
-                or "(request)",
-                "message": err["msg"].removeprefix("Value error, "),
-            }
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise RequestValidationError(f"Invalid {cls.__name__}: {detail}.", errors=errors) from exc
+        errors = [_field_error(err) for err in exc.errors(include_url=False, include_input=False)]
+        unknown = unknown_names_message(
+            fields, cls.model_fields, where=where or f"{cls.__name__}()", also=also
+        )
+        rest = [e for e in errors if e["field"] in cls.model_fields or e["field"] not in fields]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in rest)
+        message = " ".join(
+            part
+            for part in (unknown, f"Invalid {cls.__name__}: {detail}." if rest else None)
+            if part is not None
+        )
+        raise RequestValidationError(message, errors=errors) from exc
+
+
+def _field_error(err: Any) -> dict[str, str]:
+    """One pydantic error as ``{"field", "message"}``; an unknown field is named as such."""
+    field = ".".join(str(part) for part in err["loc"] if part not in ("preset", "custom"))
+    if err["type"] == "extra_forbidden":
+        return {"field": field, "message": "unknown field"}
+    return {"field": field or "(request)", "message": err["msg"].removeprefix("Value error, ")}

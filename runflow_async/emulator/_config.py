@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from types import MappingProxyType
 
+from runflow_async._keywords import checked_fields
 from runflow_async._pricing import PricingPolicy
 from runflow_async.emulator._counters import ROUTES
 
 __all__ = [
     "CALLBACK",
+    "CONFIG_FIELDS",
     "CONTROL_ROUTES",
     "FAULTABLE_ROUTES",
     "SCOPED_FAULT_KINDS",
@@ -55,6 +57,7 @@ READ_FAULT_RATES = ("rate_html_ok", "rate_null_output", "rate_not_found")
 """Primary rates that only apply to status reads: a bad answer about a run that exists."""
 
 
+@checked_fields()
 @dataclass(frozen=True, slots=True)
 class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
@@ -165,6 +168,7 @@ class FaultRates:
         )
 
 
+@checked_fields()
 @dataclass(frozen=True, slots=True)
 class CallbackFaults:
     """Seeded random faults of automatic callback deliveries; one draw per delivery.
@@ -204,9 +208,15 @@ class CallbackFaults:
         return self.rate_drop + self.rate_duplicate + self.rate_slow + self.rate_reorder
 
 
+@checked_fields()
 @dataclass(frozen=True, slots=True)
 class EmulatorConfig:
     """Everything that shapes an emulator's behaviour; every field has a working default.
+
+    An unknown field, or a value of the wrong type (a bool or a string for a
+    number), raises ``TypeError`` naming it (``unknown option 'time_scael'; did you
+    mean 'time_scale'?``); a value out of range raises ``ValueError``. So do
+    :class:`FaultRates` and :class:`CallbackFaults`.
 
     Attributes:
         host: Interface to listen on.
@@ -324,3 +334,7 @@ class EmulatorConfig:
         after = self.rate_limit_retry_after
         if after is not None and not (math.isfinite(after) and after >= 0):
             raise ValueError(f"rate_limit_retry_after must be finite, not negative, got {after!r}")
+
+
+CONFIG_FIELDS: frozenset[str] = frozenset(f.name for f in fields(EmulatorConfig))
+"""The names :class:`EmulatorConfig` takes (and ``Emulator(**overrides)``)."""

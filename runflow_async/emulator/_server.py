@@ -12,8 +12,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from runflow_async._keywords import check_names
 from runflow_async.emulator import _asset_routes, _callback_routes, _handlers
-from runflow_async.emulator._config import EmulatorConfig
+from runflow_async.emulator._config import CONFIG_FIELDS, EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters
 from runflow_async.emulator._faults import FaultScript
 from runflow_async.emulator._middleware import inject_faults, observe, refuse_credentials
@@ -89,9 +90,19 @@ class Emulator:
     Args:
         config: Base configuration (defaults to ``EmulatorConfig()``).
         **overrides: ``EmulatorConfig`` fields replacing those of ``config``.
+
+    Raises:
+        TypeError: An unknown field (naming the closest valid one) or a value of
+            the wrong type.
+        ValueError: A value out of range.
     """
 
     def __init__(self, config: EmulatorConfig | None = None, /, **overrides: Any) -> None:
+        check_names(overrides, CONFIG_FIELDS, where="Emulator()")
+        if config is not None and not isinstance(config, EmulatorConfig):
+            raise TypeError(
+                f"Emulator(): config must be an EmulatorConfig, not {type(config).__name__}."
+            )
         self.config = dataclasses.replace(config or EmulatorConfig(), **overrides)
         self._state = EmulatorState(self.config)
         self._app = build_app(self._state)

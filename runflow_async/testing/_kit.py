@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from runflow_async import PollPolicy, RetryPolicy, RunflowClient
+from runflow_async._keywords import closest
 from runflow_async.emulator import Emulator, EmulatorCounters, Fault, FaultScript
 
 __all__ = ["DEFAULT_API_KEY", "RunflowKit"]
@@ -87,6 +88,10 @@ class RunflowKit:
         Args:
             **options: ``RunflowClient`` keywords replacing the defaults, e.g.
                 ``retry=RetryPolicy(max_attempts=2, time_scale=runflow.time_scale)``.
+
+        Raises:
+            ConfigurationError: An unknown option (naming the closest valid one) or
+                a bad value, as ``RunflowClient(...)`` raises it; nothing is sent.
         """
         defaults: dict[str, Any] = {
             "base_url": self.url,
@@ -190,7 +195,9 @@ class RunflowKit:
         by_route = self.counters.requests_by_route
         if route not in by_route:
             known = ", ".join(sorted(by_route))
-            raise ValueError(f"unknown route {route!r}; the emulator counts {known}")
+            match = closest(route, by_route)
+            hint = "" if match is None else f"; did you mean {match!r}?"
+            raise ValueError(f"unknown route {route!r}; the emulator counts {known}{hint}")
         return by_route[route]
 
     def responses(self, status: int) -> int:

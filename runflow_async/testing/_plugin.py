@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from runflow_async import RunflowClient
+from runflow_async._keywords import unknown_names_message
 from runflow_async.emulator import Emulator, EmulatorConfig
 from runflow_async.testing._kit import DEFAULT_API_KEY, RunflowKit
 
@@ -48,12 +49,9 @@ def _marked_overrides(node: pytest.Item) -> dict[str, Any]:
     for mark in reversed(list(node.iter_markers(MARKER))):
         if mark.args:
             pytest.fail(f"@pytest.mark.{MARKER} takes keyword arguments only", pytrace=False)
-        if unknown := set(mark.kwargs) - _FIELDS:
-            pytest.fail(
-                f"@pytest.mark.{MARKER}: {', '.join(sorted(unknown))} "
-                "is not an EmulatorConfig field",
-                pytrace=False,
-            )
+        where = f"@pytest.mark.{MARKER}(...)"
+        if unknown := unknown_names_message(mark.kwargs, _FIELDS, where=where):
+            pytest.fail(f"{unknown} (EmulatorConfig fields)", pytrace=False)
         overrides.update(mark.kwargs)
     return overrides
 
