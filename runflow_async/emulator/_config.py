@@ -14,6 +14,7 @@ from runflow_async.emulator._counters import ROUTES
 __all__ = [
     "CALLBACK",
     "CONTROL_ROUTES",
+    "DOWNLOAD_ROUTES",
     "FAULTABLE_ROUTES",
     "SCOPED_FAULT_KINDS",
     "CallbackFaults",
@@ -27,6 +28,9 @@ CONTROL_ROUTES: frozenset[str] = frozenset({"counters", "report", "credit"})
 
 FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - CONTROL_ROUTES
 """Routes a fault can target: every API route, none of the control plane."""
+
+DOWNLOAD_ROUTES: frozenset[str] = frozenset({"file", "asset_file"})
+"""Routes that serve files (output images, uploaded assets): the download faults' targets."""
 
 CALLBACK = "callback"
 """The pseudo-route of outgoing callback deliveries in a ``FaultScript``."""
@@ -47,6 +51,8 @@ def check_money(name: str, value: Decimal) -> None:
         raise ValueError(f"{name} must be a finite amount, not negative, got {value}")
 
 
+_DOWNLOAD_RATES = ("rate_not_image", "rate_oversized_image", "rate_download_404")
+
 REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 """Values of ``EmulatorConfig.reported_cost``."""
 
@@ -56,8 +62,9 @@ class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``) are mutually exclusive outcomes of one draw, so their sum must not
-    exceed 1. Each kind applies to every route of ``applies_to`` unless ``only_on``
+    ``rate_slow``, and the download rates ``rate_not_image``, ``rate_oversized_image``,
+    ``rate_download_404``) are mutually exclusive outcomes of one draw, so their sum
+    must not exceed 1. Each kind applies to every route of ``applies_to`` unless ``only_on``
     confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05, only_on={"5xx": frozenset(
     {"get_run", "list_runs"})})`` answers 5% of all requests 429 and 5% of status reads
     (only) 5xx. On a route a kind does not apply to, its share of the draw is no fault,
@@ -75,10 +82,18 @@ class FaultRates:
             response (a 502 page), the ambiguous case.
         rate_slow: Fraction of requests delayed by ``slow_seconds`` before answering.
         slow_seconds: Delay of a slow request, in emulated seconds.
+        rate_not_image: Fraction of downloads (``DOWNLOAD_ROUTES``) answered ``200``
+            with a JSON error page that claims to be ``image/png``.
+        rate_oversized_image: Fraction of downloads served padded to
+            ``oversized_image_bytes`` (still an image by its magic bytes).
+        oversized_image_bytes: Size of those bodies (default 65 MiB: just over the
+            client's 64 MiB cap).
+        rate_download_404: Fraction of downloads answered ``404 FILE_NOT_FOUND``.
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
         only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
             to these routes of ``applies_to``; a kind not named applies to all of them.
-            A lost create only ever happens on ``create``.
+            A lost create only ever happens on ``create``, and a download fault only on
+            the ``DOWNLOAD_ROUTES``: with a download rate set, ``applies_to`` must name one.
     """
 
     rate_429: float = 0.0
@@ -90,6 +105,10 @@ class FaultRates:
     rate_lost_create: float = 0.0
     rate_slow: float = 0.0
     slow_seconds: float = 1.0
+    rate_not_image: float = 0.0
+    rate_oversized_image: float = 0.0
+    oversized_image_bytes: int = 65 * 1024 * 1024
+    rate_download_404: float = 0.0
     applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
     only_on: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
@@ -104,6 +123,7 @@ class FaultRates:
             "rate_drop",
             "rate_lost_create",
             "rate_slow",
+            *_DOWNLOAD_RATES,
         ):
             _check_fraction(name, getattr(self, name))
         if self.total > 1.0:
@@ -113,6 +133,13 @@ class FaultRates:
         unknown = self.applies_to - FAULTABLE_ROUTES
         if unknown:
             raise ValueError(f"unknown routes in applies_to: {sorted(unknown)}")
+        if self.oversized_image_bytes < 0:
+            raise ValueError("oversized_image_bytes must not be negative")
+        downloads = any(getattr(self, name) for name in _DOWNLOAD_RATES)
+        if downloads and not self.applies_to & DOWNLOAD_ROUTES:
+            raise ValueError(
+                f"download fault rates need a file route in applies_to: {sorted(DOWNLOAD_ROUTES)}"
+            )
         self._check_only_on()
 
     def _check_only_on(self) -> None:
@@ -138,9 +165,9 @@ class FaultRates:
     @property
     def total(self) -> float:
         """Return the probability that a request draws any fault at all."""
-        return (
-            self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create + self.rate_slow
-        )
+        primary = self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create
+        downloads = self.rate_not_image + self.rate_oversized_image + self.rate_download_404
+        return primary + self.rate_slow + downloads
 
 
 @dataclass(frozen=True, slots=True)
