@@ -10,6 +10,8 @@ import anyio
 import pytest
 from PIL import Image
 
+from runflow_async import ClientClosedError, CustomImageSize, GenerateRequest, Outcome, RunRequest
+from runflow_async._batch.hooks import WorkItem
 from runflow_async._cli.main import main
 from runflow_async._dataset.input import Defaults, read_edit_file, read_generate_file
 from runflow_async._dataset.pipeline import run_dataset
@@ -148,3 +150,51 @@ async def test_an_upload_that_fails_ends_only_its_item_and_nothing_is_billed(
     assert list(summary.reasons) == ["upload"]
     assert counters.runs_created == 2
     assert counters.requests_by_route["upload_put"] == 2
+
+
+async def _engine_outcomes(client: Any, items: list[WorkItem]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+
+    async def read(engine: Any) -> None:
+        async for outcome in engine.outcomes:
+            outcomes.append(outcome)
+
+    async with client.engine() as engine, anyio.create_task_group() as tg:
+        tg.start_soon(read, engine)
+        for item in items:
+            await engine.put(item)
+        await engine.end_input()
+    return sorted(outcomes, key=lambda o: o.index)
+
+
+async def test_a_prepare_hook_that_raises_ends_only_its_item(emulator: Emulator) -> None:
+    async def broken(request: RunRequest) -> RunRequest:
+        raise ValueError("this item's upload failed")
+
+    tiny = GenerateRequest(prompt="a fox", image_size=CustomImageSize(width=64, height=64))
+    async with make_client(emulator.url) as client:
+        first, second = await _engine_outcomes(
+            client,
+            [
+                WorkItem(0, tiny, prepare=broken),
+                WorkItem(1, tiny),
+            ],
+        )
+    assert isinstance(first.error, ValueError)
+    assert first.run_id is None
+    assert second.ok
+    assert emulator.counters.runs_created == 1
+
+
+async def test_a_prepare_hook_that_finds_the_client_closed_still_ends_the_batch(
+    emulator: Emulator,
+) -> None:
+    async def closed(request: RunRequest) -> RunRequest:
+        raise ClientClosedError("closed under us")
+
+    async with make_client(emulator.url) as client:
+        with pytest.raises(ClientClosedError):
+            await _engine_outcomes(
+                client, [WorkItem(0, GenerateRequest(prompt="x"), prepare=closed)]
+            )
+    assert emulator.counters.runs_created == 0
