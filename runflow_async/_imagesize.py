@@ -21,7 +21,13 @@ import struct
 
 from runflow_async._pricing import Size
 
-__all__ = ["HEADER_BYTES", "image_size_from_bytes", "image_size_from_path"]
+__all__ = [
+    "HEADER_BYTES",
+    "IMAGE_TYPE_BYTES",
+    "image_size_from_bytes",
+    "image_size_from_path",
+    "image_type_from_bytes",
+]
 
 HEADER_BYTES = 65536
 """Leading bytes that hold the size of any PNG, WebP, GIF and nearly every JPEG.
@@ -29,6 +35,9 @@ HEADER_BYTES = 65536
 A JPEG whose SOF marker follows more than ~64 KiB of metadata (a full EXIF
 segment with a large thumbnail, an ICC profile) is reported as unknown.
 """
+
+IMAGE_TYPE_BYTES = 12
+"""Leading bytes enough for :func:`image_type_from_bytes` to tell every format apart."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
@@ -140,6 +149,31 @@ def image_size_from_bytes(data: bytes) -> Size | None:
         return _webp_size(data)
     if data.startswith(_GIF_SIGNATURES):
         return _gif_size(data)
+    return None
+
+
+def image_type_from_bytes(data: bytes) -> str | None:
+    """Return the MIME type of an image file from its magic bytes.
+
+    Only the signature is read (:data:`IMAGE_TYPE_BYTES` are enough): a file
+    that starts like an image may still be truncated or corrupt further on.
+
+    Args:
+        data: The file's first bytes.
+
+    Returns:
+        ``"image/png"``, ``"image/jpeg"``, ``"image/webp"`` or ``"image/gif"``;
+        ``None`` for anything else (JSON, HTML, text, an unknown format). Never
+        raises for any ``bytes`` value.
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith(_GIF_SIGNATURES):
+        return "image/gif"
     return None
 
 

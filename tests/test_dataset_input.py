@@ -37,7 +37,8 @@ def jsonl(path: Path, *rows: Any) -> Path:
 
 
 def image(path: Path, size: int = 100) -> Path:
-    path.write_bytes(b"\x89PNG" + b"\0" * (size - 4))
+    # A PNG by its signature (the magic bytes are checked); the rest is not read.
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (size - 8))
     return path
 
 

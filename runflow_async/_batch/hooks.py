@@ -28,7 +28,9 @@ class WorkItem:
         run_id: A run created earlier: collect it, never create (a resumed dataset).
         maybe_created: A create with ``request.client_ref`` may have been sent
             before: look it up by ``client_ref`` first, and collect it if found.
-        prepare: Called inside the slot, just before the create.
+        prepare: Called inside the slot, just before the create. If it raises
+            (an upload failed), the item ends with that error, never created,
+            and its siblings go on; a closed client still ends the batch.
     """
 
     index: int

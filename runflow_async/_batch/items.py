@@ -32,6 +32,7 @@ from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import (
     APIError,
     AuthenticationError,
+    ClientClosedError,
     CreateOutcomeUnknownError,
     InsufficientCreditError,
     NotSubmittedError,
@@ -156,9 +157,13 @@ class ItemLife:
         if item.prepare is not None:
             try:
                 request = await item.prepare(request)
-            except BaseException:
+            except BaseException as exc:
                 self._ledger.release(est)
-                raise
+                if not isinstance(exc, Exception) or isinstance(exc, ClientClosedError):
+                    raise  # cancelled, or the client closed under us: not this item's own
+                # This item's own preparation (an upload) failed: it alone ends, never created.
+                self.emit(BatchEvent("failed", index=item.index, error=exc))
+                return Outcome(item.index, request, error=exc, estimated_usd=est)
         created = await self._create(item.index, request, est, slot)
         if isinstance(created, Outcome):
             return created

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
+from runflow_async._core.errors import ConfigurationError
 from runflow_async._core.estimate import Estimate, estimate_requests
 from runflow_async._core.models import ImageOutput
 from runflow_async._core.requests import EditRequest, RunRequest
@@ -25,19 +27,43 @@ class FilesMixin:
     pricing: PricingPolicy
 
     async def download(
-        self, image: ImageOutput | str, dest: str | os.PathLike[str]
+        self,
+        image: ImageOutput | str,
+        dest: str | os.PathLike[str],
+        *,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        name_by_type: bool = False,
     ) -> DownloadedFile:
-        """Download one output image to ``dest``, atomically, without the API key.
+        """Download one output image to ``dest``: streamed, atomic, without the API key.
 
-        Signed output URLs expire; if this raises ``PermissionDeniedError`` (403),
-        read the run again with :meth:`get_run` for fresh URLs.
+        The body is written in chunks to a temporary file and renamed to
+        ``dest`` only once it is whole, within ``max_bytes`` and an image by its
+        magic bytes; otherwise nothing is left on disk. Connection errors, 429s
+        and 5xx are retried. Signed output URLs expire; on a 403 or 404, read
+        the run again with :meth:`get_run` for fresh URLs.
+
+        Args:
+            image: The output, or its URL.
+            dest: The file to write.
+            max_bytes: The largest image accepted (default 64 MiB).
+            name_by_type: Give the file the suffix of its real type (``.png``,
+                ``.jpg``, ``.webp``, ``.gif``) instead of ``dest``'s.
 
         Returns:
-            The path written, its SHA-256 and size.
+            The path written, its SHA-256, size and real type.
+
+        Raises:
+            ConfigurationError: ``max_bytes`` is below 1.
+            DownloadError: Not an image (e.g. a JSON or HTML page), or too large.
+            APIStatusError: The storage host refused (403/404: the URL expired).
+            APIConnectionError: The download failed after its retries.
+            OSError: ``dest`` could not be written.
         """
+        if max_bytes < 1:
+            raise ConfigurationError("max_bytes must be at least 1.")
         url = image if isinstance(image, str) else image.url
         return await download_to(
-            self._transport.session(), url, Path(dest), timeout=self._transport.timeout
+            self._transport, url, Path(dest), max_bytes=max_bytes, name_by_type=name_by_type
         )
 
     async def estimate(

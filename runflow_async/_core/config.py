@@ -16,6 +16,7 @@ from runflow_async._keywords import checked_fields
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_WAIT_TIMEOUT",
     "ENV_API_KEY",
@@ -29,6 +30,11 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.runflow.io"
 DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+"""The largest output image downloaded (64 MiB); a larger one is a ``DownloadError``.
+
+A 2048x2048 PNG of noise is about 12 MiB, so this is generous for real outputs.
+"""
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """The largest API response body read (16 MiB); a larger one is an ``APIResponseError``."""
 # Runs "almost always complete in under 60 seconds" (docs: guides/cancel-a-run);

@@ -10,6 +10,7 @@
     │   ├── APIConnectionError                   no usable response
     │   │   └── APITimeoutError (TimeoutError)
     │   ├── APIResponseError                     a response we cannot read
+    │   │   └── DownloadError                    a download that is not the image
     │   ├── CreateOutcomeUnknownError            a create may or may not have happened
     │   └── APIStatusError                       an HTTP error status
     │       ├── BadRequestError                  400
@@ -59,6 +60,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "CreateOutcomeUnknownError",
+    "DownloadError",
     "InsufficientCreditError",
     "NotFoundError",
     "NotSubmittedError",
@@ -181,6 +183,16 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 
 class APIResponseError(APIError):
     """A response arrived but could not be read (not JSON, wrong shape)."""
+
+
+class DownloadError(APIResponseError):
+    """A download answered, but not with the image: nothing was left on disk.
+
+    ``code`` says why: ``"not_an_image"`` (the body's magic bytes are not PNG,
+    JPEG or WebP, e.g. a JSON or HTML page served with 200), or
+    ``"too_large"`` (the body is over the download's ``max_bytes``). Reading
+    the run again gives fresh URLs; the run itself is not created again.
+    """
 
 
 class CreateOutcomeUnknownError(APIError):

@@ -38,6 +38,7 @@ from runflow_async._core.requests import (
     ImagePreset,
     build_request,
 )
+from runflow_async._imagesize import IMAGE_TYPE_BYTES, image_type_from_bytes
 
 __all__ = [
     "MAX_LOCAL_IMAGE_BYTES",
@@ -173,7 +174,8 @@ def read_edit_file(path: Path, defaults: Defaults) -> list[DatasetItem]:
 
     An ``image_urls`` entry is an http(s) URL (kept), or a local file: a path,
     absolute or relative to the file's folder, or a ``file://`` URL. Local files
-    must exist, be readable regular files, and hold 1 byte to 50 MiB.
+    must exist, be readable regular files, hold 1 byte to 50 MiB (the asset
+    upload limit) and be PNG, JPEG, WebP or GIF images by their magic bytes.
 
     Raises:
         InputFileError: Listing every problem of the file; no items are returned.
@@ -386,8 +388,10 @@ def _local_file(entry: str, base: Path) -> tuple[Path, str | None]:
             return path, f"{path}: file is empty"
         if info.st_size > MAX_LOCAL_IMAGE_BYTES:
             return path, f"{path}: file is {info.st_size} bytes, over the 50 MiB upload limit"
-        with path.open("rb"):
-            pass
+        with path.open("rb") as fh:
+            head = fh.read(IMAGE_TYPE_BYTES)
     except OSError as exc:  # missing, permission denied, a broken link...
         return path, f"{path}: {exc.strerror or exc}"
+    if image_type_from_bytes(head) is None:  # what the asset upload accepts
+        return path, f"{path}: not a PNG, JPEG, WebP or GIF image (by its first bytes)"
     return path, None

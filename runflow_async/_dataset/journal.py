@@ -19,6 +19,9 @@ Transitions (any other is refused with :class:`JournalStateError`)::
     mark_failed          pending, submitting, created        -> failed
     mark_not_submitted   pending, submitting, not_submitted  -> not_submitted
     reset_for_retry      failed, not_submitted               -> pending
+
+``note_error`` changes no state: it records why a submitting or created item
+is not finished yet (its run is still collected by the next run).
 """
 
 from __future__ import annotations
@@ -250,6 +253,21 @@ class Journal:
         self._move(
             key, _F, "error_type = ?, error = ?, cost_usd = ?", error_type, error, _money(cost_usd)
         )
+
+    def note_error(self, key: str, *, error_type: str, error: str) -> bool:
+        """Record why a submitting or created item did not finish; its state stays.
+
+        ``mark_succeeded`` (and a new ``mark_submitting``) clears it.
+
+        Returns:
+            Whether the item was submitting or created (otherwise nothing changed).
+        """
+        cursor = self._conn.execute(
+            "UPDATE items SET error_type = ?, error = ?, updated_at = ?"
+            " WHERE key = ? AND state IN (?, ?)",
+            (error_type, error, _now(), key, _S.value, _C.value),
+        )
+        return cursor.rowcount > 0
 
     def mark_not_submitted(self, key: str, *, reason: str) -> None:
         """Record that no run was created for the item; a re-run submits it (client_ref kept)."""

@@ -127,23 +127,29 @@ def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem])
         if entry.state is ItemState.SUCCEEDED:
             lines.extend(entry.files)
         elif entry.state is ItemState.FAILED:
-            item = by_key.get(entry.key)
-            failures.append(
-                json.dumps(
-                    {
-                        "key": entry.key,
-                        "line": item.line if item else None,
-                        "prompt": item.request.prompt if item else None,
-                        "run_id": entry.run_id,
-                        "error_type": entry.error_type,
-                        "error": entry.error,
-                    },
-                    sort_keys=True,
-                )
-            )
+            failures.append(_failure_row(entry, by_key.get(entry.key), collectable=False))
+        elif entry.state is ItemState.CREATED and entry.error_type is not None:
+            # Its run exists (and may be paid for): the next run collects it again.
+            failures.append(_failure_row(entry, by_key.get(entry.key), collectable=True))
     write_atomic(out_dir / MANIFEST, "".join(f"{line}\n" for line in lines).encode())
     write_atomic(out_dir / FAILURES, "".join(f"{line}\n" for line in failures).encode())
     return len(lines), len(failures)
+
+
+def _failure_row(entry: JournalItem, item: DatasetItem | None, *, collectable: bool) -> str:
+    """One ``failures.jsonl`` line; ``collectable``: a run to collect on the next run."""
+    return json.dumps(
+        {
+            "key": entry.key,
+            "line": item.line if item else None,
+            "prompt": item.request.prompt if item else None,
+            "run_id": entry.run_id,
+            "error_type": entry.error_type,
+            "error": entry.error,
+            "collectable": collectable,
+        },
+        sort_keys=True,
+    )
 
 
 def summarize(

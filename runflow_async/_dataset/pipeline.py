@@ -12,15 +12,22 @@ is sent and its run id as soon as the create returns, so after any crash
 * submits only items never submitted.
 
 Images are downloaded as soon as their run finishes (signed URLs expire), with
-bounded concurrency, atomically, under a name derived from the item's stable
-key; a 403/404 on a download re-reads the run once for fresh URLs. The
+bounded concurrency, streamed and atomically, under a name derived from the
+item's stable key and the suffix of the image's real type; a failed download
+re-reads the run once for fresh URLs and tries again. One item never takes the
+run down: whatever goes wrong while one item is recorded (a download that is
+not an image, a disk error) ends that item alone; if its run exists it stays
+collectable (``failures.jsonl`` lists it with ``"collectable": true``) and the
+next run reads it again and downloads it, never creating it again. The
 manifest and the failures file are rewritten from the journal at the end of
 every run, so they never hold duplicates or stale rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -34,14 +41,14 @@ import anyio
 from runflow_async._batch.engine import Engine
 from runflow_async._batch.hooks import NoHooks, WorkItem
 from runflow_async._batch.outcomes import Outcome
+from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import (
     APIError,
     APIResponseError,
     ClientClosedError,
     CreateOutcomeUnknownError,
-    NotFoundError,
     NotSubmittedError,
-    PermissionDeniedError,
+    RequestValidationError,
     RunAbandonedError,
     RunTimeoutError,
 )
@@ -50,7 +57,7 @@ from runflow_async._core.models import GenerationResult, ImageOutput, Run
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
-from runflow_async._dataset.journal import ItemState, Journal
+from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     manifest_row,
@@ -58,12 +65,15 @@ from runflow_async._dataset.outputs import (
     summarize,
     write_outputs,
 )
+from runflow_async._http.download import DownloadedFile
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
     from runflow_async._client.client import RunflowClient
 
 __all__ = ["DatasetProgress", "run_dataset"]
+
+logger = logging.getLogger("runflow_async")
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
@@ -113,6 +123,7 @@ class _Runner:
         concurrency: int,
         max_cost_usd: Decimal | None,
         download_concurrency: int,
+        max_image_bytes: int,
         on_progress: Callable[[DatasetProgress], None] | None,
     ) -> None:
         self.client = client
@@ -122,6 +133,7 @@ class _Runner:
         self.concurrency = concurrency
         self.max_cost_usd = max_cost_usd
         self.downloads = anyio.CapacityLimiter(download_concurrency)
+        self.max_image_bytes = max_image_bytes
         self.progress = DatasetProgress(total=len(items))
         self.on_progress = on_progress
         self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
@@ -198,19 +210,43 @@ class _Runner:
         assert isinstance(request, EditRequest)  # noqa: S101 - only edits get uploads
         urls = list(request.image_urls)
         for position, path in zip(item.local_positions, item.local_images, strict=True):
-            asset = await self.client.upload(path)
+            try:
+                asset = await self.client.upload(path)
+            except (APIError, RequestValidationError) as exc:
+                # Nothing was created: this item waits for the next run (whose
+                # pre-flight reports a file that changed since this one's).
+                reason = f"upload: {path.name}: {type(exc).__name__}: {exc}"
+                raise NotSubmittedError(f"Line {item.line}: {reason}", reason=reason) from exc
             urls[position] = asset.url
         return request.model_copy(update={"image_urls": urls})
 
     async def _record(self, item: DatasetItem, outcome: Outcome) -> None:
+        try:
+            await self._record_outcome(item, outcome)
+        except Exception as exc:  # one item never takes the run (or its siblings) down
+            self._note(item, outcome.run_id, exc)
+        self._tick()
+
+    def _note(self, item: DatasetItem, run_id: str | None, exc: Exception) -> None:
+        """End ``item`` for this run with ``exc``; a run it has stays collectable."""
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "item %s (line %s, run %s) not finished: %s", item.key, item.line, run_id, reason
+        )
+        self.progress.failed += 1
+        # A journal that cannot be written raises here and stops the run: it is
+        # the source of truth, and runs it cannot record must not be created.
+        if run_id is not None:
+            with contextlib.suppress(JournalStateError):  # already created: kept as it is
+                self.journal.mark_created(item.key, run_id)
+        self.journal.note_error(item.key, error_type=type(exc).__name__, error=str(exc))
+
+    async def _record_outcome(self, item: DatasetItem, outcome: Outcome) -> None:
         error = outcome.error
         if outcome.result is not None:
-            try:
-                rows = await self._download(item, outcome.result)
-            except APIError:
-                # The run succeeded and stays "created": the next run re-reads it
-                # (fresh URLs) and downloads again, never creating it again.
-                return
+            # A failed download raises: the run succeeded and stays "created", so
+            # the next run re-reads it (fresh URLs) and downloads again.
+            rows = await self._download(item, outcome.result)
             cost = outcome.billed_usd
             self.journal.mark_succeeded(
                 item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
@@ -230,7 +266,7 @@ class _Runner:
         elif outcome.run_id is not None and isinstance(error, APIError | RunTimeoutError):
             # Its run exists and may be (or was) billed, but could not be read
             # to the end: it stays "created" and the next run reads it again.
-            pass
+            raise error
         else:
             assert error is not None  # noqa: S101 - an outcome has one or the other
             self.journal.mark_failed(
@@ -241,7 +277,6 @@ class _Runner:
             )
             self.progress.failed += 1
             self.progress.spent_usd += outcome.billed_usd or 0
-        self._tick()
 
     async def _download(self, item: DatasetItem, result: GenerationResult) -> list[dict[str, Any]]:
         run = result.run
@@ -250,22 +285,29 @@ class _Runner:
         rows = []
         for n, (image, cost) in enumerate(zip(images, costs, strict=False)):
             ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
-            name = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
+            # The suffix is a first guess: the file is named by its real type.
+            dest = self.out_dir / f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
             async with self.downloads:
-                saved = await self._fetch(run, n, image, self.out_dir / name)
-            rows.append(manifest_row(item, run, image, name, cost, saved.sha256))
+                saved = await self._fetch(run, n, image, dest)
+            rows.append(manifest_row(item, run, image, saved.path.name, cost, saved.sha256))
         return rows
 
-    async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> Any:
+    async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> DownloadedFile:
         try:
-            return await self.client.download(image, dest)
-        except (PermissionDeniedError, NotFoundError):
-            fresh = await self.client.get_run(run.id)  # expired URL: re-sign once
+            return await self._save(image, dest)
+        except APIError as exc:  # expired, missing, not an image: re-sign once, try again
+            logger.info("run %s image %s: %s; reading the run again", run.id, n, exc)
+            fresh = await self.client.get_run(run.id)
             if n >= len(fresh.images):  # the re-read shows no images: try on the next run
                 raise APIResponseError(
                     f"Run {run.id} was read again without image {n}", method="GET", path=run.id
                 ) from None
-            return await self.client.download(fresh.images[n], dest)
+            return await self._save(fresh.images[n], dest)
+
+    async def _save(self, image: ImageOutput, dest: Path) -> DownloadedFile:
+        return await self.client.download(
+            image, dest, max_bytes=self.max_image_bytes, name_by_type=True
+        )
 
 
 def _kind(request: RunRequest) -> str:
@@ -280,13 +322,15 @@ async def run_dataset(
     concurrency: int = 16,
     max_cost_usd: Decimal | None = None,
     download_concurrency: int = 8,
+    max_image_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     on_progress: Callable[[DatasetProgress], None] | None = None,
     estimates: Mapping[str, Decimal] | None = None,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
 
     ``estimates`` (USD by item key), when given, are the reservations used for
-    those items instead of estimating them again.
+    those items instead of estimating them again. ``max_image_bytes`` caps each
+    downloaded image (a larger one is a ``DownloadError``; its run stays collectable).
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -304,6 +348,7 @@ async def run_dataset(
             concurrency=concurrency,
             max_cost_usd=max_cost_usd,
             download_concurrency=download_concurrency,
+            max_image_bytes=max_image_bytes,
             on_progress=on_progress,
         )
         try:

@@ -36,7 +36,7 @@ from runflow_async._core.errors import (
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
 from runflow_async._http.retry import CallKind, with_retries
 from runflow_async._http.transport import Transport, is_plain_id, keyless_session, parse_response
-from runflow_async._imagesize import image_size_from_bytes
+from runflow_async._imagesize import image_size_from_bytes, image_type_from_bytes
 
 __all__ = ["MAX_UPLOAD_BYTES", "Asset", "get_asset", "read_upload_source", "upload_asset"]
 
@@ -50,12 +50,6 @@ _PUT_OK = frozenset({200, 201, 204})
 _MIN_PUT_TIMEOUT = 120.0  # seconds; the JS SDK's floor, plus one second per 256 KiB
 _PUT_BYTES_PER_SECOND = 256 * 1024
 _MAX_FILENAME = 500
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
 
 _T = TypeVar("_T")
 
@@ -96,13 +90,6 @@ class Asset(BaseModel):
             f"Asset(id={self.id!r}, name={self.name!r}, mime_type={self.mime_type!r}, "
             f"size_bytes={self.size_bytes!r})"
         )
-
-
-def _sniff_mime_type(data: bytes) -> str | None:
-    """Return the MIME type of PNG, JPEG, WebP or GIF ``data`` from its magic bytes."""
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
 
 
 def _upload_timeout(size: int) -> float:
@@ -151,7 +138,7 @@ def _check_upload(data: bytes, filename: str, mime_type: str | None) -> str:
         raise _size_error(filename, len(data))
     if not 1 <= len(filename) <= _MAX_FILENAME:
         raise _invalid("filename", f"filename must be 1 to {_MAX_FILENAME} characters.")
-    mime_type = mime_type or _sniff_mime_type(data)
+    mime_type = mime_type or image_type_from_bytes(data)
     if mime_type is None:
         message = f"{filename} is not a PNG, JPEG, WebP or GIF image; pass mime_type= to send it."
         raise _invalid("mime_type", message)

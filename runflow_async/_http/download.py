@@ -1,8 +1,13 @@
-"""Downloading output images: no API key, atomic writes, SHA-256 of what was written.
+"""Downloading output images: no API key, streamed to disk, checked to be an image.
 
 Output URLs are presigned and expire (docs: concepts/callbacks), so they are
 fetched without our ``Authorization`` header: the key must never travel to a
-storage host.
+storage host. The body is streamed in chunks to a hidden temporary file beside
+the destination and renamed over it only once it is whole, under ``max_bytes``
+and an image by its magic bytes (PNG, JPEG, WebP or GIF): a JSON or HTML page
+served with ``200`` is a :class:`DownloadError`, and nothing is left on disk.
+Connection errors, 429s and 5xx are retried here (a GET costs nothing); an
+expired URL (403/404) is raised for the caller to re-read the run.
 """
 
 from __future__ import annotations
@@ -12,20 +17,44 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import anyio
 
-from runflow_async._core.errors import APIError
+from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
+from runflow_async._core.errors import APIError, DownloadError
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
-from runflow_async._http.transport import keyless_session
+from runflow_async._http.retry import CallKind, with_retries
+from runflow_async._http.transport import Transport, keyless_session
+from runflow_async._imagesize import IMAGE_TYPE_BYTES, image_type_from_bytes
 
-__all__ = ["DownloadedFile", "download_to", "write_atomic"]
+__all__ = ["IMAGE_SUFFIXES", "DownloadedFile", "download_to", "write_atomic"]
+
+IMAGE_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+}
+"""The file name suffix of each image type a download accepts."""
+
+_CHUNK = 64 * 1024
+_ERROR_BODY_BYTES = 64 * 1024  # enough for any error envelope; the rest is not read
+_MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
 class DownloadedFile:
-    """A file written by :meth:`RunflowClient.download`."""
+    """A file written by :meth:`RunflowClient.download`.
+
+    Attributes:
+        path: Where it was written (with ``name_by_type``, the suffix of its type).
+        sha256: The SHA-256 of the bytes written, hex.
+        size: Bytes written.
+        content_type: The image type read from the file's magic bytes (not the
+            ``Content-Type`` the server claimed), e.g. ``"image/png"``.
+    """
 
     path: Path
     sha256: str
@@ -37,21 +66,36 @@ TEMP_SUFFIX = ".rfa-part"
 """Ends the name of a file being written (``.NAME.RANDOM.rfa-part``, hidden)."""
 
 
+def _temp_beside(dest: Path) -> tuple[IO[bytes], Path]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    return os.fdopen(fd, "wb"), Path(tmp)
+
+
+def _publish(fh: IO[bytes], tmp: Path, dest: Path) -> None:
+    """Give ``tmp`` the mode a plain ``open()`` would (not mkstemp's ``0o600``); rename it."""
+    os.fchmod(fh.fileno(), 0o666 & ~_umask())
+    fh.close()
+    os.replace(tmp, dest)
+
+
+def _discard(fh: IO[bytes], tmp: Path) -> None:
+    fh.close()
+    tmp.unlink(missing_ok=True)
+
+
 def write_atomic(dest: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``.
 
     The file gets the mode a plain ``open()`` would give it (``0o666`` less the
     umask), not the temporary file's private ``0o600``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    fh, tmp = _temp_beside(dest)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, dest)
+        fh.write(data)
+        _publish(fh, tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(fh, tmp)
         raise
 
 
@@ -70,28 +114,116 @@ def _umask() -> int:
     return mask  # pragma: no cover
 
 
-async def download_to(
-    session: aiohttp.ClientSession, url: str, dest: Path, *, timeout: aiohttp.ClientTimeout
+def _too_large(safe_url: str, max_bytes: int) -> DownloadError:
+    return DownloadError(
+        f"The download is over {max_bytes} bytes (max_bytes); nothing was kept",
+        code="too_large",
+        method="GET",
+        path=safe_url,
+    )
+
+
+def _not_an_image(safe_url: str, head: bytes) -> DownloadError:
+    shown = head[:IMAGE_TYPE_BYTES].decode("ascii", "replace")
+    return DownloadError(
+        f"The download is not a PNG, JPEG, WebP or GIF image (it starts {shown!r}); "
+        "nothing was kept",
+        code="not_an_image",
+        method="GET",
+        path=safe_url,
+    )
+
+
+async def _stream(
+    resp: aiohttp.ClientResponse, dest: Path, *, max_bytes: int, name_by_type: bool, safe_url: str
 ) -> DownloadedFile:
-    """GET ``url`` (no credentials) and write it to ``dest`` atomically.
+    """Write the body to a temporary file chunk by chunk, check it, then rename it."""
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise _too_large(safe_url, max_bytes)  # refused before a byte is read
+    fh, tmp = await anyio.to_thread.run_sync(_temp_beside, dest)
+    digest, size, head = hashlib.sha256(), 0, b""
+    kind: str | None = None
+    try:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(safe_url, max_bytes)
+            if kind is None and len(head) < IMAGE_TYPE_BYTES:
+                head += chunk[: IMAGE_TYPE_BYTES - len(head)]
+                if len(head) == IMAGE_TYPE_BYTES and (kind := _image_type(head)) is None:
+                    raise _not_an_image(safe_url, head)  # stop reading a page at once
+            digest.update(chunk)
+            await anyio.to_thread.run_sync(fh.write, chunk)
+        kind = kind or _image_type(head)
+        if kind is None:
+            raise _not_an_image(safe_url, head)
+        final = dest.with_suffix(IMAGE_SUFFIXES[kind]) if name_by_type else dest
+        await anyio.to_thread.run_sync(_publish, fh, tmp, final)
+    except BaseException:
+        _discard(fh, tmp)
+        raise
+    return DownloadedFile(final, digest.hexdigest(), size, kind)
+
+
+def _image_type(head: bytes) -> str | None:
+    kind = image_type_from_bytes(head)
+    return kind if kind in IMAGE_SUFFIXES else None
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The start of an error body: enough for its envelope, never a huge page."""
+    return await resp.content.read(_ERROR_BODY_BYTES)
+
+
+async def download_to(
+    transport: Transport,
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    name_by_type: bool = False,
+) -> DownloadedFile:
+    """GET ``url`` (no credentials) and stream it to ``dest`` atomically.
+
+    Args:
+        transport: Lends its connection pool, timeouts and retry policy.
+        url: The signed URL.
+        dest: The file to write.
+        max_bytes: The largest body accepted.
+        name_by_type: Replace ``dest``'s suffix with that of the image's real type.
 
     Raises:
+        DownloadError: The body is not an image, or is over ``max_bytes``.
         APIStatusError: The storage host answered an error (403: the URL expired).
-        APIConnectionError: The download failed; nothing is left at ``dest``.
+        APIConnectionError: The download failed after its retries.
+        OSError: The file could not be written. In every case nothing is left at
+            ``dest`` (an earlier file there is kept) nor beside it.
     """
-    safe_url = url.split("?", 1)[0]  # presigned query strings are credentials too
-    async with keyless_session(session) as bare:
-        try:
-            async with bare.get(url, timeout=timeout) as resp:
-                status, headers, content_type = resp.status, resp.headers, resp.content_type
-                data = await resp.read()
-        except CLIENT_ERRORS as exc:
-            error: APIError | None = client_error(exc, "GET", safe_url, target=safe_url)
-        else:
-            error = None
-    if error is not None:
-        raise error  # outside the except: aiohttp's message may quote the signed URL
-    if status >= 400:
-        raise status_error(status, data, headers, method="GET", path=safe_url, target=safe_url)
-    await anyio.to_thread.run_sync(write_atomic, dest, data)
-    return DownloadedFile(dest, hashlib.sha256(data).hexdigest(), len(data), content_type)
+    safe_url = url.split("?", 1)[0].split("#", 1)[0]  # presigned query strings are credentials
+
+    async def once() -> DownloadedFile:
+        async with keyless_session(transport.session()) as bare:
+            try:
+                async with bare.get(url, timeout=transport.timeout) as resp:
+                    if resp.status < 400:
+                        return await _stream(
+                            resp, dest, max_bytes=max_bytes, name_by_type=name_by_type,
+                            safe_url=safe_url,
+                        )  # fmt: skip
+                    status, headers, body = resp.status, resp.headers, await _read_capped(resp)
+            except CLIENT_ERRORS as exc:
+                error: APIError | None = client_error(exc, "GET", safe_url, target=safe_url)
+            else:
+                error = None
+        if error is not None:
+            raise error  # outside the except: aiohttp's message may quote the signed URL
+        raise status_error(status, body, headers, method="GET", path=safe_url, target=safe_url)
+
+    return await with_retries(
+        once,
+        kind=CallKind.READ,
+        retrying=transport.retrying,
+        method="GET",
+        path=safe_url,
+        max_attempts=_MAX_ATTEMPTS,
+    )

@@ -38,7 +38,8 @@ from runflow_async.emulator._deliveries import (
     Delivery,
     payload,
 )
-from runflow_async.emulator._faults import CallbackDice, Fault, FaultScript
+from runflow_async.emulator._dice import CallbackDice
+from runflow_async.emulator._faults import Fault, FaultScript
 from runflow_async.emulator._ledger import RunLedger
 from runflow_async.emulator._runs import RunRecord
 from runflow_async.emulator._scheduler import Scheduler

@@ -131,6 +131,13 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         ("--rate-html-ok", 0.0, "of status reads: 200 OK with an HTML page"),
         ("--rate-null-output", 0.0, 'of status reads: succeeded runs shown with "output": null'),
         ("--rate-not-found", 0.0, "of run reads: a transient 404 for a run that exists"),
+        ("--rate-not-image", 0.0, "of downloads: 200 with a JSON page claiming image/png"),
+        (
+            "--rate-oversized-image",
+            0.0,
+            "of downloads: the image padded to --oversized-image-bytes",
+        ),
+        ("--rate-download-404", 0.0, "of downloads: 404 FILE_NOT_FOUND"),
     ):
         faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
     faults.add_argument(
@@ -140,11 +147,18 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         "--slow-seconds", type=float, default=1.0, help="delay of a slow answer (emulated s)"
     )
     faults.add_argument(
+        "--oversized-image-bytes",
+        type=int,
+        default=65 * 1024 * 1024,
+        help="size of an oversized download (default 65 MiB, over the client's 64 MiB cap)",
+    )
+    faults.add_argument(
         "--fault-routes",
         type=_routes,
         default=frozenset({"create", "get_run", "list_runs"}),
         metavar="ROUTE[,ROUTE...]",
-        help="routes that draw faults (default create,get_run,list_runs)",
+        help="routes that draw faults (default create,get_run,list_runs; add file for the "
+        "download faults)",
     )
     faults.add_argument(
         "--fault-only",
@@ -180,6 +194,10 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         rate_null_output=args.rate_null_output,
         rate_not_found=args.rate_not_found,
         slow_seconds=args.slow_seconds,
+        rate_not_image=args.rate_not_image,
+        rate_oversized_image=args.rate_oversized_image,
+        oversized_image_bytes=args.oversized_image_bytes,
+        rate_download_404=args.rate_download_404,
         applies_to=args.fault_routes,
         only_on=dict(args.fault_only),
     )

@@ -16,6 +16,7 @@ __all__ = [
     "CALLBACK",
     "CONFIG_FIELDS",
     "CONTROL_ROUTES",
+    "DOWNLOAD_ROUTES",
     "FAULTABLE_ROUTES",
     "SCOPED_FAULT_KINDS",
     "CallbackFaults",
@@ -29,6 +30,9 @@ CONTROL_ROUTES: frozenset[str] = frozenset({"counters", "report", "credit"})
 
 FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - CONTROL_ROUTES
 """Routes a fault can target: every API route, none of the control plane."""
+
+DOWNLOAD_ROUTES: frozenset[str] = frozenset({"file", "asset_file"})
+"""Routes that serve files (output images, uploaded assets): the download faults' targets."""
 
 CALLBACK = "callback"
 """The pseudo-route of outgoing callback deliveries in a ``FaultScript``."""
@@ -49,6 +53,8 @@ def check_money(name: str, value: Decimal) -> None:
         raise ValueError(f"{name} must be a finite amount, not negative, got {value}")
 
 
+_DOWNLOAD_RATES = ("rate_not_image", "rate_oversized_image", "rate_download_404")
+
 REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 """Values of ``EmulatorConfig.reported_cost``."""
 
@@ -63,9 +69,11 @@ class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``, and the read faults ``rate_html_ok``, ``rate_null_output``,
-    ``rate_not_found``) are mutually exclusive outcomes of one draw, so their sum must not
-    exceed 1. Each kind applies to every route of ``applies_to`` unless ``only_on``
+    ``rate_slow``, the read faults ``rate_html_ok``, ``rate_null_output``,
+    ``rate_not_found``, and the download faults ``rate_not_image``,
+    ``rate_oversized_image``, ``rate_download_404``) are mutually exclusive outcomes
+    of one draw, so their sum must not exceed 1. Each kind applies to every route of
+    ``applies_to`` unless ``only_on``
     confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05, only_on={"5xx": frozenset(
     {"get_run", "list_runs"})})`` answers 5% of all requests 429 and 5% of status reads
     (only) 5xx. On a route a kind does not apply to, its share of the draw is no fault,
@@ -89,10 +97,18 @@ class FaultRates:
             with ``"output": null`` (the run did succeed and was billed).
         rate_not_found: Fraction of ``get_run`` reads answered a transient ``404``
             although the run exists (a replica that has not seen it yet).
+        rate_not_image: Fraction of downloads (``DOWNLOAD_ROUTES``) answered ``200``
+            with a JSON error page that claims to be ``image/png``.
+        rate_oversized_image: Fraction of downloads served padded to
+            ``oversized_image_bytes`` (still an image by its magic bytes).
+        oversized_image_bytes: Size of those bodies (default 65 MiB: just over the
+            client's 64 MiB cap).
+        rate_download_404: Fraction of downloads answered ``404 FILE_NOT_FOUND``.
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
         only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
             to these routes of ``applies_to``; a kind not named applies to all of them.
-            A lost create only ever happens on ``create``.
+            A lost create only ever happens on ``create``, and a download fault only on
+            the ``DOWNLOAD_ROUTES``: with a download rate set, ``applies_to`` must name one.
     """
 
     rate_429: float = 0.0
@@ -107,6 +123,10 @@ class FaultRates:
     rate_html_ok: float = 0.0
     rate_null_output: float = 0.0
     rate_not_found: float = 0.0
+    rate_not_image: float = 0.0
+    rate_oversized_image: float = 0.0
+    oversized_image_bytes: int = 65 * 1024 * 1024
+    rate_download_404: float = 0.0
     applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
     only_on: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
@@ -122,6 +142,7 @@ class FaultRates:
             "rate_lost_create",
             "rate_slow",
             *READ_FAULT_RATES,
+            *_DOWNLOAD_RATES,
         ):
             _check_fraction(name, getattr(self, name))
         if self.total > 1.0:
@@ -131,6 +152,13 @@ class FaultRates:
         unknown = self.applies_to - FAULTABLE_ROUTES
         if unknown:
             raise ValueError(f"unknown routes in applies_to: {sorted(unknown)}")
+        if self.oversized_image_bytes < 0:
+            raise ValueError("oversized_image_bytes must not be negative")
+        downloads = any(getattr(self, name) for name in _DOWNLOAD_RATES)
+        if downloads and not self.applies_to & DOWNLOAD_ROUTES:
+            raise ValueError(
+                f"download fault rates need a file route in applies_to: {sorted(DOWNLOAD_ROUTES)}"
+            )
         self._check_only_on()
 
     def _check_only_on(self) -> None:
@@ -156,16 +184,10 @@ class FaultRates:
     @property
     def total(self) -> float:
         """Return the probability that a request draws any fault at all."""
-        return (
-            self.rate_429
-            + self.rate_5xx
-            + self.rate_drop
-            + self.rate_lost_create
-            + self.rate_slow
-            + self.rate_html_ok
-            + self.rate_null_output
-            + self.rate_not_found
-        )
+        primary = self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create
+        reads = self.rate_html_ok + self.rate_null_output + self.rate_not_found
+        downloads = self.rate_not_image + self.rate_oversized_image + self.rate_download_404
+        return primary + self.rate_slow + reads + downloads
 
 
 @checked_fields()

@@ -3,19 +3,23 @@
 HTTP faults target the emulator's routes; callback faults target the pseudo-route
 ``"callback"`` (the emulator's own outgoing deliveries): ``drop`` never sends one,
 ``slow`` sends it late, ``duplicate`` sends it twice, ``reorder`` holds it until
-the next delivery has been sent.
+the next delivery has been sent (the seeded dice are in ``_dice``). Download faults (``not_image``,
+``oversized_image``) target only the file routes (``DOWNLOAD_ROUTES``).
 """
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from runflow_async.emulator._config import CALLBACK, FAULTABLE_ROUTES, CallbackFaults, FaultRates
+from runflow_async.emulator._config import (
+    CALLBACK,
+    DOWNLOAD_ROUTES,
+    FAULTABLE_ROUTES,
+)
 
-__all__ = ["CallbackDice", "Fault", "FaultDice", "FaultKind", "FaultScript"]
+__all__ = ["Fault", "FaultKind", "FaultScript"]
 
 FaultKind = Literal[
     "status",
@@ -28,10 +32,13 @@ FaultKind = Literal[
     "html_ok",
     "null_output",
     "oversized",
+    "not_image",
+    "oversized_image",
 ]
 
 _CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
 _CALLBACK_ONLY: frozenset[str] = frozenset({"duplicate", "reorder"})
+_DOWNLOAD_ONLY: frozenset[str] = frozenset({"not_image", "oversized_image"})
 _ON_CALLBACKS: frozenset[str] = _CALLBACK_ONLY | {"drop", "slow"}
 
 
@@ -51,7 +58,8 @@ class Fault:
         retry_after: ``Retry-After`` header value, verbatim.
         html: Answer an HTML error page instead of the JSON envelope.
         seconds: Emulated delay of ``slow``; longest hold of ``reorder``.
-        size_bytes: Body size of ``oversized``.
+        size_bytes: Body size of ``oversized`` and ``oversized_image``.
+        content_type: The ``Content-Type`` a ``not_image`` body claims.
     """
 
     kind: FaultKind
@@ -62,6 +70,7 @@ class Fault:
     html: bool = False
     seconds: float = 0.0
     size_bytes: int = 0
+    content_type: str | None = None
 
     @classmethod
     def status(
@@ -174,6 +183,36 @@ class Fault:
         return cls("oversized", http_status=200, size_bytes=size_bytes, html=chunked)
 
     @classmethod
+    def not_image(cls, *, html: bool = False, content_type: str = "image/png") -> Fault:
+        """Answer a download ``200 OK`` with a JSON (or HTML) page instead of the image.
+
+        A storage host or proxy that serves an error page with a success status;
+        the ``Content-Type`` header still claims an image. File routes only.
+
+        Args:
+            html: Serve an HTML page rather than a JSON error envelope.
+            content_type: The ``Content-Type`` sent with it.
+        """
+        return cls("not_image", http_status=200, html=html, content_type=content_type)
+
+    @classmethod
+    def oversized_image(cls, size_bytes: int, *, chunked: bool = False) -> Fault:
+        """Serve the real image padded with zeros to ``size_bytes`` (file routes only).
+
+        Still an image by its magic bytes; only its size is wrong.
+
+        Args:
+            size_bytes: How big the body is.
+            chunked: Send it without ``Content-Length`` (chunked), as a stream.
+
+        Raises:
+            ValueError: If ``size_bytes`` is negative.
+        """
+        if size_bytes < 0:
+            raise ValueError(f"a size must not be negative, got {size_bytes}")
+        return cls("oversized_image", http_status=200, size_bytes=size_bytes, html=chunked)
+
+    @classmethod
     def null_output(cls) -> Fault:
         """Serve normally, but show every succeeded run with ``"output": null``.
 
@@ -186,6 +225,11 @@ class Fault:
     def create_only(self) -> bool:
         """Return whether the fault only makes sense on the create route."""
         return self.kind in _CREATE_ONLY
+
+    @property
+    def download_only(self) -> bool:
+        """Return whether the fault only makes sense on the file (download) routes."""
+        return self.kind in _DOWNLOAD_ONLY
 
     @property
     def counter_key(self) -> str:
@@ -237,6 +281,8 @@ class FaultScript:
             raise ValueError(f"unknown route {route!r}")
         elif fault.create_only and route != "create":
             raise ValueError(f"a {fault.kind} fault only applies to the create route")
+        elif fault.download_only and route not in DOWNLOAD_ROUTES:
+            raise ValueError(f"a {fault.kind} fault only applies to {sorted(DOWNLOAD_ROUTES)}")
         elif fault.kind in _CALLBACK_ONLY:
             raise ValueError(f"a {fault.kind} fault only applies to callbacks")
         if times < 1:
@@ -261,82 +307,4 @@ class FaultScript:
                 if queued.left == 0:
                     queue.popleft()
                 return queued.fault
-        return None
-
-
-class FaultDice:
-    """Seeded random faults: one draw per request of an applicable route."""
-
-    __slots__ = ("_rates", "_rng")
-
-    def __init__(self, rates: FaultRates, seed: int) -> None:
-        self._rates = rates
-        self._rng = random.Random(f"runflow-emulator-faults:{seed}")
-
-    def roll(self, route: str) -> Fault | None:
-        """Draw the fault (or none) for one request of ``route``."""
-        rates = self._rates
-        if route not in rates.applies_to or rates.total == 0:
-            return None
-        draw = self._rng.random()
-        if draw < (edge := rates.rate_429):
-            if not rates.applies("429", route):
-                return None
-            without = self._rng.random() < rates.rate_429_without_retry_after
-            after = None if without else rates.retry_after_seconds
-            return Fault.status(429, retry_after=after)
-        if draw < (edge := edge + rates.rate_5xx):
-            if not rates.applies("5xx", route):
-                return None
-            if self._rng.random() < rates.rate_5xx_html:
-                return Fault.status(502, html=True)
-            return Fault.status(503)
-        if draw < (edge := edge + rates.rate_drop):
-            return Fault.drop() if rates.applies("drop", route) else None
-        if draw < (edge := edge + rates.rate_lost_create):
-            return Fault.lost_response() if route == "create" else None
-        if draw < (edge := edge + rates.rate_slow):
-            return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
-        return _read_fault(rates, route, draw - edge)
-
-
-_READS = frozenset({"get_run", "list_runs"})
-
-
-def _read_fault(rates: FaultRates, route: str, draw: float) -> Fault | None:
-    """The faults of status reads, drawn after the others (same draw, further edges)."""
-    if route not in _READS:
-        return None
-    if draw < (edge := rates.rate_html_ok):
-        return Fault.html_ok()
-    if draw < (edge := edge + rates.rate_null_output):
-        return Fault.null_output()
-    if draw < edge + rates.rate_not_found and route == "get_run":
-        return Fault.status(404)
-    return None
-
-
-class CallbackDice:
-    """Seeded random callback faults: one draw per automatic delivery."""
-
-    __slots__ = ("_rates", "_rng")
-
-    def __init__(self, rates: CallbackFaults, seed: int) -> None:
-        self._rates = rates
-        self._rng = random.Random(f"runflow-emulator-callback-faults:{seed}")
-
-    def roll(self) -> Fault | None:
-        """Draw the fault (or none) for one delivery."""
-        rates = self._rates
-        if rates.total == 0:
-            return None
-        draw = self._rng.random()
-        if draw < (edge := rates.rate_drop):
-            return Fault.drop()
-        if draw < (edge := edge + rates.rate_duplicate):
-            return Fault.duplicate()
-        if draw < (edge := edge + rates.rate_slow):
-            return Fault.slow(rates.slow_seconds)
-        if draw < edge + rates.rate_reorder:
-            return Fault.reorder(rates.reorder_hold_seconds)
         return None

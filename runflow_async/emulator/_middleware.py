@@ -126,6 +126,35 @@ async def _oversized(request: web.Request, fault: Fault) -> web.StreamResponse:
     return response
 
 
+def _not_image(fault: Fault) -> web.Response:
+    """A 200 whose body is a page (JSON, or HTML when ``fault.html``), labelled as an image."""
+    page = html_page(200) if fault.html else error_response(500, "STORAGE_ERROR")
+    assert isinstance(page.body, bytes)  # noqa: S101 - built from bytes above
+    return web.Response(body=page.body, headers={"Content-Type": fault.content_type or ""})
+
+
+async def _padded(
+    request: web.Request, response: web.StreamResponse, fault: Fault
+) -> web.StreamResponse:
+    """``response`` (an image) padded with zeros to ``fault.size_bytes`` (chunked: streamed)."""
+    if not (isinstance(response, web.Response) and isinstance(response.body, bytes)):
+        return response  # pragma: no cover - file routes answer whole bodies
+    if response.status != 200:
+        return response  # an error stays itself
+    body, kind = response.body, response.content_type
+    pad = max(0, fault.size_bytes - len(body))
+    if not fault.html:
+        return web.Response(body=body + bytes(pad), content_type=kind)
+    streamed = web.StreamResponse(headers={"Content-Type": kind})
+    streamed.enable_chunked_encoding()
+    await streamed.prepare(request)
+    await streamed.write(body)
+    for start in range(0, pad, 64 * 1024):
+        await streamed.write(bytes(min(64 * 1024, pad - start)))
+    await streamed.write_eof()
+    return streamed
+
+
 def _without_outputs(response: web.StreamResponse) -> web.StreamResponse:
     """``response`` with ``output`` null on every succeeded run it shows."""
     if not isinstance(response, web.Response) or response.content_type != "application/json":
@@ -166,6 +195,10 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         return await _oversized(request, fault)
     if fault.kind == "null_output":
         return _without_outputs(await handler(request))
+    if fault.kind == "not_image":
+        return _not_image(fault)
+    if fault.kind == "oversized_image":
+        return await _padded(request, await handler(request), fault)
     if fault.kind == "lost_response":
         await handler(request)
         if fault.http_status is None:

@@ -20,7 +20,8 @@ from runflow_async.emulator._callbacks import CallbackCenter
 from runflow_async.emulator._clock import EPOCH, EmulatedClock
 from runflow_async.emulator._config import EmulatorConfig, check_money
 from runflow_async.emulator._counters import EmulatorCounters, Tally
-from runflow_async.emulator._faults import FaultDice, FaultScript
+from runflow_async.emulator._dice import FaultDice
+from runflow_async.emulator._faults import FaultScript
 from runflow_async.emulator._images import ImageRenderer
 from runflow_async.emulator._ratelimit import RateLimiter
 from runflow_async.emulator._runs import RunRecord, UrlFor
