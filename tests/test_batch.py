@@ -397,15 +397,16 @@ async def test_an_unknown_create_outcome_is_listed_for_reconciliation() -> None:
 
 
 async def test_an_unknown_create_holds_its_money_and_never_stalls_the_batch() -> None:
-    # A square run costs $0.0015 (reserved at 1.5x until one settles). The first
-    # create's outcome is unknown: it may be billed, so its money stays held;
-    # two more runs fit beside it and the last item must be refused, not wait
-    # forever for a settlement that cannot come (a deadlock, seen in a soak).
+    # A square run costs $0.0015 (reserved at 1.5x until one settles, then at
+    # the 1.25 margin). The first create's outcome is unknown: it may be billed,
+    # so its money stays held; two more runs fit beside it and the last item
+    # must be refused, not wait forever for a settlement that cannot come (a
+    # deadlock, seen in a soak).
     async with emulator() as emu, scaled_client(emu.url) as client:
         emu.faults.next("create", Fault.lost_response(502))
         emu.faults.next("list_runs", Fault.status(400), times=5)
         with anyio.fail_after(10):
-            async with client.map(requests(4), max_concurrency=1, max_cost_usd="0.0046") as m:
+            async with client.map(requests(4), max_concurrency=1, max_cost_usd="0.006") as m:
                 outcomes = sorted([o async for o in m], key=lambda o: o.index)
     assert isinstance(outcomes[0].error, CreateOutcomeUnknownError)
     assert outcomes[1].ok

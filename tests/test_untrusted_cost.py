@@ -40,10 +40,11 @@ async def test_a_cost_that_cannot_be_trusted_never_lowers_spending(reported: str
 def test_the_ledger_ignores_negative_amounts() -> None:
     ledger = BudgetLedger(Decimal(1))
     assert ledger.try_reserve(Decimal("0.1"))
-    counted = ledger.settle(Decimal("0.1"), Decimal("-5"))
-    assert counted == Decimal("0.15")  # the estimate at the initial margin
+    settled = ledger.settle(Decimal("0.1"), Decimal("-5"))
+    assert settled.billed_usd is None  # unknown: the reservation stays, held
     ledger.add_spent(Decimal("-3"))
-    assert ledger.spent == Decimal("0.15")
+    assert ledger.spent == 0
+    assert ledger.committed == Decimal("0.15")  # the estimate at the initial margin
 
 
 def test_the_emulator_refuses_an_unknown_reported_cost() -> None:

@@ -90,7 +90,9 @@ class Engine(ItemLife):
         self._window = AdaptiveWindow(
             options.max_concurrency, adaptive=options.adaptive, clock=clock
         )
-        self._ledger = BudgetLedger(options.max_cost_usd)
+        self._ledger = BudgetLedger(
+            options.max_cost_usd, margin=options.billing_margin, probe_runs=options.probe_runs
+        )
         if spent_usd:
             self._ledger.add_spent(spent_usd)
         rate = options.submits_per_second
@@ -382,6 +384,7 @@ class Engine(ItemLife):
             queued=len(self._queue),
             spent_usd=ledger.spent,
             committed_usd=ledger.committed,
+            billing_factor=ledger.factor,
             billed_usd=self._billed,
             unfinished=MappingProxyType({**self._unsettled, **self._unfinished}),
             uncertain=MappingProxyType(dict(self._uncertain)),

@@ -91,6 +91,9 @@ class EngineSnapshot:
         queued: Items waiting for a slot.
         spent_usd: Spent so far (earlier spend given at construction included).
         committed_usd: Spent plus reservations at the current billing factor.
+        billing_factor: What reservations are multiplied by now (the guess
+            ``1.5`` until a run settles, then the largest billed/estimated
+            ratio seen times ``billing_margin``).
         billed_usd: What the API billed for this engine's runs.
         unfinished: Runs created and not seen to finish, by item index
             (being waited on, timed out, abandoned or unreadable).
@@ -104,6 +107,7 @@ class EngineSnapshot:
     queued: int
     spent_usd: Decimal
     committed_usd: Decimal
+    billing_factor: Decimal
     billed_usd: Decimal
     unfinished: Mapping[int, str]
     uncertain: Mapping[int, str]

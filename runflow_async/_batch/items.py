@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from runflow_async._batch.budget import BudgetLedger
+from runflow_async._batch.budget import BudgetLedger, recalibrated
 from runflow_async._batch.hooks import EngineHooks, WorkItem
 from runflow_async._batch.limits import AdaptiveWindow, Pacer, Slot
 from runflow_async._batch.observe import BatchEvent
@@ -311,7 +311,10 @@ class ItemLife:
 
     def _settle(self, index: int, request: RunRequest, est: Decimal, final: Run) -> Outcome:
         if final.succeeded:
-            billed: Decimal | None = self._ledger.settle(est, final.cost)
+            settled = self._ledger.settle(est, final.cost)
+            billed: Decimal | None = settled.billed_usd
+            if settled.recalibration is not None:
+                self.emit(recalibrated(index, final.id, settled.recalibration))
             self._window.on_success()
         else:
             self._ledger.release(est)

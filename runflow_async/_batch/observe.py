@@ -13,7 +13,14 @@ from typing import Literal, Protocol
 __all__ = ["BatchEvent", "BatchObserver", "EventKind", "ProgressBarObserver"]
 
 EventKind = Literal[
-    "submitted", "retried", "throttled", "succeeded", "failed", "not_submitted", "cost_settled"
+    "submitted",
+    "retried",
+    "throttled",
+    "succeeded",
+    "failed",
+    "not_submitted",
+    "cost_settled",
+    "budget_recalibrated",
 ]
 
 
@@ -28,8 +35,12 @@ class BatchEvent:
         error: The error, for ``failed``, ``not_submitted`` and ``retried``.
         retry_after: Seconds the server asked for, for ``throttled``.
         window: The concurrency window after a ``throttled`` event.
-        estimated_usd: For ``cost_settled``.
-        billed_usd: For ``cost_settled``.
+        estimated_usd: For ``cost_settled`` and ``budget_recalibrated``.
+        billed_usd: For ``cost_settled`` and ``budget_recalibrated``.
+        previous_factor: For ``budget_recalibrated``: the billing factor the
+            run was admitted on, which its bill exceeded.
+        factor: For ``budget_recalibrated``: the billing factor from now on
+            (admission pauses until the runs in flight have settled).
     """
 
     kind: EventKind
@@ -40,6 +51,8 @@ class BatchEvent:
     window: int | None = None
     estimated_usd: Decimal | None = None
     billed_usd: Decimal | None = None
+    previous_factor: Decimal | None = None
+    factor: Decimal | None = None
 
 
 class BatchObserver(Protocol):

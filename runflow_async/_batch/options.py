@@ -26,7 +26,14 @@ class BatchOptions(TypedDict, total=False):
         max_concurrency: Runs in flight at most, from create until the client
             notices the end (default 16).
         max_cost_usd: Budget. ``submit_many`` refuses a list over it before
-            sending anything, and no run starts that could push spending past it.
+            sending anything, and no run starts that could push spending past it:
+            the API's total bill stays within it provided the probe runs' bills
+            fit in it and no later run bills more than ``billing_margin`` times
+            the largest billed/estimated ratio seen before it started.
+        probe_runs: With a cap, runs in flight at most until one has settled
+            and measured how the API bills against the estimate (default 1).
+        billing_margin: With a cap, reservations are the estimate times the
+            largest billed/estimated ratio seen (at least 1) times this (1.25).
         submits_per_second: Pace creates evenly (no burst at start-up).
         adaptive: Shrink the window on 429s and grow it back (AIMD; default on).
         fail_fast: Stop everything at the first failure (default: failures never
@@ -41,6 +48,8 @@ class BatchOptions(TypedDict, total=False):
 
     max_concurrency: int
     max_cost_usd: Decimal | float | str | None
+    probe_runs: int
+    billing_margin: Decimal | float | str
     submits_per_second: float | None
     adaptive: bool
     fail_fast: bool
@@ -80,6 +89,8 @@ class EngineOptions:
 
     max_concurrency: int = 16
     max_cost_usd: Decimal | None = None
+    probe_runs: int = 1
+    billing_margin: Decimal = Decimal("1.25")
     submits_per_second: float | None = None
     adaptive: bool = True
     fail_fast: bool = False
@@ -117,6 +128,8 @@ class EngineOptions:
         built = cls(
             max_concurrency=options.get("max_concurrency", 16),
             max_cost_usd=_budget(options.get("max_cost_usd"), where),
+            probe_runs=options.get("probe_runs", 1),
+            billing_margin=_decimal(where, "billing_margin", options.get("billing_margin", "1.25")),
             submits_per_second=options.get("submits_per_second"),
             adaptive=options.get("adaptive", True),
             fail_fast=options.get("fail_fast", False),
@@ -138,6 +151,19 @@ class EngineOptions:
             raise ConfigurationError(f"{where}: submits_per_second must be positive and finite.")
         if self.timeout is not None and not self.timeout > 0:  # "not >" refuses NaN too
             raise ConfigurationError(f"{where}: timeout must be positive seconds, or None.")
+        if self.probe_runs < 1:
+            raise ConfigurationError(f"{where}: probe_runs must be at least 1.")
+        if not (self.billing_margin.is_finite() and self.billing_margin >= 1):
+            raise ConfigurationError(
+                f"{where}: billing_margin must be a finite number, at least 1."
+            )
+
+
+def _decimal(where: str, name: str, value: Decimal | float | str) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:  # decimal.InvalidOperation
+        raise ConfigurationError(f"{where}: {name} must be a number, got {value!r}.") from None
 
 
 def check_serving(receiver: CallbackReceiver) -> str:

@@ -43,8 +43,9 @@ class BatchesMixin:
 
         Use it as ``async with client.batch(max_concurrency=50) as batch``.
         Options (all keyword, see :class:`BatchOptions`): ``max_concurrency``,
-        ``max_cost_usd``, ``submits_per_second``, ``adaptive``, ``fail_fast``,
-        ``timeout``, ``observer``, ``callbacks``.
+        ``max_cost_usd``, ``probe_runs``, ``billing_margin``,
+        ``submits_per_second``, ``adaptive``, ``fail_fast``, ``timeout``,
+        ``observer``, ``callbacks``.
 
         Raises:
             ConfigurationError: An unknown option (naming the closest valid one),
