@@ -15,6 +15,7 @@ __all__ = [
     "CALLBACK",
     "CONTROL_ROUTES",
     "FAULTABLE_ROUTES",
+    "IDEMPOTENCY_MODES",
     "SCOPED_FAULT_KINDS",
     "CallbackFaults",
     "EmulatorConfig",
@@ -50,18 +51,22 @@ def check_money(name: str, value: Decimal) -> None:
 REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 """Values of ``EmulatorConfig.reported_cost``."""
 
+IDEMPOTENCY_MODES = ("at_receipt", "at_commit", "ignored")
+"""Values of ``EmulatorConfig.idempotency_mode``."""
+
 
 @dataclass(frozen=True, slots=True)
 class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``) are mutually exclusive outcomes of one draw, so their sum must not
-    exceed 1. Each kind applies to every route of ``applies_to`` unless ``only_on``
-    confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05, only_on={"5xx": frozenset(
-    {"get_run", "list_runs"})})`` answers 5% of all requests 429 and 5% of status reads
-    (only) 5xx. On a route a kind does not apply to, its share of the draw is no fault,
-    so every kind keeps its own rate on the routes it does apply to.
+    ``rate_slow``, ``rate_late_commit``) are mutually exclusive outcomes of one draw, so
+    their sum must not exceed 1. Each kind applies to every route of ``applies_to``
+    unless ``only_on`` confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05,
+    only_on={"5xx": frozenset({"get_run", "list_runs"})})`` answers 5% of all requests
+    429 and 5% of status reads (only) 5xx. On a route a kind does not apply to, its
+    share of the draw is no fault, so every kind keeps its own rate on the routes it
+    does apply to.
 
     Attributes:
         rate_429: Fraction of requests answered ``429 RATE_LIMITED``.
@@ -75,10 +80,16 @@ class FaultRates:
             response (a 502 page), the ambiguous case.
         rate_slow: Fraction of requests delayed by ``slow_seconds`` before answering.
         slow_seconds: Delay of a slow request, in emulated seconds.
+        rate_late_commit: Fraction of creates that store their run only
+            ``late_commit_seconds`` after receiving it, and drop the connection at
+            once (``Fault.late_commit``): the client cannot know, and neither a read
+            by id nor the list shows the run until then. How a repeat of its
+            ``Idempotency-Key`` is treated meanwhile is ``EmulatorConfig.idempotency_mode``.
+        late_commit_seconds: Emulated seconds from receipt to storage of a late commit.
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
         only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
             to these routes of ``applies_to``; a kind not named applies to all of them.
-            A lost create only ever happens on ``create``.
+            A lost create or a late commit only ever happens on ``create``.
     """
 
     rate_429: float = 0.0
@@ -90,6 +101,8 @@ class FaultRates:
     rate_lost_create: float = 0.0
     rate_slow: float = 0.0
     slow_seconds: float = 1.0
+    rate_late_commit: float = 0.0
+    late_commit_seconds: float = 3.0
     applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
     only_on: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
@@ -104,12 +117,17 @@ class FaultRates:
             "rate_drop",
             "rate_lost_create",
             "rate_slow",
+            "rate_late_commit",
         ):
             _check_fraction(name, getattr(self, name))
         if self.total > 1.0:
             raise ValueError(f"the primary fault rates add up to {self.total}, more than 1")
         if self.retry_after_seconds < 0 or self.slow_seconds < 0:
             raise ValueError("retry_after_seconds and slow_seconds must not be negative")
+        if not (math.isfinite(self.late_commit_seconds) and self.late_commit_seconds > 0):
+            raise ValueError(
+                f"late_commit_seconds must be positive, got {self.late_commit_seconds!r}"
+            )
         unknown = self.applies_to - FAULTABLE_ROUTES
         if unknown:
             raise ValueError(f"unknown routes in applies_to: {sorted(unknown)}")
@@ -139,7 +157,12 @@ class FaultRates:
     def total(self) -> float:
         """Return the probability that a request draws any fault at all."""
         return (
-            self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create + self.rate_slow
+            self.rate_429
+            + self.rate_5xx
+            + self.rate_drop
+            + self.rate_lost_create
+            + self.rate_slow
+            + self.rate_late_commit
         )
 
 
@@ -195,12 +218,22 @@ class EmulatorConfig:
         median_duration: Median run duration in emulated seconds (log-normal).
         duration_sigma: Sigma of the log-normal run duration.
         failure_rate: Fraction of runs that end ``failed``.
-        honour_idempotency_key: Replay creates that repeat an ``Idempotency-Key``.
+        honour_idempotency_key: Replay creates that repeat an ``Idempotency-Key``;
+            ``False`` is ``idempotency_mode="ignored"``.
+        idempotency_mode: How a key is honoured while a create is received but not
+            yet stored (a late commit: ``Fault.late_commit``,
+            ``FaultRates.rate_late_commit``): ``at_receipt`` (a repeat waits for
+            the first to be stored and is answered with the same run),
+            ``at_commit`` (a repeat is checked against stored runs only, so one
+            sent before the first is stored makes a second run), or ``ignored``
+            (every create makes a run). Stored runs are replayed in both first modes.
         url_ttl: Emulated seconds an output URL stays valid after a read signs it.
         pricing: The shared pricing policy that computes each run's cost.
         cost_multiplier: The emulator bills this times the policy price.
         list_lag: Emulated seconds before a new run appears in ``GET /v1/runs``
             (reads by id see it at once): an eventually consistent list index.
+        list_ignores_filter: ``GET /v1/runs`` ignores ``q`` and lists every run (a
+            server that does not support the filter, and says nothing).
         reported_cost: What reads show as a run's ``cost`` (the bill is the
             true one whatever this says): ``billed`` (the truth), ``negative``,
             ``huge`` ($1e9), ``nan`` or ``missing`` (null); a server fault.
@@ -242,11 +275,13 @@ class EmulatorConfig:
     duration_sigma: float = 0.5
     failure_rate: float = 0.0
     honour_idempotency_key: bool = True
+    idempotency_mode: str = "at_receipt"
     url_ttl: float = 3600.0
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
     cost_multiplier: Decimal = Decimal(1)
     reported_cost: str = "billed"
     list_lag: float = 0.0
+    list_ignores_filter: bool = False
     credit_usd: Decimal | None = None
     faults: FaultRates = field(default_factory=FaultRates)
     max_in_flight_runs: int | None = None
@@ -286,7 +321,24 @@ class EmulatorConfig:
             )
         if self.credit_usd is not None:
             check_money("credit_usd", self.credit_usd)
+        self._check_idempotency()
         self._check_limits()
+
+    def _check_idempotency(self) -> None:
+        if self.idempotency_mode not in IDEMPOTENCY_MODES:
+            raise ValueError(
+                f"idempotency_mode must be one of {', '.join(IDEMPOTENCY_MODES)}, "
+                f"got {self.idempotency_mode!r}"
+            )
+        if not self.honour_idempotency_key and self.idempotency_mode == "at_commit":
+            raise ValueError(
+                "honour_idempotency_key=False contradicts idempotency_mode='at_commit'"
+            )
+
+    @property
+    def key_mode(self) -> str:
+        """Return how ``Idempotency-Key`` is honoured, both fields taken into account."""
+        return self.idempotency_mode if self.honour_idempotency_key else "ignored"
 
     def _check_limits(self) -> None:
         for name in ("max_in_flight_runs", "retain_runs"):

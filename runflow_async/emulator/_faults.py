@@ -28,9 +28,14 @@ FaultKind = Literal[
     "html_ok",
     "null_output",
     "oversized",
+    "late_commit",
+    "bad_run_id",
+    "reused_run_id",
 ]
 
-_CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
+_CREATE_ONLY: frozenset[str] = frozenset(
+    {"lost_response", "fail_run", "late_commit", "bad_run_id", "reused_run_id"}
+)
 _CALLBACK_ONLY: frozenset[str] = frozenset({"duplicate", "reorder"})
 _ON_CALLBACKS: frozenset[str] = _CALLBACK_ONLY | {"drop", "slow"}
 
@@ -46,12 +51,15 @@ class Fault:
     Attributes:
         kind: What happens.
         http_status: Status answered (``status``, ``lost_response``); ``None`` drops.
+            A ``late_commit`` answers 201 once stored, or (``None``) drops at once.
         code: Error ``code`` of a JSON answer, or the failure code of ``fail_run``.
         message: Failure message of ``fail_run``.
         retry_after: ``Retry-After`` header value, verbatim.
         html: Answer an HTML error page instead of the JSON envelope.
-        seconds: Emulated delay of ``slow``; longest hold of ``reorder``.
+        seconds: Emulated delay of ``slow``; longest hold of ``reorder``; delay
+            from receipt to storage of ``late_commit``.
         size_bytes: Body size of ``oversized``.
+        value: The ``id`` a ``bad_run_id`` answers (``None``: no ``id`` at all).
     """
 
     kind: FaultKind
@@ -62,6 +70,7 @@ class Fault:
     html: bool = False
     seconds: float = 0.0
     size_bytes: int = 0
+    value: str | int | None = None
 
     @classmethod
     def status(
@@ -172,6 +181,48 @@ class Fault:
         if size_bytes < 0:
             raise ValueError(f"a size must not be negative, got {size_bytes}")
         return cls("oversized", http_status=200, size_bytes=size_bytes, html=chunked)
+
+    @classmethod
+    def late_commit(cls, seconds: float = 3.0, *, answer: bool = False) -> Fault:
+        """Store the run ``seconds`` emulated seconds after receiving it (create only).
+
+        Until then a read by id answers 404 and no list shows it (after it, the
+        list also waits ``list_lag``). A repeat of its ``Idempotency-Key`` in the
+        meantime is handled as ``EmulatorConfig.idempotency_mode`` says.
+
+        Args:
+            seconds: Emulated seconds from receipt to storage.
+            answer: Hold the answer until the run is stored, then answer 201 (a
+                client whose read timeout is shorter has gone by then); by
+                default the connection is dropped at once.
+
+        Raises:
+            ValueError: If ``seconds`` is not positive.
+        """
+        if not seconds > 0:
+            raise ValueError(f"a commit delay must be positive, got {seconds}")
+        return cls("late_commit", http_status=201 if answer else None, seconds=seconds)
+
+    @classmethod
+    def bad_run_id(cls, run_id: str | int | None) -> Fault:
+        """Create the run normally, but answer with ``id`` replaced (create only).
+
+        Args:
+            run_id: The ``id`` answered: an absurd string (``"a/../b"``, ``""``,
+                one of 300 characters), a number, or ``None`` for no ``id`` at all.
+                The run is stored (and bills) under its real id.
+        """
+        return cls("bad_run_id", value=run_id)
+
+    @classmethod
+    def reused_run_id(cls) -> Fault:
+        """Create the run normally, but answer with the previous create's run id (create only).
+
+        A buggy server that tells two creates they made one run; the run it made
+        for this create is stored (and bills) under its real id. On the first
+        create ever there is no previous run: it is answered as usual.
+        """
+        return cls("reused_run_id")
 
     @classmethod
     def null_output(cls) -> Fault:
@@ -295,8 +346,10 @@ class FaultDice:
             return Fault.drop() if rates.applies("drop", route) else None
         if draw < (edge := edge + rates.rate_lost_create):
             return Fault.lost_response() if route == "create" else None
-        if draw < edge + rates.rate_slow and rates.applies("slow", route):
-            return Fault.slow(rates.slow_seconds)
+        if draw < (edge := edge + rates.rate_slow):
+            return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
+        if draw < edge + rates.rate_late_commit and route == "create":
+            return Fault.late_commit(rates.late_commit_seconds)
         return None
 
 
