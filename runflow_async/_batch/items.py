@@ -208,6 +208,10 @@ class ItemLife:
             del self._uncertain[index]
             return self.not_submitted(index, request, est, exc.reason)
         except APIError as exc:
+            if isinstance(exc.__cause__, _GaveUp):
+                # Given up after an ambiguous attempt: the gate gave the money back
+                # when it was throttled, but the run may exist. Take it again to hold.
+                self._ledger.reserve_unchecked(est)
             return self._create_failed(index, request, est, exc)
         del self._uncertain[index]
         self._unfinished[index] = self._undelivered[index] = run.id
