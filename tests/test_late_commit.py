@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
 from runflow_async import (
     CreateOutcomeUnknownError,
@@ -27,6 +28,9 @@ from runflow_async.emulator import Emulator, Fault, FaultRates
 from tests.conftest import API_KEY
 
 SCALE = 0.002  # a 10 s window takes 20 ms
+# The batch tests run slower, so that a busy machine's own delays (a few ms per
+# request) stay small next to a 2-3 s lag: 1 emulated second is 10 ms.
+BATCH_SCALE = 0.01
 CREATES = frozenset({"create"})
 
 
@@ -63,8 +67,10 @@ async def test_a_lagging_list_with_ambiguous_creates_and_an_ignored_key_bills_ea
     # the key is ignored. A lookup at 0-1 s misses; resending then bills twice.
     faults = FaultRates(rate_lost_create=0.2, applies_to=CREATES)
     async with (
-        emulator(list_lag=2.0, honour_idempotency_key=False, faults=faults) as emu,
-        client_for(emu.url) as client,
+        emulator(
+            list_lag=2.0, honour_idempotency_key=False, faults=faults, time_scale=BATCH_SCALE
+        ) as emu,
+        client_for(emu.url, scale=BATCH_SCALE) as client,
     ):
         async with client.batch(max_concurrency=50) as batch:
             batch.submit_many(requests(200))
@@ -84,8 +90,8 @@ async def test_runs_stored_3s_late_are_adopted_never_made_twice(mode: str) -> No
     # at_commit and ignored do not.
     faults = FaultRates(rate_late_commit=0.1, late_commit_seconds=3.0, applies_to=CREATES)
     async with (
-        emulator(idempotency_mode=mode, faults=faults) as emu,
-        client_for(emu.url) as client,
+        emulator(idempotency_mode=mode, faults=faults, time_scale=BATCH_SCALE) as emu,
+        client_for(emu.url, scale=BATCH_SCALE) as client,
     ):
         async with client.batch(max_concurrency=50) as batch:
             batch.submit_many(requests(200))
@@ -148,11 +154,13 @@ async def test_a_throttled_resend_given_up_after_an_ambiguous_attempt_stays_unkn
             await wait_for_creates(emu, 2)
             emu.faults.next("create", Fault.status(429), times=5)
         outcome, refused = await first.wait(), await second.wait()
+        committed = batch._engine.snapshot().committed_usd
         assert emu.counters.requests_by_route["create"] >= 3
     assert isinstance(refused.error, NotSubmittedError)
     assert isinstance(outcome.error, CreateOutcomeUnknownError)
     assert batch.stop_reason == "insufficient_credit"
     assert len(batch.uncertain_client_refs) == 1
+    assert committed >= outcome.estimated_usd > 0  # its money held, not given back
 
 
 async def wait_for_creates(emu: Emulator, count: int) -> None:
@@ -235,3 +243,21 @@ async def test_a_search_tolerates_failed_lookups_until_the_last_one() -> None:
 
     with pytest.raises(LookupFailed):
         await search(failing, clock=clock, visibility=visibility, since=clock.now(), interval=4.0)
+
+
+async def test_a_budget_spent_while_proving_absence_ends_unknown_unsent(inline_server: Any) -> None:
+    # The window (10 s = 50 ms here) outlasts max_time (30 ms): absence is
+    # proven too late to send again, so the create ends unknown, sent once.
+    posts: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            posts.append(1)
+            return web.Response(status=500)
+        return web.json_response({"items": []})
+
+    url = await inline_server(handler)
+    async with client_for(url, scale=0.005, max_time=0.03) as client:
+        with pytest.raises(CreateOutcomeUnknownError):
+            await client.submit(requests(1)[0])
+    assert posts == [1]

@@ -17,6 +17,7 @@ from runflow_async import (
     RunflowClient,
 )
 from runflow_async._core.models import run_id_problem
+from runflow_async._http.create import find_by_client_ref
 from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY
@@ -169,3 +170,33 @@ async def test_two_creates_answered_with_one_run_id_both_settle(strategy: WaitSt
     assert [o.ok for o in outcomes] == [True, True]
     assert outcomes[0].run_id == outcomes[1].run_id
     assert created == 2
+
+
+async def test_a_create_answered_with_a_good_id_but_not_a_run_is_unknown(
+    inline_server: Start,
+) -> None:
+    def post(body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"id": "run-1", "metadata": "not an object"}, status=201)
+
+    handler, calls = lookup_server(post=post, listing=lambda q: web.json_response({"items": []}))
+    url = await inline_server(handler)
+    async with client_for(url) as client:
+        with pytest.raises(CreateOutcomeUnknownError) as info:
+            await client.submit(REQUEST)
+    cause = info.value.__cause__
+    assert isinstance(cause, APIResponseError)
+    assert "not a run" in str(cause)
+    assert cause.raw_id == "run-1"
+    assert calls.count("POST") == 1
+
+
+async def test_a_single_lookup_that_the_server_refuses_is_unknown(inline_server: Start) -> None:
+    handler, _ = lookup_server(
+        post=lambda body: web.Response(status=500),
+        listing=lambda q: web.json_response({"code": "INVALID_QUERY"}, status=400),
+    )
+    url = await inline_server(handler)
+    async with client_for(url) as client:
+        with pytest.raises(CreateOutcomeUnknownError, match="refused") as info:
+            await find_by_client_ref(client._transport, "rfa-x", idempotency_key="k")
+    assert info.value.client_ref == "rfa-x"

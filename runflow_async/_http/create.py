@@ -132,7 +132,7 @@ async def find_by_client_ref(
     try:
         return await _lookup(transport, client_ref)
     except (LookupFailed, _FilterIgnored) as exc:
-        raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from exc
+        raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
 
 
 async def look_for(
@@ -156,7 +156,7 @@ async def look_for(
             interval=transport.retry.lookup_interval,
         )
     except (LookupFailed, _FilterIgnored) as exc:
-        raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from exc
+        raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
     if found is not None:
         logger.info("Adopted run %s after an ambiguous create.", found.id)
     return found
@@ -253,6 +253,11 @@ async def create_run(
             path,
         ),
     )
+
+
+def _origin(exc: Exception) -> BaseException:
+    """The API's own error behind a failed lookup, when there is one."""
+    return exc.__cause__ if isinstance(exc.__cause__, APIError) else exc
 
 
 def _why(exc: Exception) -> str:

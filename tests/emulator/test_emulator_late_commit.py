@@ -180,6 +180,14 @@ async def test_a_bad_run_id_answer_hides_the_real_one(run_id: str | int | None, 
     assert run["id"] != shown
 
 
+async def test_a_bad_run_id_leaves_a_refused_create_alone() -> None:
+    async with running(**FROZEN) as h:
+        h.emu.faults.next("create", Fault.bad_run_id("x/y"))
+        status, answer = await post(h, {"input": {}})
+    assert status == 422
+    assert answer["code"] == "VALIDATION_ERROR"
+
+
 async def test_a_reused_run_id_answers_the_previous_create_s_run() -> None:
     async with running(**FROZEN) as h:
         h.emu.faults.next("create", Fault.reused_run_id())
