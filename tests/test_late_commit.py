@@ -234,7 +234,10 @@ async def test_a_search_tolerates_failed_lookups_until_the_last_one() -> None:
 
     visibility = Visibility(RetryPolicy(visibility_floor=10.0))
     clock = Clock(0)
-    found = await search(find, clock=clock, visibility=visibility, since=clock.now(), interval=0.25)
+    now = clock.now()
+    found = await search(
+        find, clock=clock, visibility=visibility, sent_at=now, failed_at=now, interval=0.25
+    )
     assert found is None
     assert len(calls) == 7  # at 0, 0.25, 0.75, 1.75, 3.75, 7.75 and 10 s
 
@@ -242,7 +245,9 @@ async def test_a_search_tolerates_failed_lookups_until_the_last_one() -> None:
         raise LookupFailed("down")
 
     with pytest.raises(LookupFailed):
-        await search(failing, clock=clock, visibility=visibility, since=clock.now(), interval=4.0)
+        await search(
+            failing, clock=clock, visibility=visibility, sent_at=now, failed_at=now, interval=4.0
+        )
 
 
 async def test_a_budget_spent_while_proving_absence_ends_unknown_unsent(inline_server: Any) -> None:

@@ -70,8 +70,8 @@ class RetryPolicy:
             not sleep (like ``stamina``'s test mode), matching a scaled emulator.
         visibility_floor: The shortest *visibility window*, in seconds: after a
             create that may have reached the server, the client looks its run up
-            by ``client_ref`` until this long after sending it (or longer, see
-            below) before it may send it again. Lists lag and servers may store
+            by ``client_ref`` until this long after that attempt was given up (or
+            longer, see below) before it may send it again. Lists lag and servers may store
             a run after they stopped answering, so an empty lookup is no proof.
         visibility_cap: The longest visibility window, in seconds. The window is
             ``clamp(2 x the longest time this client's runs took to appear in the

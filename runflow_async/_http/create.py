@@ -23,6 +23,7 @@ refused (a 4xx), or whose last try fails, ends in
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -136,12 +137,17 @@ async def find_by_client_ref(
 
 
 async def look_for(
-    transport: Transport, client_ref: str, *, idempotency_key: str, since: float
+    transport: Transport,
+    client_ref: str,
+    idempotency_key: str,
+    sent_at: float,
+    failed_at: float,
 ) -> Run | None:
-    """Look up a create sent at ``since`` over the whole visibility window.
+    """Look up a create over the whole visibility window.
 
-    Returns the run once a lookup shows it, or ``None`` once the window (see
-    :mod:`._http.visibility`) has passed without a sighting.
+    ``sent_at`` and ``failed_at`` are when it was sent and when the attempt
+    was given up (clock seconds). Returns the run once a lookup shows it, or ``None`` once the
+    window (see :mod:`._http.visibility`) has passed without a sighting.
 
     Raises:
         CreateOutcomeUnknownError: The filter is ignored or refused, or the last
@@ -152,7 +158,8 @@ async def look_for(
             lambda: _lookup(transport, client_ref),
             clock=transport.clock,
             visibility=transport.visibility,
-            since=since,
+            sent_at=sent_at,
+            failed_at=failed_at,
             interval=transport.retry.lookup_interval,
         )
     except (LookupFailed, _FilterIgnored) as exc:
@@ -211,8 +218,7 @@ async def create_run(
     client_ref: str = body["client_ref"]
     headers = {"Idempotency-Key": idempotency_key}
 
-    async def lookup(since: float) -> Run | None:
-        return await look_for(transport, client_ref, idempotency_key=idempotency_key, since=since)
+    lookup = functools.partial(look_for, transport, client_ref, idempotency_key)
 
     async def attempt() -> Run:
         sent_at = transport.clock.now()
@@ -229,7 +235,7 @@ async def create_run(
             run = parse_created(transport, response, path=path)
         except (APIResponseError, _CutOff2xx) as exc:
             # A 2xx means the run exists: recover it, never send again.
-            found = await lookup(sent_at)
+            found = await lookup(sent_at, transport.clock.now())
             if found is None:
                 reason = "the API accepted it but its answer was unreadable"
                 raise _unknown(reason, client_ref, idempotency_key, path) from exc

@@ -241,7 +241,7 @@ async def with_retries(
     method: str,
     path: str,
     max_attempts: int | None = None,
-    reconcile: Callable[[float], Awaitable[_T | None]] | None = None,
+    reconcile: Callable[[float, float], Awaitable[_T | None]] | None = None,
     gate: CreateGate | None = None,
     on_retry: RetryHook | None = None,
     first_error: APIError | None = None,
@@ -249,29 +249,29 @@ async def with_retries(
 ) -> _T:
     """Call ``attempt`` until it succeeds or :func:`decide` says to stop; see the module doc.
 
-    ``reconcile(sent_at)`` looks for what an ambiguous attempt sent at ``sent_at``
-    made until it proves it absent (``None``); the next attempt is sent only then.
-    No later answer proves nothing was made: unless a last ``reconcile`` finds it,
-    the call ends in ``unknown(error)``. ``gate`` takes over 429 waits.
+    ``reconcile(sent_at, failed_at)`` looks for what an ambiguous attempt made until
+    it proves it absent (``None``); only then is the next one sent. No later answer
+    proves nothing was made: unless a last ``reconcile`` finds it, the call ends in
+    ``unknown(error)``. ``gate`` takes over 429 waits.
     """
     policy, clock = retrying.policy, retrying.clock
     limit = min(policy.max_attempts, max_attempts or policy.max_attempts)
     started = anyio.current_time()
     tries = throttles = 0
-    ambiguous_at: float | None = None  # when the latest ambiguous attempt was sent
-    failed = first_error
+    ambiguous: tuple[float, float] | None = None  # the latest ambiguous attempt's times
+    failed, sent_at = first_error, clock.now()
     while True:
         tries += 1
-        sent_at = clock.now()
         if failed is None:
+            sent_at = clock.now()
             try:
                 return await attempt()
             except APIError as error:
                 failed = error
-        exc, failed = failed, None  # the latest failure
+        times, exc, failed = (sent_at, clock.now()), failed, None  # the latest failure
         action = decide(kind, exc, tries)
-        ambiguous_at = sent_at if action is Action.RECONCILE else ambiguous_at
-        finish = _Finish(exc, ambiguous_at, reconcile, unknown)
+        ambiguous = times if action is Action.RECONCILE else ambiguous
+        finish = _Finish(exc, ambiguous, reconcile, unknown)  # how it ends if not sent again
         if gate is not None and isinstance(exc, RateLimitError) and throttles < MAX_GATED_THROTTLES:
             throttles += 1
             tries -= 1  # a 429 proves nothing was created: no attempt used up
@@ -285,7 +285,7 @@ async def with_retries(
         if action is Action.RECONCILE and reconcile is not None:
             event = RetryEvent(method, path, tries, 0.0, exc)
             _report((retrying.hook, on_retry), policy, event, log=True, lookup=True)
-            if (found := await reconcile(sent_at)) is not None:
+            if (found := await reconcile(*times)) is not None:
                 return found
             if anyio.current_time() - started >= policy.max_time:
                 return await finish.end(exc)  # proven absent, but no time left to send again
@@ -300,16 +300,16 @@ class _Finish(Generic[_T]):
     """How a call that will not be sent again ends, given its last error."""
 
     error: APIError
-    ambiguous_at: float | None
-    reconcile: Callable[[float], Awaitable[_T | None]] | None
+    ambiguous: tuple[float, float] | None
+    reconcile: Callable[[float, float], Awaitable[_T | None]] | None
     unknown: Callable[[APIError], APIError] | None
 
     async def end(self, cause: BaseException) -> _T:
         """Raise ``cause``, unless an earlier attempt was ambiguous: then adopt or end unknown."""
-        if self.ambiguous_at is not None and self.reconcile is not None:
+        if self.ambiguous is not None and self.reconcile is not None:
             # Only a lookup that finds it ends well; a miss proves nothing more
             # than it did (lists lag), so the outcome stays unknown.
-            if (found := await self.reconcile(self.ambiguous_at)) is not None:
+            if (found := await self.reconcile(*self.ambiguous)) is not None:
                 return found
             if self.unknown is not None:
                 raise self.unknown(self.error) from cause

@@ -6,8 +6,9 @@ up by ``client_ref`` in ``GET /v1/runs``. An empty answer proves nothing at
 first: list indexes lag behind creates, and some servers store a run seconds
 after they stopped answering (after the client's read timeout). So the client
 looks again, at growing spacing (``lookup_interval``, doubling), until a
-*visibility window* has passed since the create was sent, and only then may
-it send the create again (with the same ``Idempotency-Key``).
+*visibility window* has passed since the attempt was given up (the server
+received it at some time between sending and then), and only then may it
+send the create again (with the same ``Idempotency-Key``).
 
 The window is ``clamp(2 x largest, visibility_floor, visibility_cap)``
 (:class:`~runflow_async.RetryPolicy`), where ``largest`` is the longest time,
@@ -87,22 +88,26 @@ async def search(
     *,
     clock: Clock,
     visibility: Visibility,
-    since: float,
+    sent_at: float,
+    failed_at: float,
     interval: float,
 ) -> _T | None:
-    """Look something sent at ``since`` up until the window has passed; ``None`` if never seen.
+    """Look up what was sent at ``sent_at`` until the window has passed; ``None`` if never seen.
 
+    The window counts from ``failed_at``, when the attempt was given up: the
+    server received it at some time between the two (a request may wait for
+    a connection first), so the lookups cover the window after any receipt.
+    A sighting is measured from ``sent_at``, which can only overstate a delay.
     The first lookup is made at once, the next ``interval`` later, each later
-    gap doubling, the last one once ``since + window`` has passed: only that
-    one proves absence, so a :class:`LookupFailed` is tolerated before it and
-    raised from it. Time counts on ``clock``; with a clock scaled to 0 the
-    gaps are counted, not waited.
+    gap doubling, the last one once the window has passed: only that one
+    proves absence, so a :class:`LookupFailed` is tolerated before it and
+    raised from it. With a clock scaled to 0 the gaps are counted, not waited.
 
     Raises:
         LookupFailed: The last lookup failed.
     """
     window = visibility.window
-    elapsed = clock.now() - since
+    elapsed = clock.now() - failed_at
     gap = interval
     while True:
         last = elapsed >= window
@@ -114,11 +119,11 @@ async def search(
             logger.info("A lookup failed (%s); looking again.", exc)
             found = None
         if found is not None:
-            visibility.observe(clock.now() - since)
+            visibility.observe(clock.now() - sent_at)
             return found
         if last:
             return None
         step = min(gap, window - elapsed)
         await clock.sleep(step)
-        elapsed = max(elapsed + step, clock.now() - since)
+        elapsed = max(elapsed + step, clock.now() - failed_at)
         gap *= 2
