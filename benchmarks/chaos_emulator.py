@@ -41,6 +41,7 @@ class ChaosMix:
     rate_lost_create: float = 0.02
     rate_drop: float = 0.01
     failure_rate: float = 0.02
+    rate_late_commit: float = 0.0  # issue 11: creates stored 3 s late, answer dropped
 
     def flags(self) -> list[str]:
         """The emulator flags: one seeded draw per request, 5xx on status reads only."""
@@ -52,6 +53,7 @@ class ChaosMix:
             "--fault-only", "5xx=get_run,list_runs",
             "--rate-lost-create", str(self.rate_lost_create),
             "--rate-drop", str(self.rate_drop),
+            "--rate-late-commit", str(self.rate_late_commit),
             "--failure-rate", str(self.failure_rate),
             "--fault-routes", "create,get_run,list_runs",
         ]  # fmt: skip

@@ -213,6 +213,8 @@ class ItemLife:
             del self._uncertain[index]
             return self.not_submitted(index, request, est, exc.reason)
         except APIError as exc:
+            if isinstance(exc.__cause__, _GaveUp):  # after an ambiguous attempt: the
+                self._ledger.reserve_unchecked(est)  # run may exist, hold what the gate freed
             return self._create_failed(index, request, est, exc)
         del self._uncertain[index]
         self._unfinished[index] = self._undelivered[index] = run.id

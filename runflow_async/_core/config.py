@@ -83,6 +83,16 @@ class RetryPolicy:
         jitter: Draw each wait uniformly from ``[0, ceiling]`` (full jitter).
         time_scale: Multiplies every wait; tests set it near zero so retries do
             not sleep (like ``stamina``'s test mode), matching a scaled emulator.
+        visibility_floor: The shortest *visibility window*, in seconds: after a
+            create that may have reached the server, the client looks its run up
+            by ``client_ref`` until this long after that attempt was given up (or
+            longer, see below) before it may send it again. Lists lag and servers may store
+            a run after they stopped answering, so an empty lookup is no proof.
+        visibility_cap: The longest visibility window, in seconds. The window is
+            ``clamp(2 x the longest time this client's runs took to appear in the
+            run list, visibility_floor, visibility_cap)``, learned as the client goes.
+        lookup_interval: Seconds before the second lookup of that window; each
+            later gap doubles.
     """
 
     max_attempts: int = 5
@@ -92,8 +102,17 @@ class RetryPolicy:
     max_retry_after: float = 60.0
     jitter: bool = True
     time_scale: float = 1.0
+    visibility_floor: float = 10.0
+    visibility_cap: float = 120.0
+    lookup_interval: float = 0.25
 
     def __post_init__(self) -> None:
+        if not 0 <= self.visibility_floor <= self.visibility_cap < float("inf"):
+            raise ConfigurationError(
+                "RetryPolicy needs 0 <= visibility_floor <= visibility_cap, both finite."
+            )
+        if not self.lookup_interval > 0:
+            raise ConfigurationError("RetryPolicy.lookup_interval must be positive.")
         if self.max_attempts < 1:
             raise ConfigurationError("RetryPolicy.max_attempts must be at least 1.")
         times = (self.max_time, self.initial_wait, self.max_wait, self.max_retry_after)

@@ -182,7 +182,19 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 
 
 class APIResponseError(APIError):
-    """A response arrived but could not be read (not JSON, wrong shape)."""
+    """A response arrived but could not be read (not JSON, wrong shape, an absurd id).
+
+    Attributes:
+        raw_id: The id the response carried, as sent, when it was the problem.
+        body_excerpt: The start of the body, when it helps (never the API key).
+    """
+
+    def __init__(
+        self, message: str, *, raw_id: object = None, body_excerpt: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.raw_id = raw_id
+        self.body_excerpt = body_excerpt
 
 
 class DownloadError(APIResponseError):

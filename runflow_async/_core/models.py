@@ -9,6 +9,7 @@ values are kept as strings, and legacy shapes seen in official clients
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -26,7 +27,32 @@ __all__ = [
     "RunPage",
     "RunStatus",
     "parse_error_body",
+    "run_id_problem",
 ]
+
+MAX_RUN_ID_LENGTH = 200
+"""The longest run id accepted from a create's answer (Runflow's are 36-character UUIDs)."""
+_RUN_ID = re.compile(rf"[A-Za-z0-9_~-][A-Za-z0-9._~-]{{0,{MAX_RUN_ID_LENGTH - 1}}}")
+
+
+def run_id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a run id, or ``None`` if it can.
+
+    A run id goes into URL paths and list filters: only URL-unreserved
+    characters (no ``/``, ``?``, ``#``, ``%``, whitespace, no leading dot), at
+    most :data:`MAX_RUN_ID_LENGTH` of them.
+    """
+    if value is None:
+        return "it is missing"
+    if not isinstance(value, str):
+        return f"it is a {type(value).__name__}, not a string"
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_RUN_ID_LENGTH:
+        return f"it is {len(value)} characters long (more than {MAX_RUN_ID_LENGTH})"
+    if _RUN_ID.fullmatch(value) is None:
+        return "it has characters that are not allowed in an id"
+    return None
 
 
 class RunStatus(enum.StrEnum):

@@ -6,19 +6,25 @@ carries one ``Idempotency-Key`` and one ``client_ref`` on every attempt.
 * Provably not created (429, 503 ``MODEL_UNAVAILABLE``, connection refused
   before sending): wait, then send again.
 * Ambiguous (timeout, connection dropped after sending, any other 5xx, a 409
-  on a repeat): wait, look the run up by ``client_ref`` and adopt it; send again
-  (same key) only when the lookup proves it absent.
-* Created but unreadable (a 2xx we cannot parse): look it up; never resend.
+  on a repeat): look the run up by ``client_ref``, again and again over the
+  visibility window (:mod:`._http.visibility`: an empty answer is no proof
+  while lists lag or a server stores late), and adopt it; send again (same
+  key) only once the whole window passed without a sighting.
+* Created but unreadable (a 2xx we cannot parse, or whose run id is missing,
+  empty, not a string or absurd): look it up; never resend.
 * Anything else (400/401/402/403/404/422): raise.
 
 Runflow documents ``Idempotency-Key`` only on batches and never says that the
 list filter matches ``client_ref``, so neither is trusted alone: a lookup whose
-answer contains runs with another ``client_ref`` (the filter was ignored), or
-that fails, ends in :class:`CreateOutcomeUnknownError` rather than a blind resend.
+answer contains runs with another ``client_ref`` (the filter was ignored) or is
+refused (a 4xx), or whose last try fails, ends in
+:class:`CreateOutcomeUnknownError` rather than a blind resend.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import uuid
 from typing import Any
@@ -31,12 +37,14 @@ from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
+    APIStatusError,
     CreateOutcomeUnknownError,
 )
 from runflow_async._core.filters import term
-from runflow_async._core.models import Run, RunPage
+from runflow_async._core.models import Run, RunPage, run_id_problem
 from runflow_async._http.retry import CallKind, CreateGate, RetryHook, with_retries
-from runflow_async._http.transport import Transport
+from runflow_async._http.transport import Response, Transport
+from runflow_async._http.visibility import LookupFailed, search
 
 __all__ = [
     "CreateGate",
@@ -44,10 +52,15 @@ __all__ = [
     "create_run",
     "find_by_client_ref",
     "idempotency_key_for",
+    "look_for",
+    "parse_created",
 ]
 
 logger = logging.getLogger("runflow_async")
 
+
+_EXCERPT = 400  # characters of a body quoted in an error
+_RAW_ID = 1000  # characters of an absurd run id kept in the error
 
 _KEY_NAMESPACE = uuid.UUID("6c1f0a52-8f1e-4c0e-9a43-2d7b5e0f9a11")
 
@@ -76,39 +89,115 @@ class _CutOff2xx(Exception):
     """A create was answered 2xx but its body was cut off: the run exists."""
 
 
+class _FilterIgnored(Exception):
+    """A lookup's answer shows the server does not filter by ``client_ref``."""
+
+
+async def _lookup(transport: Transport, client_ref: str) -> Run | None:
+    """One lookup by ``client_ref``: the newest run carrying it, or ``None``.
+
+    Raises:
+        LookupFailed: It failed in a way a later lookup may not (a 5xx, the network).
+        _FilterIgnored: The answer holds other runs, or the filter was refused (4xx).
+    """
+    params = {"q": client_ref_query(client_ref), "limit": "20", "sort_by": "created_at:desc"}
+    try:
+        response = await transport.request("GET", "/v1/runs", params=params)
+        page = RunPage.model_validate(response.data)
+    except APIStatusError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+            raise _FilterIgnored(f"the lookup failed: the API refused it ({exc.status})") from exc
+        raise LookupFailed(str(exc)) from exc
+    except (APIError, pydantic.ValidationError) as exc:
+        raise LookupFailed(str(exc)) from exc
+    if any(run.client_ref != client_ref for run in page.items):
+        raise _FilterIgnored("the API ignored the client_ref filter")
+    # client_refs we generate are unique per logical create; if a caller reused
+    # one, the newest run with it is the best candidate (and no second bill).
+    found = page.items[0] if page.items else None
+    if found is not None and run_id_problem(found.id) is not None:
+        raise _FilterIgnored("the run it lists has an id that is not usable")
+    return found
+
+
 async def find_by_client_ref(
     transport: Transport, client_ref: str, *, idempotency_key: str
 ) -> Run | None:
-    """Return the run created with ``client_ref``, or ``None`` if provably absent.
+    """Return the run created with ``client_ref``, or ``None`` if this one lookup misses.
+
+    One lookup only: a miss is no proof that no run exists (lists lag).
 
     Raises:
         CreateOutcomeUnknownError: The lookup failed or the server ignored the filter.
     """
-    params = {"q": client_ref_query(client_ref), "limit": "20", "sort_by": "created_at:desc"}
-    unknown = {
-        "client_ref": client_ref,
-        "idempotency_key": idempotency_key,
-        "method": "POST",
-        "path": "/v1/runs",
-    }
     try:
-        response = await transport.request("GET", "/v1/runs", params=params)
-        page = RunPage.model_validate(response.data)
-    except (APIError, pydantic.ValidationError) as exc:
-        raise CreateOutcomeUnknownError(
-            f"A create with client_ref {client_ref} may have been billed and the lookup "
-            "failed; look it up before creating it again",
-            **unknown,
-        ) from exc
-    if any(run.client_ref != client_ref for run in page.items):
-        raise CreateOutcomeUnknownError(
-            f"A create with client_ref {client_ref} may have been billed and the API "
-            "ignored the client_ref filter; look it up before creating it again",
-            **unknown,
+        return await _lookup(transport, client_ref)
+    except (LookupFailed, _FilterIgnored) as exc:
+        raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
+
+
+async def look_for(
+    transport: Transport,
+    client_ref: str,
+    idempotency_key: str,
+    sent_at: float,
+    failed_at: float,
+) -> Run | None:
+    """Look up a create over the whole visibility window.
+
+    ``sent_at`` and ``failed_at`` are when it was sent and when the attempt
+    was given up (clock seconds). Returns the run once a lookup shows it, or ``None`` once the
+    window (see :mod:`._http.visibility`) has passed without a sighting.
+
+    Raises:
+        CreateOutcomeUnknownError: The filter is ignored or refused, or the last
+            lookup failed: absence cannot be established.
+    """
+    try:
+        found = await search(
+            lambda: _lookup(transport, client_ref),
+            clock=transport.clock,
+            visibility=transport.visibility,
+            sent_at=sent_at,
+            failed_at=failed_at,
+            interval=transport.retry.lookup_interval,
         )
-    # client_refs we generate are unique per logical create; if a caller reused
-    # one, the newest run with it is the best candidate (and no second bill).
-    return page.items[0] if page.items else None
+    except (LookupFailed, _FilterIgnored) as exc:
+        raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
+    if found is not None:
+        logger.info("Adopted run %s after an ambiguous create.", found.id)
+    return found
+
+
+def parse_created(transport: Transport, response: Response, *, path: str) -> Run:
+    """The run a create's 2xx answer describes, its id checked once, here.
+
+    Raises:
+        APIResponseError: The body is not a run, or its id is missing, empty, not
+            a string or absurd (``raw_id`` and ``body_excerpt`` say what came).
+    """
+    data = response.data
+    raw = data.get("id", data.get("run_id")) if isinstance(data, dict) else None
+    problem = run_id_problem(raw)
+    if problem is None:
+        try:
+            return Run.model_validate(data)
+        except pydantic.ValidationError as exc:
+            problem = f"the body is not a run ({exc.error_count()} problem(s))"
+    excerpt = transport.redact(json.dumps(data, default=str)[:_EXCERPT])
+    shown: object = raw
+    if not (raw is None or isinstance(raw, int | float)):  # a string, or a list or an object
+        shown = transport.redact(raw if isinstance(raw, str) else json.dumps(raw, default=str))
+        shown = shown[:_RAW_ID]
+    raise APIResponseError(
+        f"The create was answered {response.status} with an unusable run id: {problem}",
+        raw_id=shown,
+        body_excerpt=excerpt,
+        status=response.status,
+        request_id=response.request_id,
+        method="POST",
+        path=path,
+    )
 
 
 async def create_run(
@@ -129,13 +218,10 @@ async def create_run(
     client_ref: str = body["client_ref"]
     headers = {"Idempotency-Key": idempotency_key}
 
-    async def lookup() -> Run | None:
-        found = await find_by_client_ref(transport, client_ref, idempotency_key=idempotency_key)
-        if found is not None:
-            logger.info("Adopted run %s after an ambiguous create.", found.id)
-        return found
+    lookup = functools.partial(look_for, transport, client_ref, idempotency_key)
 
     async def attempt() -> Run:
+        sent_at = transport.clock.now()
         try:
             # A create that was sent is always read to the end, even if the caller
             # is cancelled meanwhile: its run id must never be lost (it is billed).
@@ -146,14 +232,16 @@ async def create_run(
                     if exc.status is not None and 200 <= exc.status < 300:
                         raise _CutOff2xx from exc
                     raise
-            return Run.model_validate(response.data)
-        except (APIResponseError, pydantic.ValidationError, _CutOff2xx) as exc:
+            run = parse_created(transport, response, path=path)
+        except (APIResponseError, _CutOff2xx) as exc:
             # A 2xx means the run exists: recover it, never send again.
-            found = await lookup()
+            found = await lookup(sent_at, transport.clock.now())
             if found is None:
                 reason = "the API accepted it but its answer was unreadable"
                 raise _unknown(reason, client_ref, idempotency_key, path) from exc
             return found
+        transport.visibility.created(run.id, sent_at)
+        return run
 
     return await with_retries(
         attempt,
@@ -171,6 +259,15 @@ async def create_run(
             path,
         ),
     )
+
+
+def _origin(exc: Exception) -> BaseException:
+    """The API's own error behind a failed lookup, when there is one."""
+    return exc.__cause__ if isinstance(exc.__cause__, APIError) else exc
+
+
+def _why(exc: Exception) -> str:
+    return f"the lookup failed: {exc}" if isinstance(exc, LookupFailed) else str(exc)
 
 
 def _unknown(reason: str, client_ref: str, idempotency_key: str, path: str) -> APIError:

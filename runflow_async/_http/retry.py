@@ -17,8 +17,10 @@ create        ambiguous: sent and unanswered, other 5xx,  reconcile
 any           anything else (400/401/402/403/404/422...)  raise
 ============  ==========================================  ==========
 
-*Reconcile* means: before the next attempt, and once more when attempts run
-out, look the run up; adopt it if found, send again only if provably absent.
+*Reconcile* means: look the run up, again and again over the visibility
+window (:mod:`._http.visibility`), adopt it if found, and send again (same
+key) only once the whole window passed without a sighting; once more when the
+call ends, and then a miss ends in ``CreateOutcomeUnknownError``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 import backoff
@@ -191,9 +193,23 @@ def nominal_wait(policy: RetryPolicy, attempt: int, error: BaseException | None)
 
 
 def _report(
-    hooks: Sequence[RetryHook | None], policy: RetryPolicy, event: RetryEvent, *, log: bool
+    hooks: Sequence[RetryHook | None],
+    policy: RetryPolicy,
+    event: RetryEvent,
+    *,
+    log: bool,
+    lookup: bool = False,
 ) -> None:
-    if log:
+    if log and lookup:
+        logger.info(
+            "Looking up %s %s after %s (attempt %d of %d) before sending it again.",
+            event.method,
+            event.path,
+            type(event.error).__name__,
+            event.attempt,
+            policy.max_attempts,
+        )
+    elif log:
         logger.info(
             "Retrying %s %s in %.3fs after %s (attempt %d of %d).",
             event.method,
@@ -225,7 +241,7 @@ async def with_retries(
     method: str,
     path: str,
     max_attempts: int | None = None,
-    reconcile: Callable[[], Awaitable[_T | None]] | None = None,
+    reconcile: Callable[[float, float], Awaitable[_T | None]] | None = None,
     gate: CreateGate | None = None,
     on_retry: RetryHook | None = None,
     first_error: APIError | None = None,
@@ -233,57 +249,82 @@ async def with_retries(
 ) -> _T:
     """Call ``attempt`` until it succeeds or :func:`decide` says to stop; see the module doc.
 
-    ``reconcile`` finds what an ambiguous attempt may have made; ``gate`` takes
-    over 429 waits; ``on_retry`` hears this call's retries; ``first_error`` is a
-    first attempt's failure. After an ambiguous attempt no answer proves that
-    nothing was made (lists lag): unless a last ``reconcile`` finds it, the
-    call ends in ``unknown(error)``.
+    ``reconcile(sent_at, failed_at)`` looks for what an ambiguous attempt made until
+    it proves it absent (``None``); only then is the next one sent. No later answer
+    proves nothing was made: unless a last ``reconcile`` finds it, the call ends in
+    ``unknown(error)``. ``gate`` takes over 429 waits.
     """
-    policy = retrying.policy
+    policy, clock = retrying.policy, retrying.clock
     limit = min(policy.max_attempts, max_attempts or policy.max_attempts)
     started = anyio.current_time()
     tries = throttles = 0
-    check_first = False
-    failed = first_error
+    ambiguous: tuple[float, float] | None = None  # the latest ambiguous attempt's times
+    failed, sent_at = first_error, clock.now()
     while True:
         tries += 1
         if failed is None:
-            if check_first and reconcile is not None and (found := await reconcile()) is not None:
-                return found
+            sent_at = clock.now()
             try:
                 return await attempt()
             except APIError as error:
                 failed = error
-        exc, failed = failed, None
+        times, exc, failed = (sent_at, clock.now()), failed, None  # the latest failure
         action = decide(kind, exc, tries)
-        check_first = check_first or action is Action.RECONCILE
+        ambiguous = times if action is Action.RECONCILE else ambiguous
+        finish = _Finish(exc, ambiguous, reconcile, unknown)  # how it ends if not sent again
         if gate is not None and isinstance(exc, RateLimitError) and throttles < MAX_GATED_THROTTLES:
             throttles += 1
             tries -= 1  # a 429 proves nothing was created: no attempt used up
             event = RetryEvent(method, path, tries + 1, exc.retry_after or 0.0, exc)
-            await _gated(gate, exc, event, on_retry)
+            if (gave_up := await _gated(gate, exc, event, on_retry)) is not None:
+                return await finish.end(gave_up)  # still unknown if it was ambiguous
             continue
         ended = tries >= limit or anyio.current_time() - started >= policy.max_time
         if action is Action.RAISE or ended:
-            # After any ambiguous attempt, only a lookup that finds it ends well;
-            # a miss proves nothing (lists lag), so the outcome stays unknown.
-            if check_first and reconcile is not None:
-                if (found := await reconcile()) is not None:
-                    return found
-                if unknown is not None:
-                    raise unknown(exc) from exc
-            raise exc
-        wait = nominal_wait(policy, tries, exc)
-        event = RetryEvent(method, path, tries, wait, exc)
+            return await finish.end(exc)
+        if action is Action.RECONCILE and reconcile is not None:
+            event = RetryEvent(method, path, tries, 0.0, exc)
+            _report((retrying.hook, on_retry), policy, event, log=True, lookup=True)
+            if (found := await reconcile(*times)) is not None:
+                return found
+            if anyio.current_time() - started >= policy.max_time:
+                return await finish.end(exc)  # proven absent, but no time left to send again
+            continue  # proven absent: send again, with the same key
+        event = RetryEvent(method, path, tries, nominal_wait(policy, tries, exc), exc)
         _report((retrying.hook, on_retry), policy, event, log=True)
-        await retrying.clock.sleep(wait)
+        await clock.sleep(event.wait)
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish(Generic[_T]):
+    """How a call that will not be sent again ends, given its last error."""
+
+    error: APIError
+    ambiguous: tuple[float, float] | None
+    reconcile: Callable[[float, float], Awaitable[_T | None]] | None
+    unknown: Callable[[APIError], APIError] | None
+
+    async def end(self, cause: BaseException) -> _T:
+        """Raise ``cause``, unless an earlier attempt was ambiguous: then adopt or end unknown."""
+        if self.ambiguous is not None and self.reconcile is not None:
+            # Only a lookup that finds it ends well; a miss proves nothing more
+            # than it did (lists lag), so the outcome stays unknown.
+            if (found := await self.reconcile(*self.ambiguous)) is not None:
+                return found
+            if self.unknown is not None:
+                raise self.unknown(self.error) from cause
+        raise cause
 
 
 async def _gated(
     gate: CreateGate, exc: RateLimitError, event: RetryEvent, hook: RetryHook | None
-) -> None:
-    """A 429 through a gate: report it, then wait where the gate says."""
+) -> Exception | None:
+    """A 429 through a gate: report it, then wait where the gate says; what gave it up, if so."""
     gate.throttled(exc.retry_after)
     if hook is not None:
         hook(event)
-    await gate.wait_to_retry()
+    try:
+        await gate.wait_to_retry()
+    except Exception as gave_up:  # the gate gives the call up: it is not sent again
+        return gave_up
+    return None

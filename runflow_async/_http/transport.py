@@ -31,6 +31,7 @@ from runflow_async._core.errors import (
 )
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
 from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retries
+from runflow_async._http.visibility import Visibility
 from runflow_async._version import __version__
 
 __all__ = ["Response", "Transport", "is_plain_id", "keyless_session", "parse_response"]
@@ -138,6 +139,11 @@ class Transport:
         if organization_id:
             self._headers["X-Organization-Id"] = organization_id
         self.retrying = Retrying(retry, self.clock, on_retry)
+        self.visibility = Visibility(retry)
+
+    def redact(self, text: str) -> str:
+        """``text`` (say, an excerpt of a response) with the API key blanked out."""
+        return text.replace(self._api_key.reveal(), "<redacted>")
 
     @property
     def closed(self) -> bool:

@@ -87,7 +87,9 @@ class ListPoller:
         self._chunk_size = chunk_size
         self._min_tick = min_tick
         self._max_tick = max_tick
-        self._watches: dict[str, _Watch] = {}
+        # Several waiters may watch one run id (a server that answered two
+        # creates with one run): each of them hears of it.
+        self._watches: dict[str, list[_Watch]] = {}
         self._wake = anyio.Event()
         self.verified = False
         self.fell_back = False
@@ -101,12 +103,17 @@ class ListPoller:
         """Wait until ``run_id`` is terminal; ``None`` means "poll it yourself" (fallback)."""
         if self.fell_back:
             return None
-        watch = self._watches[run_id] = _Watch()
+        watch = _Watch()
+        self._watches.setdefault(run_id, []).append(watch)
         self._wake.set()
         try:
             await watch.done.wait()
         finally:
-            self._watches.pop(run_id, None)
+            watches = self._watches.get(run_id, [])
+            if watch in watches:
+                watches.remove(watch)
+            if not watches:
+                self._watches.pop(run_id, None)
         return watch.run
 
     async def run(self) -> None:
@@ -138,8 +145,9 @@ class ListPoller:
 
     def _fall_back(self) -> None:
         self.fell_back = True
-        for watch in self._watches.values():
-            watch.done.set()  # run stays None: the waiter polls on its own
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.done.set()  # run stays None: the waiter polls on its own
 
     async def _poll(self, chunk: list[str]) -> None:
         ids = any_of("id", chunk)
@@ -162,6 +170,10 @@ class ListPoller:
             if seen != asked:
                 raise _Fallback("the API did not return every run it was asked about")
             self.verified = True
+        now = self._transport.clock.now()
+        for run_id in seen:  # how long runs take to show in lists (an upper bound)
+            if isinstance(run_id, str):
+                self._transport.visibility.sighted(run_id, now)
         for item in items:
             status = item.get("status_code")
             if status in _TERMINAL:
@@ -172,8 +184,7 @@ class ListPoller:
     def _resolve(self, item: dict[str, Any]) -> None:
         run = Run.model_validate(item)
         self._stats.add(run)
-        watch = self._watches.get(run.id)
-        if watch is not None:
+        for watch in self._watches.get(run.id, ()):
             watch.run = run
             watch.done.set()
 

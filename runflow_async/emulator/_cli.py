@@ -9,7 +9,12 @@ import signal
 import sys
 from decimal import Decimal
 
-from runflow_async.emulator._config import REPORTED_COSTS, EmulatorConfig, FaultRates
+from runflow_async.emulator._config import (
+    IDEMPOTENCY_MODES,
+    REPORTED_COSTS,
+    EmulatorConfig,
+    FaultRates,
+)
 from runflow_async.emulator._server import Emulator, serve
 
 __all__ = ["add_emulator_command", "run_emulator_command"]
@@ -65,6 +70,17 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         choices=REPORTED_COSTS,
         default="billed",
         help="what reads show as a run's cost (a fault; the bill stays true)",
+    )
+    emu.add_argument(
+        "--list-ignores-filter",
+        action="store_true",
+        help="run lists ignore q and list every run (a server without the filter)",
+    )
+    emu.add_argument(
+        "--idempotency-mode",
+        choices=IDEMPOTENCY_MODES,
+        default="at_receipt",
+        help="how Idempotency-Key is honoured while a late commit is pending (default at_receipt)",
     )
     _add_limit_flags(emu)
     _add_fault_flags(emu)
@@ -138,6 +154,7 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
             "of downloads: the image padded to --oversized-image-bytes",
         ),
         ("--rate-download-404", 0.0, "of downloads: 404 FILE_NOT_FOUND"),
+        ("--rate-late-commit", 0.0, "of creates: dropped, run stored --late-commit-seconds later"),
     ):
         faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
     faults.add_argument(
@@ -151,6 +168,12 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         type=int,
         default=65 * 1024 * 1024,
         help="size of an oversized download (default 65 MiB, over the client's 64 MiB cap)",
+    )
+    faults.add_argument(
+        "--late-commit-seconds",
+        type=float,
+        default=3.0,
+        help="delay from receipt to storage of a late commit (emulated s, default 3)",
     )
     faults.add_argument(
         "--fault-routes",
@@ -198,6 +221,8 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         rate_oversized_image=args.rate_oversized_image,
         oversized_image_bytes=args.oversized_image_bytes,
         rate_download_404=args.rate_download_404,
+        rate_late_commit=args.rate_late_commit,
+        late_commit_seconds=args.late_commit_seconds,
         applies_to=args.fault_routes,
         only_on=dict(args.fault_only),
     )
@@ -213,6 +238,8 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         cost_multiplier=args.cost_multiplier,
         reported_cost=args.reported_cost,
         list_lag=args.list_lag,
+        idempotency_mode=args.idempotency_mode,
+        list_ignores_filter=args.list_ignores_filter,
         credit_usd=args.credit_usd,
         max_in_flight_runs=args.max_in_flight_runs,
         create_rate_per_second=args.create_rate,

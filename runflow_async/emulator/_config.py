@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from types import MappingProxyType
 
 from runflow_async._keywords import checked_fields
 from runflow_async._pricing import PricingPolicy
-from runflow_async.emulator._counters import ROUTES
+from runflow_async.emulator._rates import (
+    CALLBACK,
+    CONTROL_ROUTES,
+    DOWNLOAD_ROUTES,
+    FAULTABLE_ROUTES,
+    SCOPED_FAULT_KINDS,
+    CallbackFaults,
+    FaultRates,
+    check_fraction,
+)
 
 __all__ = [
     "CALLBACK",
@@ -18,32 +25,13 @@ __all__ = [
     "CONTROL_ROUTES",
     "DOWNLOAD_ROUTES",
     "FAULTABLE_ROUTES",
+    "IDEMPOTENCY_MODES",
     "SCOPED_FAULT_KINDS",
     "CallbackFaults",
     "EmulatorConfig",
     "FaultRates",
     "check_money",
 ]
-
-CONTROL_ROUTES: frozenset[str] = frozenset({"counters", "report", "credit"})
-"""The emulator's own ``/_emulator/*`` routes: never faulted."""
-
-FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - CONTROL_ROUTES
-"""Routes a fault can target: every API route, none of the control plane."""
-
-DOWNLOAD_ROUTES: frozenset[str] = frozenset({"file", "asset_file"})
-"""Routes that serve files (output images, uploaded assets): the download faults' targets."""
-
-CALLBACK = "callback"
-"""The pseudo-route of outgoing callback deliveries in a ``FaultScript``."""
-
-SCOPED_FAULT_KINDS: frozenset[str] = frozenset({"429", "5xx", "drop", "slow"})
-"""Kinds of random fault that ``FaultRates.only_on`` can confine to some routes."""
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
 
 
 def check_money(name: str, value: Decimal) -> None:
@@ -53,181 +41,11 @@ def check_money(name: str, value: Decimal) -> None:
         raise ValueError(f"{name} must be a finite amount, not negative, got {value}")
 
 
-_DOWNLOAD_RATES = ("rate_not_image", "rate_oversized_image", "rate_download_404")
-
 REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 """Values of ``EmulatorConfig.reported_cost``."""
 
-
-READ_FAULT_RATES = ("rate_html_ok", "rate_null_output", "rate_not_found")
-"""Primary rates that only apply to status reads: a bad answer about a run that exists."""
-
-
-@checked_fields()
-@dataclass(frozen=True, slots=True)
-class FaultRates:
-    """Seeded random faults; every rate is a probability per request of an applicable route.
-
-    The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``, the read faults ``rate_html_ok``, ``rate_null_output``,
-    ``rate_not_found``, and the download faults ``rate_not_image``,
-    ``rate_oversized_image``, ``rate_download_404``) are mutually exclusive outcomes
-    of one draw, so their sum must not exceed 1. Each kind applies to every route of
-    ``applies_to`` unless ``only_on``
-    confines it: ``FaultRates(rate_429=0.05, rate_5xx=0.05, only_on={"5xx": frozenset(
-    {"get_run", "list_runs"})})`` answers 5% of all requests 429 and 5% of status reads
-    (only) 5xx. On a route a kind does not apply to, its share of the draw is no fault,
-    so every kind keeps its own rate on the routes it does apply to.
-
-    Attributes:
-        rate_429: Fraction of requests answered ``429 RATE_LIMITED``.
-        rate_429_without_retry_after: Fraction of those 429s sent without ``Retry-After``.
-        retry_after_seconds: Value of the ``Retry-After`` header when one is sent. It is
-            what the server says, not scaled by ``time_scale``.
-        rate_5xx: Fraction of requests answered with a server error (502 HTML or 503 JSON).
-        rate_5xx_html: Fraction of those server errors that are an HTML 502 page.
-        rate_drop: Fraction of requests whose connection is closed without a response.
-        rate_lost_create: Fraction of creates that store the run and then lose the
-            response (a 502 page), the ambiguous case.
-        rate_slow: Fraction of requests delayed by ``slow_seconds`` before answering.
-        slow_seconds: Delay of a slow request, in emulated seconds.
-        rate_html_ok: Fraction of status reads (``get_run``, ``list_runs``) answered
-            ``200 OK`` with an HTML page (a proxy's splash page).
-        rate_null_output: Fraction of status reads that show every succeeded run
-            with ``"output": null`` (the run did succeed and was billed).
-        rate_not_found: Fraction of ``get_run`` reads answered a transient ``404``
-            although the run exists (a replica that has not seen it yet).
-        rate_not_image: Fraction of downloads (``DOWNLOAD_ROUTES``) answered ``200``
-            with a JSON error page that claims to be ``image/png``.
-        rate_oversized_image: Fraction of downloads served padded to
-            ``oversized_image_bytes`` (still an image by its magic bytes).
-        oversized_image_bytes: Size of those bodies (default 65 MiB: just over the
-            client's 64 MiB cap).
-        rate_download_404: Fraction of downloads answered ``404 FILE_NOT_FOUND``.
-        applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
-        only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
-            to these routes of ``applies_to``; a kind not named applies to all of them.
-            A lost create only ever happens on ``create``, and a download fault only on
-            the ``DOWNLOAD_ROUTES``: with a download rate set, ``applies_to`` must name one.
-    """
-
-    rate_429: float = 0.0
-    rate_429_without_retry_after: float = 0.5
-    retry_after_seconds: float = 1.0
-    rate_5xx: float = 0.0
-    rate_5xx_html: float = 0.5
-    rate_drop: float = 0.0
-    rate_lost_create: float = 0.0
-    rate_slow: float = 0.0
-    slow_seconds: float = 1.0
-    rate_html_ok: float = 0.0
-    rate_null_output: float = 0.0
-    rate_not_found: float = 0.0
-    rate_not_image: float = 0.0
-    rate_oversized_image: float = 0.0
-    oversized_image_bytes: int = 65 * 1024 * 1024
-    rate_download_404: float = 0.0
-    applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
-    only_on: Mapping[str, frozenset[str]] = field(
-        default_factory=lambda: MappingProxyType({}), hash=False
-    )
-
-    def __post_init__(self) -> None:
-        for name in (
-            "rate_429",
-            "rate_429_without_retry_after",
-            "rate_5xx",
-            "rate_5xx_html",
-            "rate_drop",
-            "rate_lost_create",
-            "rate_slow",
-            *READ_FAULT_RATES,
-            *_DOWNLOAD_RATES,
-        ):
-            _check_fraction(name, getattr(self, name))
-        if self.total > 1.0:
-            raise ValueError(f"the primary fault rates add up to {self.total}, more than 1")
-        if self.retry_after_seconds < 0 or self.slow_seconds < 0:
-            raise ValueError("retry_after_seconds and slow_seconds must not be negative")
-        unknown = self.applies_to - FAULTABLE_ROUTES
-        if unknown:
-            raise ValueError(f"unknown routes in applies_to: {sorted(unknown)}")
-        if self.oversized_image_bytes < 0:
-            raise ValueError("oversized_image_bytes must not be negative")
-        downloads = any(getattr(self, name) for name in _DOWNLOAD_RATES)
-        if downloads and not self.applies_to & DOWNLOAD_ROUTES:
-            raise ValueError(
-                f"download fault rates need a file route in applies_to: {sorted(DOWNLOAD_ROUTES)}"
-            )
-        self._check_only_on()
-
-    def _check_only_on(self) -> None:
-        scopes = {kind: frozenset(routes) for kind, routes in self.only_on.items()}
-        unknown = set(scopes) - SCOPED_FAULT_KINDS
-        if unknown:
-            known = ", ".join(sorted(SCOPED_FAULT_KINDS))
-            raise ValueError(f"only_on takes the kinds {known}, not {sorted(unknown)}")
-        for kind, routes in scopes.items():
-            outside = routes - self.applies_to
-            if outside:
-                raise ValueError(
-                    f"only_on[{kind!r}] names routes not in applies_to: {sorted(outside)}"
-                )
-        # Frozen: keep a read-only copy, so the caller's dict cannot change the rates.
-        object.__setattr__(self, "only_on", MappingProxyType(scopes))
-
-    def applies(self, kind: str, route: str) -> bool:
-        """Return whether a fault of ``kind`` (see ``only_on``) may hit ``route``."""
-        routes = self.only_on.get(kind)
-        return routes is None or route in routes
-
-    @property
-    def total(self) -> float:
-        """Return the probability that a request draws any fault at all."""
-        primary = self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create
-        reads = self.rate_html_ok + self.rate_null_output + self.rate_not_found
-        downloads = self.rate_not_image + self.rate_oversized_image + self.rate_download_404
-        return primary + self.rate_slow + reads + downloads
-
-
-@checked_fields()
-@dataclass(frozen=True, slots=True)
-class CallbackFaults:
-    """Seeded random faults of automatic callback deliveries; one draw per delivery.
-
-    The rates are mutually exclusive outcomes of one draw, so their sum must not
-    exceed 1. Redeliveries asked for through the API are never faulted.
-
-    Attributes:
-        rate_drop: Fraction of deliveries never sent (and never recorded).
-        rate_duplicate: Fraction of deliveries sent twice (two delivery records,
-            identical body and signature, distinct ``Runflow-Request-Id``).
-        rate_slow: Fraction of deliveries sent ``slow_seconds`` late.
-        slow_seconds: Extra emulated seconds of a slow delivery.
-        rate_reorder: Fraction of deliveries held until the next delivery has been
-            sent (at most ``reorder_hold_seconds``), so they arrive out of order.
-        reorder_hold_seconds: Longest hold of a reordered delivery, in emulated seconds.
-    """
-
-    rate_drop: float = 0.0
-    rate_duplicate: float = 0.0
-    rate_slow: float = 0.0
-    slow_seconds: float = 5.0
-    rate_reorder: float = 0.0
-    reorder_hold_seconds: float = 30.0
-
-    def __post_init__(self) -> None:
-        for name in ("rate_drop", "rate_duplicate", "rate_slow", "rate_reorder"):
-            _check_fraction(name, getattr(self, name))
-        if self.total > 1.0:
-            raise ValueError(f"the callback fault rates add up to {self.total}, more than 1")
-        if not (self.slow_seconds >= 0 and self.reorder_hold_seconds >= 0):
-            raise ValueError("slow_seconds and reorder_hold_seconds must not be negative")
-
-    @property
-    def total(self) -> float:
-        """Return the probability that a delivery draws any fault at all."""
-        return self.rate_drop + self.rate_duplicate + self.rate_slow + self.rate_reorder
+IDEMPOTENCY_MODES = ("at_receipt", "at_commit", "ignored")
+"""Values of ``EmulatorConfig.idempotency_mode``."""
 
 
 @checked_fields()
@@ -249,12 +67,22 @@ class EmulatorConfig:
         median_duration: Median run duration in emulated seconds (log-normal).
         duration_sigma: Sigma of the log-normal run duration.
         failure_rate: Fraction of runs that end ``failed``.
-        honour_idempotency_key: Replay creates that repeat an ``Idempotency-Key``.
+        honour_idempotency_key: Replay creates that repeat an ``Idempotency-Key``;
+            ``False`` is ``idempotency_mode="ignored"``.
+        idempotency_mode: How a key is honoured while a create is received but not
+            yet stored (a late commit: ``Fault.late_commit``,
+            ``FaultRates.rate_late_commit``): ``at_receipt`` (a repeat waits for
+            the first to be stored and is answered with the same run),
+            ``at_commit`` (a repeat is checked against stored runs only, so one
+            sent before the first is stored makes a second run), or ``ignored``
+            (every create makes a run). Stored runs are replayed in both first modes.
         url_ttl: Emulated seconds an output URL stays valid after a read signs it.
         pricing: The shared pricing policy that computes each run's cost.
         cost_multiplier: The emulator bills this times the policy price.
         list_lag: Emulated seconds before a new run appears in ``GET /v1/runs``
             (reads by id see it at once): an eventually consistent list index.
+        list_ignores_filter: ``GET /v1/runs`` ignores ``q`` and lists every run (a
+            server that does not support the filter, and says nothing).
         reported_cost: What reads show as a run's ``cost`` (the bill is the
             true one whatever this says): ``billed`` (the truth), ``negative``,
             ``huge`` ($1e9), ``nan`` or ``missing`` (null); a server fault.
@@ -296,11 +124,13 @@ class EmulatorConfig:
     duration_sigma: float = 0.5
     failure_rate: float = 0.0
     honour_idempotency_key: bool = True
+    idempotency_mode: str = "at_receipt"
     url_ttl: float = 3600.0
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
     cost_multiplier: Decimal = Decimal(1)
     reported_cost: str = "billed"
     list_lag: float = 0.0
+    list_ignores_filter: bool = False
     credit_usd: Decimal | None = None
     faults: FaultRates = field(default_factory=FaultRates)
     max_in_flight_runs: int | None = None
@@ -321,8 +151,8 @@ class EmulatorConfig:
             raise ValueError(f"time_scale must be positive, got {self.time_scale!r}")
         if not (self.median_duration > 0 and self.duration_sigma >= 0):
             raise ValueError("median_duration must be positive and duration_sigma not negative")
-        _check_fraction("failure_rate", self.failure_rate)
-        _check_fraction("callback_null_output_rate", self.callback_null_output_rate)
+        check_fraction("failure_rate", self.failure_rate)
+        check_fraction("callback_null_output_rate", self.callback_null_output_rate)
         if not self.url_ttl >= 0:
             raise ValueError(f"url_ttl must not be negative, got {self.url_ttl!r}")
         if not (math.isfinite(self.callback_timeout) and self.callback_timeout > 0):
@@ -340,7 +170,24 @@ class EmulatorConfig:
             )
         if self.credit_usd is not None:
             check_money("credit_usd", self.credit_usd)
+        self._check_idempotency()
         self._check_limits()
+
+    def _check_idempotency(self) -> None:
+        if self.idempotency_mode not in IDEMPOTENCY_MODES:
+            raise ValueError(
+                f"idempotency_mode must be one of {', '.join(IDEMPOTENCY_MODES)}, "
+                f"got {self.idempotency_mode!r}"
+            )
+        if not self.honour_idempotency_key and self.idempotency_mode == "at_commit":
+            raise ValueError(
+                "honour_idempotency_key=False contradicts idempotency_mode='at_commit'"
+            )
+
+    @property
+    def key_mode(self) -> str:
+        """Return how ``Idempotency-Key`` is honoured, both fields taken into account."""
+        return self.idempotency_mode if self.honour_idempotency_key else "ignored"
 
     def _check_limits(self) -> None:
         for name in ("max_in_flight_runs", "retain_runs"):

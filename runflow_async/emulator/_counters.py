@@ -56,6 +56,8 @@ class EmulatorCounters:
         callbacks_sent: Callback HTTP attempts made (every retry and duplicate).
         callbacks_delivered: Callback deliveries a receiver accepted with a 2xx.
         callbacks_failed: Callback deliveries given up (a 4xx, or 3 failed attempts).
+        commits_pending: Creates received and not stored yet (late commits); each
+            becomes a run, counted in ``runs_created`` once stored.
     """
 
     runs_created: int
@@ -73,6 +75,7 @@ class EmulatorCounters:
     callbacks_sent: int = 0
     callbacks_delivered: int = 0
     callbacks_failed: int = 0
+    commits_pending: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
@@ -92,6 +95,7 @@ class EmulatorCounters:
             "callbacks_sent": self.callbacks_sent,
             "callbacks_delivered": self.callbacks_delivered,
             "callbacks_failed": self.callbacks_failed,
+            "commits_pending": self.commits_pending,
         }
 
     @classmethod
@@ -116,6 +120,7 @@ class EmulatorCounters:
             callbacks_sent=int(data.get("callbacks_sent", 0)),
             callbacks_delivered=int(data.get("callbacks_delivered", 0)),
             callbacks_failed=int(data.get("callbacks_failed", 0)),
+            commits_pending=int(data.get("commits_pending", 0)),
         )
 
 

@@ -1,7 +1,7 @@
 """The seeded dice: one draw per request (``FaultDice``) or delivery (``CallbackDice``).
 
 A draw falls on the edges of the primary rates in a fixed order (429, 5xx, drop,
-lost create, slow, then the read or download faults of the route), so adding a
+lost create, slow, late commit, then the read or download faults of the route), so adding a
 new rate at the end leaves every existing seed's sequence as it was.
 """
 
@@ -48,6 +48,8 @@ class FaultDice:
             return Fault.lost_response() if route == "create" else None
         if draw < (edge := edge + rates.rate_slow):
             return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
+        if draw < (edge := edge + rates.rate_late_commit):
+            return Fault.late_commit(rates.late_commit_seconds) if route == "create" else None
         if route in DOWNLOAD_ROUTES:
             return _download_fault(rates, draw - edge)
         return _read_fault(rates, route, draw - edge)

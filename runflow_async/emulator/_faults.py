@@ -34,9 +34,14 @@ FaultKind = Literal[
     "oversized",
     "not_image",
     "oversized_image",
+    "late_commit",
+    "bad_run_id",
+    "reused_run_id",
 ]
 
-_CREATE_ONLY: frozenset[str] = frozenset({"lost_response", "fail_run"})
+_CREATE_ONLY: frozenset[str] = frozenset(
+    {"lost_response", "fail_run", "late_commit", "bad_run_id", "reused_run_id"}
+)
 _CALLBACK_ONLY: frozenset[str] = frozenset({"duplicate", "reorder"})
 _DOWNLOAD_ONLY: frozenset[str] = frozenset({"not_image", "oversized_image"})
 _ON_CALLBACKS: frozenset[str] = _CALLBACK_ONLY | {"drop", "slow"}
@@ -53,13 +58,16 @@ class Fault:
     Attributes:
         kind: What happens.
         http_status: Status answered (``status``, ``lost_response``); ``None`` drops.
+            A ``late_commit`` answers 201 once stored, or (``None``) drops at once.
         code: Error ``code`` of a JSON answer, or the failure code of ``fail_run``.
         message: Failure message of ``fail_run``.
         retry_after: ``Retry-After`` header value, verbatim.
         html: Answer an HTML error page instead of the JSON envelope.
-        seconds: Emulated delay of ``slow``; longest hold of ``reorder``.
+        seconds: Emulated delay of ``slow``; longest hold of ``reorder``; delay
+            from receipt to storage of ``late_commit``.
         size_bytes: Body size of ``oversized`` and ``oversized_image``.
         content_type: The ``Content-Type`` a ``not_image`` body claims.
+        value: The ``id`` a ``bad_run_id`` answers (``None``: no ``id`` at all).
     """
 
     kind: FaultKind
@@ -71,6 +79,7 @@ class Fault:
     seconds: float = 0.0
     size_bytes: int = 0
     content_type: str | None = None
+    value: str | int | None = None
 
     @classmethod
     def status(
@@ -211,6 +220,48 @@ class Fault:
         if size_bytes < 0:
             raise ValueError(f"a size must not be negative, got {size_bytes}")
         return cls("oversized_image", http_status=200, size_bytes=size_bytes, html=chunked)
+
+    @classmethod
+    def late_commit(cls, seconds: float = 3.0, *, answer: bool = False) -> Fault:
+        """Store the run ``seconds`` emulated seconds after receiving it (create only).
+
+        Until then a read by id answers 404 and no list shows it (after it, the
+        list also waits ``list_lag``). A repeat of its ``Idempotency-Key`` in the
+        meantime is handled as ``EmulatorConfig.idempotency_mode`` says.
+
+        Args:
+            seconds: Emulated seconds from receipt to storage.
+            answer: Hold the answer until the run is stored, then answer 201 (a
+                client whose read timeout is shorter has gone by then); by
+                default the connection is dropped at once.
+
+        Raises:
+            ValueError: If ``seconds`` is not positive.
+        """
+        if not seconds > 0:
+            raise ValueError(f"a commit delay must be positive, got {seconds}")
+        return cls("late_commit", http_status=201 if answer else None, seconds=seconds)
+
+    @classmethod
+    def bad_run_id(cls, run_id: str | int | None) -> Fault:
+        """Create the run normally, but answer with ``id`` replaced (create only).
+
+        Args:
+            run_id: The ``id`` answered: an absurd string (``"a/../b"``, ``""``,
+                one of 300 characters), a number, or ``None`` for no ``id`` at all.
+                The run is stored (and bills) under its real id.
+        """
+        return cls("bad_run_id", value=run_id)
+
+    @classmethod
+    def reused_run_id(cls) -> Fault:
+        """Create the run normally, but answer with the previous create's run id (create only).
+
+        A buggy server that tells two creates they made one run; the run it made
+        for this create is stored (and bills) under its real id. On the first
+        create ever there is no previous run: it is answered as usual.
+        """
+        return cls("reused_run_id")
 
     @classmethod
     def null_output(cls) -> Fault:

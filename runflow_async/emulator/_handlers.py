@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from decimal import Decimal
 
@@ -11,10 +13,12 @@ from runflow_async.emulator._access import presigned_refusal, unauthorized
 from runflow_async.emulator._images import PillowMissingError
 from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import parse_list_params, walk
-from runflow_async.emulator._middleware import FORCED_FAILURE, REQUEST_ID
+from runflow_async.emulator._middleware import FORCED_FAILURE, LATE_COMMIT, REQUEST_ID
 from runflow_async.emulator._query import QuerySyntaxError, named_values
 from runflow_async.emulator._responses import error_response, json_body, json_response
+from runflow_async.emulator._runs import RunRecord
 from runflow_async.emulator._state import STATE, EmulatorState, fingerprint
+from runflow_async.emulator._store import RunStore
 from runflow_async.emulator._validation import field_error, validate_create
 
 __all__ = [
@@ -65,16 +69,12 @@ async def create_run(request: web.Request) -> web.Response:
     except ValueError:
         return error_response(400, "BAD_REQUEST", "The request body is not valid JSON.")
     store = state.store
-    key = request.headers.get("Idempotency-Key") if state.config.honour_idempotency_key else None
+    store.settle(state.clock.now())  # late commits now due are stored before any key check
+    mode = state.config.key_mode
+    key = request.headers.get("Idempotency-Key") if mode != "ignored" else None
     digest = fingerprint(model, body) if key else b""
-    if key and key in store.idempotency:
-        seen, run = store.idempotency[key]
-        if seen != digest:
-            message = "This Idempotency-Key was used with a different request body."
-            return error_response(409, "CONFLICT", message)
-        state.tally.idempotent_replays += 1
-        replay = state.render(run, base_url(request), run.created)
-        return json_response(replay, 201, {"Idempotent-Replayed": "true"})
+    if key and (replay := await _replay(request, key, digest, at_receipt=mode == "at_receipt")):
+        return replay
     valid, errors = validate_create(body, model)
     if valid is None:
         count = len(errors)
@@ -82,6 +82,7 @@ async def create_run(request: web.Request) -> web.Response:
         return error_response(422, "VALIDATION_ERROR", message, errors)
     if (refused := _admission(state, state.clock.now())) is not None:
         return refused
+    delay, hold = LATE_COMMIT.get()
     run = state.create_run(
         valid,
         REQUEST_ID.get(),
@@ -89,8 +90,47 @@ async def create_run(request: web.Request) -> web.Response:
         inputs=edit_input_sizes(valid, request.host, store.by_id.get, state.assets.image_size),
         idempotency=(key, digest) if key else None,
         base=base_url(request),
+        commit_after=delay,
     )
+    if delay > 0:
+        if not hold:  # the fault layer drops the connection
+            return web.Response(status=202)
+        await _stored(state, run)
     return json_response(state.render(run, base_url(request), run.created), 201)
+
+
+async def _replay(
+    request: web.Request, key: str, digest: bytes, *, at_receipt: bool
+) -> web.Response | None:
+    """The answer to a repeated ``Idempotency-Key`` (a replay or a 409), or ``None``.
+
+    With ``at_receipt``, a repeat of a create received but not yet stored waits
+    until it is, then replays it; otherwise only stored runs count.
+    """
+    state = request.app[STATE]
+    store = state.store
+    seen = store.idempotency.get(key)
+    if seen is None and at_receipt and key in store.pending_keys:
+        seen = store.pending_keys[key]
+        if seen[0] == digest:
+            await _stored(state, seen[1])
+    if seen is None:
+        return None
+    digest_seen, run = seen
+    if digest_seen != digest:
+        message = "This Idempotency-Key was used with a different request body."
+        return error_response(409, "CONFLICT", message)
+    state.tally.idempotent_replays += 1
+    replay = state.render(run, base_url(request), run.created)
+    return json_response(replay, 201, {"Idempotent-Replayed": "true"})
+
+
+async def _stored(state: EmulatorState, run: RunRecord) -> None:
+    """Return once a late-committed ``run`` is stored (at its commit time)."""
+    while not RunStore.committed(run):
+        wait = state.clock.real_seconds(run.created - state.clock.now())
+        await asyncio.sleep(min(max(wait, 0.001), 0.01))  # soon again: the clock may jump
+        state.store.settle(state.clock.now())
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -122,6 +162,8 @@ async def list_runs(request: web.Request) -> web.Response:
         return error_response(400, "INVALID_QUERY", f"Invalid q: {exc}.")
     if params is None:
         return error_response(422, "VALIDATION_ERROR", "Invalid list parameters.", errors)
+    if state.config.list_ignores_filter:
+        params = dataclasses.replace(params, query=None)
     now = state.clock.now()
     store = state.store
     store.settle(now)

@@ -20,6 +20,7 @@ from runflow_async.emulator._state import STATE
 
 __all__ = [
     "FORCED_FAILURE",
+    "LATE_COMMIT",
     "PRESIGNED_ROUTES",
     "REQUEST_ID",
     "inject_faults",
@@ -37,6 +38,11 @@ FORCED_FAILURE: ContextVar[tuple[str, str] | None] = ContextVar(
     "runflow_emulator_forced_failure", default=None
 )
 """``(code, message)`` a ``fail_run`` fault imposes on the run being created."""
+
+LATE_COMMIT: ContextVar[tuple[float, bool]] = ContextVar(
+    "runflow_emulator_late_commit", default=(0.0, False)
+)
+"""``(seconds, answer)`` of a ``late_commit`` fault on the create being handled."""
 
 PRESIGNED_ROUTES: frozenset[str] = frozenset({"file", "upload_put", "asset_file"})
 """Routes whose URLs carry their own credentials in the query string."""
@@ -169,6 +175,37 @@ def _without_outputs(response: web.StreamResponse) -> web.StreamResponse:
     return json_response(data, status=response.status, headers=keep)
 
 
+def _with_run_id(response: web.StreamResponse, run_id: str | int | None) -> web.StreamResponse:
+    """A 201 create ``response`` whose ``id`` says ``run_id`` (``None``: no ``id``)."""
+    if not isinstance(response, web.Response) or response.status != 201:
+        return response
+    assert isinstance(response.body, bytes)  # noqa: S101 - json_response bodies are bytes
+    data = json.loads(response.body)
+    data.pop("id", None)
+    if run_id is not None:
+        data["id"] = run_id
+    keep = {k: v for k, v in response.headers.items() if k.lower() not in _BODY_HEADERS}
+    return json_response(data, status=response.status, headers=keep)
+
+
+async def _on_create(request: web.Request, handler: Handler, fault: Fault) -> web.StreamResponse:
+    """The create-only faults that wrap the handler: late commits and wrong ids."""
+    if fault.kind == "late_commit":
+        token = LATE_COMMIT.set((fault.seconds, fault.http_status is not None))
+        try:
+            response = await handler(request)
+        finally:
+            LATE_COMMIT.reset(token)
+        if fault.http_status is None:
+            raise _Dropped
+        return response
+    if fault.kind == "bad_run_id":
+        return _with_run_id(await handler(request), fault.value)
+    previous = request.app[STATE].last_run_id
+    response = await handler(request)
+    return response if previous is None else _with_run_id(response, previous)
+
+
 @web.middleware
 async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Apply the scripted fault or the seeded random one, if any, to this request."""
@@ -199,6 +236,8 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         return _not_image(fault)
     if fault.kind == "oversized_image":
         return await _padded(request, await handler(request), fault)
+    if fault.kind in ("late_commit", "bad_run_id", "reused_run_id"):
+        return await _on_create(request, handler, fault)
     if fault.kind == "lost_response":
         await handler(request)
         if fault.http_status is None:

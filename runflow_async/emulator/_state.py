@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -79,6 +80,7 @@ class EmulatorState:
         model_ids: UUID of each served model, by slug.
         secrets: Callback signing secrets.
         callbacks: Callback deliveries.
+        last_run_id: Id of the run the latest create made (for ``Fault.reused_run_id``).
     """
 
     def __init__(self, config: EmulatorConfig) -> None:
@@ -103,6 +105,7 @@ class EmulatorState:
         self._prices: dict[_PriceKey, tuple[Size, Decimal]] = {}
         prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
         self._request_ids = (f"req_{prefix:06x}{n:010x}" for n in itertools.count(1))
+        self.last_run_id: str | None = None
 
     def set_credit(self, credit_usd: Decimal | None) -> None:
         """Replace the credit: a top-up, or ``None`` to lift the limit.
@@ -127,6 +130,7 @@ class EmulatorState:
         inputs: tuple[Size | None, ...] = (),
         idempotency: tuple[str, bytes] | None = None,
         base: str = "",
+        commit_after: float = 0.0,
     ) -> RunRecord:
         """Draw a run's fate from the seeded RNG, store it, and return it.
 
@@ -139,7 +143,36 @@ class EmulatorState:
             inputs: Known size (or ``None``) of each edit input.
             idempotency: ``(Idempotency-Key, body fingerprint)`` to remember, if any.
             base: Scheme and host the client reached us by, for the callback's URLs.
+            commit_after: Store it only this many emulated seconds from now (a
+                late commit; ``seq`` stays -1 until then).
         """
+        now = self.clock.now()
+        key, digest = idempotency or (None, b"")
+        run = self._draw(request, request_id, forced_failure, inputs, now + commit_after)
+        run.idempotency_key = key
+        self.last_run_id = run.id
+        url = request.callback_url
+        if commit_after > 0:
+            run.seq = -1
+            on_commit = None if url is None else functools.partial(self._ends, url=url, base=base)
+            self.store.defer(run, digest, on_commit)
+            return run
+        self.store.add(run, now, digest)
+        if url is not None:
+            self.callbacks.schedule(run, url, base)
+        return run
+
+    def _ends(self, run: RunRecord, *, url: str, base: str) -> None:
+        self.callbacks.schedule(run, url, base)
+
+    def _draw(
+        self,
+        request: CreateRequest,
+        request_id: str,
+        forced_failure: tuple[str, str] | None,
+        inputs: tuple[Size | None, ...],
+        created: float,
+    ) -> RunRecord:
         config = self.config
         rng = self._rng
         # Always draw the same four numbers, so one run's inputs never shift another's.
@@ -149,28 +182,21 @@ class EmulatorState:
         run_id = _uuid7(_EPOCH_MS + seq, rng.getrandbits(74))
         drawn_seed = rng.randrange(2**31)
         size, cost = self._price(request, inputs)
-        now = self.clock.now()
-        key, digest = idempotency or (None, b"")
-        run = RunRecord(
+        return RunRecord(
             seq=seq,
             id=run_id,
             model_id=self.model_ids[request.model],
             org_id=_ORG_ID,
             request=request,
             request_id=request_id,
-            created=now,
+            created=created,
             duration=max(duration, 1e-6),
             failure=forced_failure or (_DEFAULT_FAILURE if fails else None),
             seed=drawn_seed if request.seed is None else request.seed,
             size=size,
             cost=cost,
-            idempotency_key=key,
             reported_cost=_reported(config.reported_cost, cost),
         )
-        self.store.add(run, now, digest)
-        if request.callback_url is not None:
-            self.callbacks.schedule(run, request.callback_url, base)
-        return run
 
     def _price(
         self, request: CreateRequest, inputs: tuple[Size | None, ...]
@@ -237,6 +263,7 @@ class EmulatorState:
             callbacks_sent=tally.callbacks_sent,
             callbacks_delivered=tally.callbacks_delivered,
             callbacks_failed=tally.callbacks_failed,
+            commits_pending=store.commits_pending,
         )
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:

@@ -6,6 +6,10 @@ A min-heap of terminal times settles runs lazily: whenever the emulator looks at
 the time, runs that have ended are popped and billed (or counted failed). The
 heap's length is then the exact number of runs in flight.
 
+A create received now and stored later (a late commit) waits in a second heap,
+by its commit time: the same lazy settling stores it first (with that time as
+its creation time, so lists and reads see it from then on), then bills.
+
 With ``retain`` set, only the ``retain`` most recently ended runs are kept once
 terminal; older ones are evicted from every index (their slot becomes a hole,
 and holes are compacted away once they outnumber the runs). The money and
@@ -15,10 +19,11 @@ concurrency tallies, and the ledger, are never touched by eviction.
 from __future__ import annotations
 
 import heapq
+import itertools
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 from runflow_async.emulator._ledger import RunLedger
@@ -28,6 +33,9 @@ __all__ = ["RunStore"]
 
 _MIN_COMPACTION = 1024  # holes tolerated before any compaction
 
+OnCommit = Callable[[RunRecord], None]
+"""Called with a late-committed run once it is stored."""
+
 
 class RunStore:
     """Every run the emulator keeps, and the money and concurrency they add up to.
@@ -36,7 +44,10 @@ class RunStore:
         by_id: Runs by id.
         by_client_ref: The run carrying each ``client_ref``, or the list of them
             (oldest first) when several do.
-        idempotency: ``Idempotency-Key`` -> (body fingerprint, the run it created).
+        idempotency: ``Idempotency-Key`` -> (body fingerprint, the first stored run
+            that carried it).
+        pending_keys: ``Idempotency-Key`` -> (body fingerprint, the run) of creates
+            received but not yet stored (late commits).
         ledger: A few bytes about every run ever created, evicted or not.
         created: Runs ever created.
         runs_billed: Runs that have succeeded so far.
@@ -46,8 +57,10 @@ class RunStore:
     """
 
     __slots__ = (
+        "_commits",
         "_ended",
         "_holes",
+        "_order",
         "_pending",
         "_retain",
         "_runs",
@@ -59,6 +72,7 @@ class RunStore:
         "idempotency",
         "ledger",
         "max_in_flight",
+        "pending_keys",
         "runs_billed",
         "runs_failed",
     )
@@ -73,6 +87,9 @@ class RunStore:
         self.by_id: dict[str, RunRecord] = {}
         self.by_client_ref: dict[str, RunRecord | list[RunRecord]] = {}
         self.idempotency: dict[str, tuple[bytes, RunRecord]] = {}
+        self.pending_keys: dict[str, tuple[bytes, RunRecord]] = {}
+        self._commits: list[tuple[float, int, RunRecord, bytes, OnCommit | None]] = []
+        self._order = itertools.count()
         self.ledger = RunLedger()
         self.created = 0
         self.runs_billed = 0
@@ -89,6 +106,34 @@ class RunStore:
             fingerprint: Digest of the create body, kept with ``run.idempotency_key``.
         """
         self.settle(now)
+        self._insert(run, fingerprint)
+
+    def defer(self, run: RunRecord, fingerprint: bytes, on_commit: OnCommit | None) -> None:
+        """Keep a received create to store at ``run.created`` (a late commit).
+
+        Args:
+            run: The run, drawn now; ``created`` is its commit time, ``seq`` is
+                -1 until it is stored.
+            fingerprint: Digest of the create body, kept with its key.
+            on_commit: Called with the run once stored.
+        """
+        entry = (run.created, next(self._order), run, fingerprint, on_commit)
+        heapq.heappush(self._commits, entry)
+        if run.idempotency_key is not None:
+            self.pending_keys.setdefault(run.idempotency_key, (fingerprint, run))
+
+    @property
+    def commits_pending(self) -> int:
+        """Return how many received creates are not stored yet."""
+        return len(self._commits)
+
+    @staticmethod
+    def committed(run: RunRecord) -> bool:
+        """Return whether ``run`` is stored (a deferred one has ``seq`` -1 until then)."""
+        return run.seq >= 0
+
+    def _insert(self, run: RunRecord, fingerprint: bytes) -> None:
+        run.seq = self.created
         self.created += 1
         self._seqs.append(run.seq)
         self._runs.append(run)
@@ -103,8 +148,11 @@ class RunStore:
                 self.by_client_ref[client_ref] = [seen, run]
             else:
                 seen.append(run)
-        if run.idempotency_key is not None:
-            self.idempotency[run.idempotency_key] = (fingerprint, run)
+        key = run.idempotency_key
+        if key is not None:
+            self.idempotency.setdefault(key, (fingerprint, run))
+            if self.pending_keys.get(key, (b"", None))[1] is run:
+                del self.pending_keys[key]
         heapq.heappush(self._pending, (run.end, run.seq, run))
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
 
@@ -128,7 +176,13 @@ class RunStore:
                 yield run
 
     def settle(self, now: float) -> None:
-        """Bill or count as failed every run that has reached its terminal state by ``now``."""
+        """Store the late commits due, then bill or count as failed every ended run."""
+        commits = self._commits
+        while commits and commits[0][0] <= now:
+            _, _, run, fingerprint, on_commit = heapq.heappop(commits)
+            self._insert(run, fingerprint)
+            if on_commit is not None:
+                on_commit(run)
         pending = self._pending
         retain = self._retain
         while pending and pending[0][0] <= now:
@@ -159,9 +213,11 @@ class RunStore:
                 seen.remove(run)
                 if len(seen) == 1:
                     self.by_client_ref[client_ref] = seen[0]
-        if run.idempotency_key is not None:
-            # A key maps to one run until that run is evicted, so this is ours.
-            del self.idempotency[run.idempotency_key]
+        key = run.idempotency_key
+        # Two runs may carry one key (a repeat sent before a late commit): only
+        # the one the key maps to takes it away.
+        if key is not None and self.idempotency.get(key, (b"", None))[1] is run:
+            del self.idempotency[key]
         self._runs[bisect_left(self._seqs, run.seq)] = None
         self._holes += 1
         if self._holes > max(_MIN_COMPACTION, len(self.by_id)):
