@@ -130,31 +130,78 @@ class Cli:
     async def run(self, at: int | None, delay: float, deadline: float) -> None:
         """Run once; SIGKILL it ``delay`` s after ``at`` items have finished (None: never)."""
         before = finished(self.out)
-        proc = await self.start()
-        killed = False
-        while proc.returncode is None and time.monotonic() < deadline:
-            if at is not None and finished(self.out) >= at:
-                await asyncio.sleep(delay)
-                if proc.returncode is None:
-                    # Not proc.send_signal: it polls first and may reap the child
-                    # under asyncio's watcher, whose exit status is then lost.
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed = True
-                break
-            await asyncio.sleep(0.005)
-        if proc.returncode is None:  # past the deadline: a hang
-            os.kill(proc.pid, signal.SIGKILL)
-        status = await proc.wait()
+        child = Child(await self.start())
+        try:
+            sent = await self._kill_at(child, at, delay, deadline)
+            status = await child.proc.wait()
+        finally:
+            child.close()
         self.runs.append(
             {
                 "kill_at_finished": at,
                 "kill_delay_s": round(delay, 3),
-                "killed": killed,
+                # By the outcome, not the intent: a child that ended by itself just
+                # before the kill (a zombie takes a signal silently) was not killed.
+                "killed": sent and status == -signal.SIGKILL,
                 "exit": status,
                 "finished_before": before,
                 "finished_after": finished(self.out),
             }
         )
+
+    async def _kill_at(self, child: Child, at: int | None, delay: float, deadline: float) -> bool:
+        """Kill ``child`` at the kill point (True if signalled there); kill a hang, if any."""
+        while child.proc.returncode is None and time.monotonic() < deadline:
+            if at is not None and finished(self.out) >= at:
+                await asyncio.sleep(delay)
+                return child.kill()  # once: it is dying, whatever returncode says yet
+            await asyncio.sleep(0.005)
+        if child.proc.returncode is None:  # past the deadline: a hang
+            child.kill()
+        return False
+
+
+class Child:
+    """A started process, signalled through a pidfd, never by its pid.
+
+    asyncio's child watcher (a thread, on Python 3.11) reaps a child the moment it
+    exits and only later sets ``proc.returncode``, so ``returncode is None`` does not
+    mean the pid is still this child's: a kill by pid can meet ``ProcessLookupError``
+    (the old soak's flake: a second kill, meant for hangs, right after the first) or,
+    were the pid reused, another process. The pidfd, opened while the child starts
+    up, names this process only; once it is reaped a signal is simply refused.
+    (Without pidfds, outside Linux, the pid is used and a vanished one tolerated.)
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._pidfd: int | None = None
+        self._gone = False
+        if hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(proc.pid)
+            except ProcessLookupError:  # died during its start-up and already reaped
+                self._gone = True
+
+    def kill(self) -> bool:
+        """SIGKILL the process; False if it had already been reaped."""
+        if self._gone:
+            return False
+        try:
+            if self._pidfd is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            else:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Release the pidfd; idempotent."""
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+            self._gone = True
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

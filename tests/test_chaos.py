@@ -9,6 +9,9 @@ for, nothing billed twice, no paid result lost, nothing billed past the budget.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +101,23 @@ async def test_kill_minus_nine_five_times_then_a_top_up_completes_the_dataset(
     assert result["manifest_inconsistencies"] == 0
     assert result["manifest_usd"] == result["emulator_billed_usd"]
     assert Decimal(result["budget_overshoot_usd"]) == 0
+
+
+async def test_the_resume_soak_signals_its_child_once_and_never_a_reaped_pid() -> None:
+    # The kill -9 soak's flake: asyncio's watcher thread reaps a killed child before
+    # `returncode` says so, and the soak's second kill (meant for hangs) then met a
+    # reaped pid (ProcessLookupError; with the pid reused, a stranger would be hit).
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+    child = chaos_resume.Child(proc)
+    try:
+        assert child.kill()
+        assert await proc.wait() == -signal.SIGKILL
+        assert not child.kill()  # reaped: refused quietly, and by pidfd, not by pid
+    finally:
+        child.close()
+    child.close()
+    assert not child.kill()
 
 
 # -- what the soaks found ------------------------------------------------------

@@ -1,24 +1,31 @@
 """``CallbackReceiver``: an aiohttp endpoint that turns signed callbacks into awaitables.
 
-A delivery is size-checked, verified on its raw bytes, parsed, and then resolves
-the watch for its run exactly once; retries are answered 200 and ignored. One
-that comes before anyone watches its run (a run can finish before its create
-response is read) waits in a bounded buffer.
+A delivery is size-checked and read within a deadline (a sender that stalls or
+trickles its body gets 408 instead of holding a handler), verified on its raw
+bytes, parsed, and then resolves the watch for its run exactly once; retries are
+answered 200 and ignored. One that comes before anyone watches its run (a run
+can finish before its create response is read) waits in a bounded buffer. With
+a ``dedupe_path`` the deliveries are also kept in SQLite, so a retry after a
+restart is still recognised.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
+import anyio
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
+from runflow_async._callbacks.store import DeliveryStore
+from runflow_async._callbacks.watch import CallbackWatch
 from runflow_async._core.errors import (
     ClientClosedError,
     ConfigurationError,
@@ -49,6 +56,8 @@ class ReceiverCounters:
         duplicates: Further deliveries for a run id already delivered.
         rejected_signature: Answered 401: missing, malformed or wrong signature.
         rejected_oversized: Answered 413: body over ``max_body_bytes``.
+        rejected_timeout: Answered 408: the body did not arrive within
+            ``body_timeout`` (a stalled or trickling sender).
         rejected_invalid: Answered 400: a body cut short, or signed but not a
             callback payload.
         unknown_run: Accepted deliveries that nobody was watching yet (buffered).
@@ -61,59 +70,11 @@ class ReceiverCounters:
     duplicates: int = 0
     rejected_signature: int = 0
     rejected_oversized: int = 0
+    rejected_timeout: int = 0
     rejected_invalid: int = 0
     unknown_run: int = 0
     watching: int = 0
     buffered: int = 0
-
-
-class CallbackWatch:
-    """Interest in one run's callback, from :meth:`CallbackReceiver.watch`.
-
-    Like an ``asyncio.Future`` it settles once: with the first valid delivery
-    for the run, by :meth:`cancel`, or when the receiver closes.
-
-    Attributes:
-        run_id: The run being watched.
-    """
-
-    def __init__(self, run_id: str, receiver: CallbackReceiver) -> None:
-        self.run_id = run_id
-        self._receiver = receiver
-        self._event = asyncio.Event()
-        self._outcome: CallbackPayload | BaseException | None = None
-
-    async def wait(self) -> CallbackPayload:
-        """Wait for the run's callback; its ``run_status`` says how the run ended.
-
-        Cancelling the waiting task leaves the watch in place: wait again, or
-        :meth:`cancel` it.
-
-        Raises:
-            asyncio.CancelledError: The watch was cancelled with :meth:`cancel`.
-            ClientClosedError: The receiver closed before the callback came.
-        """
-        await self._event.wait()
-        if isinstance(self._outcome, CallbackPayload):
-            return self._outcome
-        raise self._outcome or asyncio.CancelledError()
-
-    def done(self) -> bool:
-        """Return whether the watch has settled (delivered, cancelled or closed)."""
-        return self._event.is_set()
-
-    def cancel(self) -> None:
-        """Stop watching and free the slot; a no-op once settled.
-
-        A later delivery for the run is buffered as if nobody had watched it.
-        """
-        if not self.done():
-            self._receiver._forget(self)
-            self._settle(None)
-
-    def _settle(self, outcome: CallbackPayload | BaseException | None) -> None:
-        self._outcome = outcome
-        self._event.set()
 
 
 def _put(
@@ -146,12 +107,22 @@ class CallbackReceiver:
         public_url: The URL Runflow should call, if not the local address
             (behind a proxy or tunnel).
         max_body_bytes: Larger bodies are refused with 413, unread.
-        buffer_size: How many runs' deliveries are remembered, both the
-            unwatched and the handed-out (to recognise retries); oldest go first.
+        body_timeout: Seconds a request may take to send its body, counted
+            from its headers; a slower one is answered 408 and its connection
+            closed, so a stalled sender cannot hold a handler.
+        buffer_size: How many runs' deliveries are remembered in memory, both
+            the unwatched and the handed-out (to recognise retries); oldest go
+            first.
+        dedupe_path: An SQLite file that also keeps every delivery (the newest
+            million), so a receiver started again on the same file recognises
+            retries of deliveries taken before, and settles a watch of such a
+            run at once. Default: memory only.
 
     Raises:
         ConfigurationError: No non-empty secret, a path without a leading
-            ``/``, or a limit below 1.
+            ``/``, a limit below 1, a ``body_timeout`` that is not a positive
+            number, or a ``dedupe_path`` that cannot be opened (raised when
+            serving starts).
     """
 
     def __init__(
@@ -163,7 +134,9 @@ class CallbackReceiver:
         path: str = "/runflow/callbacks",
         public_url: str | None = None,
         max_body_bytes: int = 1 << 20,
+        body_timeout: float = 10.0,
         buffer_size: int = 10_000,
+        dedupe_path: str | os.PathLike[str] | None = None,
     ) -> None:
         keys = (secrets,) if isinstance(secrets, str) else tuple(secrets)
         if not keys or not all(keys):
@@ -172,13 +145,18 @@ class CallbackReceiver:
             raise ConfigurationError(f"The callback path must start with '/': {path!r}.")
         if max_body_bytes < 1 or buffer_size < 1:
             raise ConfigurationError("max_body_bytes and buffer_size must be at least 1.")
+        if not (body_timeout > 0 and math.isfinite(body_timeout)):
+            raise ConfigurationError(f"body_timeout must be a positive number: {body_timeout!r}.")
         self._secrets = keys
         self._host = host
         self._port = port
         self._path = path
         self._public_url = public_url
         self._max_body_bytes = max_body_bytes
+        self._body_timeout = body_timeout
         self._buffer_size = buffer_size
+        self._dedupe_path = dedupe_path
+        self._store: DeliveryStore | None = None
         self._watches: dict[str, list[CallbackWatch]] = {}
         # run id -> first delivery: not yet watched / already handed to a watch.
         self._buffer: OrderedDict[str, CallbackPayload] = OrderedDict()
@@ -224,6 +202,9 @@ class CallbackReceiver:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()  # after the handlers: none is left writing to it
 
     @property
     def url(self) -> str:
@@ -246,8 +227,18 @@ class CallbackReceiver:
         return ReceiverCounters(**self._counts, watching=watching, buffered=len(self._buffer))
 
     def add_routes(self, app: web.Application) -> None:
-        """Serve callbacks (``POST path``) from ``app``, before it starts, instead of our own."""
+        """Serve callbacks (``POST path``) from ``app``, before it starts, instead of our own.
+
+        Raises:
+            ConfigurationError: The ``dedupe_path`` cannot be opened.
+        """
+        self._open_store()
         app.router.add_post(self._path, self._handle)
+
+    def _open_store(self) -> DeliveryStore | None:
+        if self._store is None and self._dedupe_path is not None and not self._closed:
+            self._store = DeliveryStore(self._dedupe_path)
+        return self._store
 
     def watch(self, run_id: str) -> CallbackWatch:
         """Start watching ``run_id``; settled at once if its callback already came.
@@ -264,6 +255,10 @@ class CallbackReceiver:
         payload = self._buffer.pop(run_id, None)
         if payload is None:
             payload = self._delivered.get(run_id)
+        store = self._open_store()
+        if payload is None and store is not None:
+            raw = store.get(run_id)  # delivered before a restart, or evicted from memory
+            payload = None if raw is None else CallbackPayload.model_validate_json(raw)
         if payload is not None:
             _put(self._delivered, run_id, payload, self._buffer_size)
             watch._settle(payload)
@@ -297,13 +292,14 @@ class CallbackReceiver:
         if self._closed:
             return web.Response(status=503, text="receiver closed")
         try:
-            raw = await self._read_bounded(request)
+            with anyio.fail_after(self._body_timeout):
+                raw = await self._read_bounded(request)
+        except TimeoutError:
+            return await self._cut_off(request, request_id)
         except (ConnectionError, HttpProcessingError):  # dropped mid-body, or bad chunking
             return self._reject("rejected_invalid", 400, "unreadable body", request_id)
         if raw is None:
-            response = self._reject("rejected_oversized", 413, "body too large", request_id)
-            response.force_close()  # the unread rest of the body must not be parsed as a request
-            return response
+            return self._refuse_unread("rejected_oversized", 413, "body too large", request_id)
         try:
             verify_signature(raw, request.headers.get(SIGNATURE_HEADER), self._secrets)
         except WebhookVerificationError as exc:
@@ -313,7 +309,34 @@ class CallbackReceiver:
             payload = CallbackPayload.model_validate_json(raw)
         except ValueError:
             return self._reject("rejected_invalid", 400, "invalid payload", request_id)
-        return web.Response(text=self._dispatch(payload))
+        return web.Response(text=await self._take(payload, raw))
+
+    async def _take(self, payload: CallbackPayload, raw: bytes) -> str:
+        run_id = payload.run_id
+        store = self._open_store()
+        fresh = run_id not in self._buffer and run_id not in self._delivered
+        if run_id and store is not None and fresh:
+            if store.get(run_id) is not None:  # taken before a restart
+                self._counts["duplicates"] += 1
+                return "duplicate"
+            # Stored before it is dispatched and answered: once Runflow has its
+            # 200 it will not retry, and a restart must still know it.
+            await store.add(run_id, raw)
+        return self._dispatch(payload)
+
+    async def _cut_off(self, request: web.Request, request_id: str) -> web.Response:
+        response = self._refuse_unread("rejected_timeout", 408, "body too slow", request_id)
+        await response.prepare(request)
+        await response.write_eof()
+        # Closed now (the answer is flushed first): aiohttp would otherwise linger,
+        # reading the rest of a body that is not coming for another 10 s.
+        request.protocol.force_close()
+        return response
+
+    def _refuse_unread(self, counter: str, status: int, why: str, request_id: str) -> web.Response:
+        response = self._reject(counter, status, why, request_id)
+        response.force_close()  # the unread rest of the body must not be parsed as a request
+        return response
 
     def _reject(self, counter: str, status: int, why: str, request_id: str) -> web.Response:
         self._counts[counter] += 1

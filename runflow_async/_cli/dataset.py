@@ -18,9 +18,11 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
+from typing import TextIO
 
+from runflow_async._cli.options import IMAGE_SIZE_HELP, amount, positive_int, time_scale
 from runflow_async._cli.progress import ProgressPrinter
 from runflow_async._client.client import RunflowClient
 from runflow_async._core.config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
@@ -46,16 +48,6 @@ __all__ = ["add_dataset_commands", "run_command"]
 EMULATOR_TIME_SCALE = 0.01  # --emulator: a "2 s" run takes 20 ms
 
 
-def _money(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation as exc:
-        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from exc
-    if not (value.is_finite() and value > 0):  # as the engine's max_cost_usd
-        raise argparse.ArgumentTypeError("must be a positive amount")
-    return value
-
-
 def _size(text: str) -> str | tuple[int, int]:
     try:
         return parse_size(text)
@@ -64,7 +56,7 @@ def _size(text: str) -> str | tuple[int, int]:
 
 
 def _request_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-size", type=_size, help="preset name or WxH, e.g. 1024x768")
+    parser.add_argument("--image-size", type=_size, help=IMAGE_SIZE_HELP)
     parser.add_argument("--num-images", type=int, choices=range(1, 5), metavar="1-4")
     parser.add_argument("--output-format", choices=["jpeg", "png", "webp"])
     parser.add_argument(
@@ -80,8 +72,8 @@ def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         cmd = sub.add_parser(name, help=f"{name} a dataset from {what}")
         cmd.add_argument("input", type=Path, metavar=what.split()[0])
         cmd.add_argument("--out", type=Path, required=True, help="output folder")
-        cmd.add_argument("--concurrency", type=int, default=16)
-        cmd.add_argument("--max-cost", type=_money, help="budget in USD")
+        cmd.add_argument("--concurrency", type=positive_int, default=16, help="runs at once")
+        cmd.add_argument("--max-cost", type=amount, help="budget in USD")
         _request_options(cmd)
         cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         cmd.add_argument("--json", action="store_true", help="print a JSON summary at the end")
@@ -90,7 +82,7 @@ def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         cmd.add_argument("--emulator", action="store_true", help="run on an in-process emulator")
         cmd.add_argument(
             "--time-scale",
-            type=float,
+            type=time_scale,
             default=None,
             help="scale client waits (retries, polls) to match an emulator started with "
             "--time-scale; default 1, or 0.01 with --emulator",
@@ -119,10 +111,10 @@ def _read(args: argparse.Namespace, kind: str) -> list[DatasetItem]:
     return reader(args.input, defaults)
 
 
-def _show_estimate(estimate: Estimate) -> None:
-    print(f"Estimate: {estimate.summary()}", file=sys.stderr)
+def _show_estimate(estimate: Estimate, stream: TextIO) -> None:
+    print(f"Estimate: {estimate.summary()}", file=stream)
     for assumption in estimate.assumptions:
-        print(f"  assumes: {assumption}", file=sys.stderr)
+        print(f"  assumes: {assumption}", file=stream)
 
 
 def _confirmed(args: argparse.Namespace, estimate: Estimate, spent: Decimal) -> bool | None:
@@ -132,7 +124,15 @@ def _confirmed(args: argparse.Namespace, estimate: Estimate, spent: Decimal) -> 
         return True
     if not sys.stdin.isatty():
         return None
-    answer = input(f"Spend about ${estimate.total_usd}? [y/N] ")
+    # On stderr, like the estimate: stdout stays for --json.
+    try:
+        print(f"Spend about ${estimate.total_usd}? [y/N] ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the prompt's line
+        raise
+    if not answer:  # end of input (Ctrl-D): no answer is a no
+        print(file=sys.stderr)
     return answer.strip().lower() in {"y", "yes"}
 
 
@@ -273,14 +273,14 @@ def run_command(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            _show_estimate(estimate)
+            _show_estimate(estimate, sys.stdout)  # the command's result: `> file` keeps it
         return 0
     try:
         api_key = "emulator-key" if args.emulator else resolve_api_key(args.api_key)
     except ConfigurationError as exc:
         _err(str(exc))
         return 2
-    _show_estimate(estimate)
+    _show_estimate(estimate, sys.stderr)
     go = _confirmed(args, estimate, spent)
     if go is None:
         _err("no terminal to confirm on: pass --yes or a --max-cost that covers the estimate")

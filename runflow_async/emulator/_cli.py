@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from decimal import Decimal
@@ -32,8 +33,10 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
     amount = _amount
     emu = sub.add_parser("emulator", help="serve the local Runflow API emulator")
     emu.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    emu.add_argument("--port", type=int, default=8787)
-    emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument("--port", type=int, default=8787, help="TCP port (0: any free one)")
+    emu.add_argument(
+        "--seed", type=int, default=0, help="seed of run durations, failures and faults"
+    )
     emu.add_argument(
         "--time-scale",
         type=float,
@@ -46,7 +49,9 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
     emu.add_argument(
         "--duration-sigma", type=float, default=0.5, help="sigma of the log-normal run duration"
     )
-    emu.add_argument("--failure-rate", type=float, default=0.0)
+    emu.add_argument(
+        "--failure-rate", type=float, default=0.0, help="fraction of runs that fail (0-1)"
+    )
     emu.add_argument(
         "--api-key",
         action="append",
@@ -59,6 +64,13 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
     emu.add_argument(
         "--credit-usd", type=amount, default=None, help="answer 402 once this much is billed"
     )
+    _add_server_fault_flags(emu)
+    _add_limit_flags(emu)
+    _add_fault_flags(emu)
+
+
+def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
+    """A server's standing misbehaviours (not drawn per request)."""
     emu.add_argument(
         "--list-lag",
         type=float,
@@ -82,8 +94,6 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         default="at_receipt",
         help="how Idempotency-Key is honoured while a late commit is pending (default at_receipt)",
     )
-    _add_limit_flags(emu)
-    _add_fault_flags(emu)
 
 
 def _add_limit_flags(emu: argparse.ArgumentParser) -> None:
@@ -252,7 +262,11 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
 
 
 def _serve(config: EmulatorConfig) -> int:
+    bound = False
+
     def ready(emu: Emulator) -> None:  # the bound port, even with --port 0
+        nonlocal bound
+        bound = True
         print(f"Runflow emulator on {emu.url} (Ctrl-C stops it)", flush=True)
 
     async def run() -> None:
@@ -267,5 +281,14 @@ def _serve(config: EmulatorConfig) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await serve(config, on_ready=ready)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        if bound:
+            raise
+        # A port in use (or not ours to bind): one line, the usage status.
+        where = f"{config.host}:{config.port}"
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"runflow-async emulator: cannot listen on {where}: {why}", file=sys.stderr)
+        return 2
     return 0

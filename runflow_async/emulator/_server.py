@@ -140,7 +140,11 @@ class Emulator:
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, self.config.host, self.config.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:  # a port in use: the app's cleanup still runs
+            await self.aclose()
+            raise
         self._port = int(runner.addresses[0][1])
         logger.info("Runflow emulator listening on %s", self.url)
 
