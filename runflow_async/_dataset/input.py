@@ -115,6 +115,8 @@ class DatasetItem:
         metadata: The line's free ``metadata`` object (may be empty).
         local_images: Edit only: the local image files, absolute, in order.
         local_positions: Edit only: the ``image_urls`` position of each local image.
+        image_inputs: Edit only: the line's ``image_urls`` as given (paths, URLs),
+            which the manifest records.
     """
 
     ordinal: int
@@ -124,6 +126,7 @@ class DatasetItem:
     metadata: dict[str, Any]
     local_images: tuple[Path, ...] = ()
     local_positions: tuple[int, ...] = ()
+    image_inputs: tuple[str, ...] = ()
 
 
 def parse_size(text: str) -> str | tuple[int, int]:
@@ -249,7 +252,9 @@ class _Reader:
                 del fields["image_size"]  # reported once, not again by the model
         paths: list[Path] = []
         positions: list[int] = []
+        given: tuple[str, ...] = ()
         if isinstance(fields.get("image_urls"), list):
+            given = tuple(str(entry) for entry in fields["image_urls"])
             urls = fields["image_urls"] = list(fields["image_urls"])
             for position, entry in enumerate(urls):
                 if isinstance(entry, str) and not entry.startswith(("http://", "https://")):
@@ -278,7 +283,9 @@ class _Reader:
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
         key = f"{digest}-{self.seen[digest]}"
         self.seen[digest] += 1
-        item = DatasetItem(ordinal, line, key, request, metadata, tuple(paths), tuple(positions))
+        item = DatasetItem(
+            ordinal, line, key, request, metadata, tuple(paths), tuple(positions), given
+        )
         self.items.append(item)
 
     def finish(self) -> list[DatasetItem]:

@@ -13,9 +13,15 @@ is sent and its run id as soon as the create returns, so after any crash
 
 Images are downloaded as soon as their run finishes (signed URLs expire), with
 bounded concurrency, atomically, under a name derived from the item's stable
-key; a 403/404 on a download re-reads the run once for fresh URLs. The
-manifest and the failures file are rewritten from the journal at the end of
-every run, so they never hold duplicates or stale rows.
+key; a 403/404 on a download re-reads the run once for fresh URLs. Each
+item's manifest rows are appended as it finishes, before its images take
+their names (:mod:`runflow_async._dataset.manifest`), so the folder loads at
+every instant; the folder is reconciled with the journal when a run starts
+and when it ends, so it never holds duplicates or stale rows.
+
+With ``retry_failed``, items whose run failed are sent back to pending first
+and created again under a new ``client_ref`` (``rfa-<dataset>-<key>-r<N>``,
+``N`` the journal's retry count): the old one names the failed run.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal
+from runflow_async._dataset.manifest import publish, ready_path, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     manifest_row,
@@ -114,8 +121,10 @@ class _Runner:
         max_cost_usd: Decimal | None,
         download_concurrency: int,
         on_progress: Callable[[DatasetProgress], None] | None,
+        retry_failed: bool = False,
     ) -> None:
         self.client = client
+        self.retry_failed = retry_failed
         self.out_dir = out_dir
         self.items = items
         self.journal = journal
@@ -140,6 +149,11 @@ class _Runner:
         self.journal.add_items(
             (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
         )
+        if self.retry_failed:
+            keys = {item.key for item in self.items}
+            for entry in self.journal.items(states=(ItemState.FAILED,)):
+                if entry.key in keys:
+                    self.journal.reset_for_retry(entry.key)
         engine = self.client.engine(
             hooks=_JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
@@ -173,8 +187,9 @@ class _Runner:
             # Created or possibly created runs are still collected.
             self.journal.mark_not_submitted(item.key, reason=stopped)
             return None
-        # One client_ref per item for ever: the journal keeps the first one.
-        client_ref = entry.client_ref or f"rfa-{self.dataset_id}-{item.key}"
+        # One client_ref per run of an item: the journal keeps the first one (a
+        # retry of a failed run starts a new one, numbered by the retry count).
+        client_ref = entry.client_ref or _client_ref(self.dataset_id, item.key, entry.retries)
         request = item.request.model_copy(update={"client_ref": client_ref})
         created = entry.run_id if entry.state is ItemState.CREATED else None
         uploads = isinstance(request, EditRequest) and bool(item.local_images)
@@ -211,6 +226,8 @@ class _Runner:
                 # The run succeeded and stays "created": the next run re-reads it
                 # (fresh URLs) and downloads again, never creating it again.
                 return
+            # Rows first, then the images' names: never an image without its row.
+            await anyio.to_thread.run_sync(publish, self.out_dir, rows)
             cost = outcome.billed_usd
             self.journal.mark_succeeded(
                 item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
@@ -252,7 +269,7 @@ class _Runner:
             ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
             name = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
             async with self.downloads:
-                saved = await self._fetch(run, n, image, self.out_dir / name)
+                saved = await self._fetch(run, n, image, ready_path(self.out_dir, name))
             rows.append(manifest_row(item, run, image, name, cost, saved.sha256))
         return rows
 
@@ -266,6 +283,11 @@ class _Runner:
                     f"Run {run.id} was read again without image {n}", method="GET", path=run.id
                 ) from None
             return await self.client.download(fresh.images[n], dest)
+
+
+def _client_ref(dataset_id: str, key: str, retries: int) -> str:
+    ref = f"rfa-{dataset_id}-{key}"
+    return f"{ref}-r{retries}" if retries else ref
 
 
 def _kind(request: RunRequest) -> str:
@@ -282,11 +304,14 @@ async def run_dataset(
     download_concurrency: int = 8,
     on_progress: Callable[[DatasetProgress], None] | None = None,
     estimates: Mapping[str, Decimal] | None = None,
+    retry_failed: bool = False,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
 
     ``estimates`` (USD by item key), when given, are the reservations used for
-    those items instead of estimating them again.
+    those items instead of estimating them again. ``retry_failed`` creates the
+    items that failed (e.g. runs that failed server-side, which are not billed)
+    again; without it they stay failed.
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -296,6 +321,7 @@ async def run_dataset(
     """
     await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     with exclusive_folder(out_dir), Journal.open(out_dir) as journal:
+        reconcile(out_dir, journal)  # what a killed run left: rolled forward or back
         runner = _Runner(
             client,
             out_dir,
@@ -305,6 +331,7 @@ async def run_dataset(
             max_cost_usd=max_cost_usd,
             download_concurrency=download_concurrency,
             on_progress=on_progress,
+            retry_failed=retry_failed,
         )
         try:
             await runner.run(estimates or {})
