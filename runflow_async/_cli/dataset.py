@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
@@ -75,6 +75,12 @@ def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         cmd.add_argument("--concurrency", type=positive_int, default=16, help="runs at once")
         cmd.add_argument("--max-cost", type=amount, help="budget in USD")
         _request_options(cmd)
+        cmd.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="create the items that failed again (runs that failed server-side are not "
+            "billed); without it a re-run leaves them failed",
+        )
         cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         cmd.add_argument("--json", action="store_true", help="print a JSON summary at the end")
         cmd.add_argument("--base-url", help="API root (default: RUNFLOW_BASE_URL or the API)")
@@ -205,6 +211,7 @@ async def _run(
                 max_cost_usd=args.max_cost,
                 on_progress=printer,
                 estimates=estimates,
+                retry_failed=args.retry_failed,
             )
     except asyncio.CancelledError:
         printer.close()
@@ -219,23 +226,15 @@ async def _run(
         f"{summary.pending} not finished, spent ${summary.spent_usd} -> {summary.out_dir}",
         file=sys.stderr,
     )
-    if summary.reasons:
-        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.reasons.items()))
-        print(f"  not finished: {why}; {_next_step(summary.reasons)}", file=sys.stderr)
+    for label, counts in (("not finished", summary.reasons), ("failed", summary.failures)):
+        if counts:
+            why = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+            print(f"  {label}: {why}", file=sys.stderr)
+    for step in summary.next_steps:
+        print(f"  next: {step}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_json()))
     return summary.exit_code
-
-
-def _next_step(reasons: Mapping[str, int]) -> str:
-    """What to do next, for the commonest reasons items are left unfinished."""
-    if "authentication" in reasons:
-        return "check the API key (--api-key or RUNFLOW_API_KEY), then run the same command"
-    if "budget" in reasons:
-        return "raise --max-cost and run the same command"
-    if "insufficient_credit" in reasons:
-        return "add credit, then run the same command"
-    return "run the same command again to finish (nothing is billed twice)"
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -251,7 +250,7 @@ def run_command(args: argparse.Namespace) -> int:
     spent = Decimal(0)
     todo = items
     if args.command != "estimate":
-        todo, spent = unfinished(args.out, items)
+        todo, spent = unfinished(args.out, items, retry_failed=args.retry_failed)
         if len(todo) < len(items):
             print(
                 f"{len(items) - len(todo)} of {len(items)} items already finished in "

@@ -21,13 +21,10 @@ import hashlib
 import io
 import json
 import re
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from runflow_async._core.errors import RequestValidationError, RunflowError
 from runflow_async._core.requests import (
@@ -38,7 +35,7 @@ from runflow_async._core.requests import (
     ImagePreset,
     build_request,
 )
-from runflow_async._imagesize import IMAGE_TYPE_BYTES, image_type_from_bytes
+from runflow_async._dataset.local_files import MAX_LOCAL_IMAGE_BYTES, local_file
 
 __all__ = [
     "MAX_LOCAL_IMAGE_BYTES",
@@ -51,8 +48,6 @@ __all__ = [
     "sniff_kind",
 ]
 
-# Mirrors the asset upload limit (_assets.MAX_UPLOAD_BYTES; docs: "1-50 MiB").
-MAX_LOCAL_IMAGE_BYTES = 50 * 1024 * 1024
 _SEED_MODULUS = 2**31
 _SHOWN_PROBLEMS = 5
 _GENERATE_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -116,6 +111,8 @@ class DatasetItem:
         metadata: The line's free ``metadata`` object (may be empty).
         local_images: Edit only: the local image files, absolute, in order.
         local_positions: Edit only: the ``image_urls`` position of each local image.
+        image_inputs: Edit only: the line's ``image_urls`` as given (paths, URLs),
+            which the manifest records.
     """
 
     ordinal: int
@@ -125,6 +122,7 @@ class DatasetItem:
     metadata: dict[str, Any]
     local_images: tuple[Path, ...] = ()
     local_positions: tuple[int, ...] = ()
+    image_inputs: tuple[str, ...] = ()
 
 
 def parse_size(text: str) -> str | tuple[int, int]:
@@ -251,11 +249,13 @@ class _Reader:
                 del fields["image_size"]  # reported once, not again by the model
         paths: list[Path] = []
         positions: list[int] = []
+        given: tuple[str, ...] = ()
         if isinstance(fields.get("image_urls"), list):
+            given = tuple(str(entry) for entry in fields["image_urls"])
             urls = fields["image_urls"] = list(fields["image_urls"])
             for position, entry in enumerate(urls):
                 if isinstance(entry, str) and not entry.startswith(("http://", "https://")):
-                    local, reason = _local_file(entry, self.path.absolute().parent)
+                    local, reason = local_file(entry, self.path.absolute().parent)
                     if reason:
                         problems.append(f"image_urls[{position}]: {reason}")
                     urls[position] = _PLACEHOLDER.format(position)
@@ -280,7 +280,9 @@ class _Reader:
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
         key = f"{digest}-{self.seen[digest]}"
         self.seen[digest] += 1
-        item = DatasetItem(ordinal, line, key, request, metadata, tuple(paths), tuple(positions))
+        item = DatasetItem(
+            ordinal, line, key, request, metadata, tuple(paths), tuple(positions), given
+        )
         self.items.append(item)
 
     def finish(self) -> list[DatasetItem]:
@@ -369,29 +371,3 @@ def _cell(name: str, cell: str) -> Any:
         except ValueError as exc:
             raise ValueError(f"not valid JSON ({_json_reason(exc)})") from None
     return cell
-
-
-def _local_file(entry: str, base: Path) -> tuple[Path, str | None]:
-    """Resolve a local ``image_urls`` entry; return the path and what is wrong with it, if any."""
-    if entry.startswith("file://"):
-        raw = Path(url2pathname(urlsplit(entry).path))
-    elif "://" in entry or entry.startswith("data:"):  # data: URIs are not accepted upstream
-        return Path(entry), f"{entry[:60]}: not an http(s) URL, a file:// URL or a path"
-    else:
-        raw = Path(entry).expanduser()
-    path = (base / raw).resolve()
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            return path, f"{path}: not a regular file"
-        if info.st_size == 0:
-            return path, f"{path}: file is empty"
-        if info.st_size > MAX_LOCAL_IMAGE_BYTES:
-            return path, f"{path}: file is {info.st_size} bytes, over the 50 MiB upload limit"
-        with path.open("rb") as fh:
-            head = fh.read(IMAGE_TYPE_BYTES)
-    except OSError as exc:  # missing, permission denied, a broken link...
-        return path, f"{path}: {exc.strerror or exc}"
-    if image_type_from_bytes(head) is None:  # what the asset upload accepts
-        return path, f"{path}: not a PNG, JPEG, WebP or GIF image (by its first bytes)"
-    return path, None

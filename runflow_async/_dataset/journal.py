@@ -9,16 +9,26 @@ which runs exist (collect them), which creates may exist (look them up by
 Each method is one short transaction on one connection. WAL with
 ``synchronous=NORMAL`` loses nothing when the *process* dies (a power cut may
 lose the last commits, which a re-run reconciles by ``client_ref``). Money is
-stored as decimal text, so sums are exact. Use a journal from one thread.
+stored as decimal text, so sums are exact. Use a journal from one thread. The
+file (and SQLite's ``-wal``/``-shm`` beside it) is private, ``0600``, whatever
+the umask: it names every run of the folder.
 
 Transitions (any other is refused with :class:`JournalStateError`)::
 
-    mark_submitting      pending, submitting, not_submitted  -> submitting
-    mark_created         submitting                          -> created
-    mark_succeeded       submitting, created                 -> succeeded
-    mark_failed          pending, submitting, created        -> failed
-    mark_not_submitted   pending, submitting, not_submitted  -> not_submitted
-    reset_for_retry      failed, not_submitted               -> pending
+    mark_submitting      pending, submitting, not_submitted          -> submitting
+    mark_created         pending, submitting, not_submitted          -> created
+    mark_succeeded       pending, submitting, created, not_submitted -> succeeded
+    mark_failed          pending, submitting, created, not_submitted -> failed
+    mark_not_submitted   pending, submitting, not_submitted          -> not_submitted
+    reset_for_retry      failed, not_submitted                       -> pending
+
+A run may turn up for an item the journal holds as not (or no longer)
+submitted: a create whose answer was lost, then refused on the resend (402,
+or a 429 given up when the batch stopped), is recorded "not submitted" though
+the server made it; a later lookup by ``client_ref`` finds it. Such a run is
+adopted (``mark_created`` and the outcomes accept those states), never refused.
+What stays refused loses a run: a created item becoming not submitted or
+submitting, a second run for one item, a finished item changing.
 
 ``note_error`` changes no state: it records why a submitting or created item
 is not finished yet (its run is still collected by the next run).
@@ -36,7 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from runflow_async._core.errors import RunflowError
+from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
 
 __all__ = [
     "JOURNAL_PATH",
@@ -49,18 +59,6 @@ __all__ = [
 ]
 
 JOURNAL_PATH = Path(".runflow", "journal.sqlite3")
-SCHEMA_VERSION = 1
-
-_SCHEMA = (
-    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
-    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE items (key TEXT PRIMARY KEY, ordinal INTEGER NOT NULL, kind TEXT NOT NULL,"
-    " state TEXT NOT NULL, client_ref TEXT, run_id TEXT, estimate_usd TEXT, cost_usd TEXT,"
-    " error_type TEXT, error TEXT, files TEXT NOT NULL DEFAULT '[]',"
-    " attempts INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,"
-    " prior_cost_usd TEXT NOT NULL DEFAULT '0')",
-    "CREATE INDEX items_by_ordinal ON items (ordinal)",
-)
 
 
 class ItemState(StrEnum):
@@ -84,16 +82,12 @@ _P, _S, _C, _OK, _F, _N = ItemState
 # Which states each mark_* moves from; anything else is a pipeline bug, refused.
 _FROM: dict[ItemState, tuple[ItemState, ...]] = {
     _S: (_P, _S, _N),  # _S again: a retried create, or one resumed after a crash
-    _C: (_S,),
-    _OK: (_S, _C),  # from _S: a create that answered with a finished run
-    _F: (_P, _S, _C),  # from _P: e.g. an upload failed before any create
+    _C: (_P, _S, _N),  # from _P/_N: a run found later by client_ref is adopted
+    _OK: (_P, _S, _C, _N),  # from _S: a create that answered with a finished run
+    _F: (_P, _S, _C, _N),  # from _P/_N: e.g. an upload failed before any create
     _N: (_P, _S, _N),
     _P: (_F, _N),  # reset_for_retry
 }
-
-
-class JournalError(RunflowError):
-    """The journal cannot be used (not a journal, or written by a newer version)."""
 
 
 class JournalStateError(JournalError, KeyError):
@@ -122,6 +116,8 @@ class JournalItem:
         attempts: How many creates were started.
         updated_at: UTC ISO 8601 time of the last change.
         prior_cost_usd: What runs before a :meth:`Journal.reset_for_retry` cost.
+        retries: How many failed runs :meth:`Journal.reset_for_retry` set aside;
+            each retry creates under a new ``client_ref`` derived from it.
     """
 
     key: str
@@ -138,6 +134,7 @@ class JournalItem:
     attempts: int
     updated_at: str
     prior_cost_usd: Decimal
+    retries: int
 
 
 _SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
@@ -165,14 +162,7 @@ class Journal:
         """
         path = out_dir / JOURNAL_PATH
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            _prepare(conn, path)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
+        return cls(connect(path), path)
 
     def close(self) -> None:
         """Close the journal (idempotent)."""
@@ -277,8 +267,10 @@ class Journal:
         """Send a failed or not-submitted item back to pending.
 
         A failed *run* is forgotten (run id and ``client_ref`` cleared, its cost
-        kept in ``prior_cost_usd``) so the retry creates a new run; without a
-        run, the ``client_ref`` is kept.
+        kept in ``prior_cost_usd``, ``retries`` counted up) so the retry creates
+        a new run under a new ``client_ref``: the old one names the failed run,
+        and a create sent with it would be answered with that run again. Without
+        a run, the ``client_ref`` is kept (an earlier create may yet be found by it).
         """
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -289,9 +281,10 @@ class Journal:
                 key,
                 _P,
                 "client_ref = ?, run_id = NULL, cost_usd = NULL, prior_cost_usd = ?,"
-                " error_type = NULL, error = NULL, files = '[]'",
+                " error_type = NULL, error = NULL, files = '[]', retries = retries + ?",
                 ref,
                 str(prior),
+                int(item.run_id is not None),
             )
 
     def summary(self) -> dict[str, Any]:
@@ -351,29 +344,6 @@ class Journal:
         if cursor.rowcount == 0:
             state = self._get(key).state
             raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
-
-
-def _prepare(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        conn.execute("PRAGMA busy_timeout = 5000")  # lets a `status` reader wait out a write
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone():
-                (version,) = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            else:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-                version = SCHEMA_VERSION
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{path} is not a usable journal: {exc}") from exc
-    if version > SCHEMA_VERSION:
-        raise JournalError(
-            f"{path} was written by a newer runflow-async (journal schema {version}; "
-            f"this version reads up to {SCHEMA_VERSION}); upgrade runflow-async"
-        )
 
 
 def _now() -> str:

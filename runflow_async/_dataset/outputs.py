@@ -1,7 +1,9 @@
 """What a dataset folder holds: manifest rows, ``metadata.jsonl``, ``failures.jsonl``, summaries.
 
 The journal is the source of truth; these functions derive the folder's files
-and summaries from it, so they never hold duplicates or stale rows.
+and summaries from it, so they never hold duplicates or stale rows. Rows are
+appended as items finish (:mod:`runflow_async._dataset.manifest`); at the end
+of a run the manifest is reconciled with the journal and rewritten in order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from runflow_async._core.models import ImageOutput, Run
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
+from runflow_async._dataset.manifest import MANIFEST, reconcile
 from runflow_async._http.download import write_atomic
 
 __all__ = [
@@ -31,9 +34,23 @@ __all__ = [
     "write_outputs",
 ]
 
-MANIFEST = "metadata.jsonl"
 FAILURES = "failures.jsonl"
 _MICRO = Decimal("0.000001")
+_AGAIN = "run the same command again to finish (nothing is billed twice)"
+_NEXT = {
+    "authentication": "check the API key (--api-key or RUNFLOW_API_KEY), then run the same command",
+    "budget": "raise --max-cost and run the same command",
+    "insufficient_credit": "add credit, then run the same command",
+    "outcome unknown": "run the same command: creates whose answer was lost are looked up by "
+    "client_ref before anything is sent again (nothing is billed twice)",
+    "to collect": "run the same command: created runs are collected by id, never created again",
+}
+_URGENCY = ("authentication", "insufficient_credit", "budget")
+
+
+def _by_urgency(reason: str) -> tuple[int, str]:
+    """Reasons that need the user first (a key, credit, a budget), then the rest by name."""
+    return (_URGENCY.index(reason) if reason in _URGENCY else len(_URGENCY), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +66,23 @@ class DatasetSummary:
     spent_usd: Decimal
     interrupted: bool = False
     reasons: Mapping[str, int] = field(default_factory=dict)
-    """Why items are not finished: a count per reason (``budget``, ``authentication``...)."""
+    """Why items are not finished: a count per reason (``budget``, ``authentication``,
+    ``outcome unknown``, ``to collect``...)."""
+    failures: Mapping[str, int] = field(default_factory=dict)
+    """Why items failed: a count per error type (``RunFailedError``: the run failed server-side)."""
+
+    @property
+    def next_steps(self) -> list[str]:
+        """What to run next, one step per reason (empty when everything is done)."""
+        steps = [_NEXT.get(reason, _AGAIN) for reason in sorted(self.reasons, key=_by_urgency)]
+        if self.failures:
+            runs = self.failures.get("RunFailedError", 0)
+            why = f"; {runs} failed server-side (failed runs are not billed)" if runs else ""
+            steps.append(
+                f"add --retry-failed to create the {self.failed} failed item(s) again "
+                f"(failures.jsonl says why each failed{why})"
+            )
+        return list(dict.fromkeys(steps))
 
     @property
     def exit_code(self) -> int:
@@ -70,6 +103,8 @@ class DatasetSummary:
             "spent_usd": str(self.spent_usd),
             "interrupted": self.interrupted,
             "not_finished": dict(self.reasons),
+            "failed_by_type": dict(self.failures),
+            "next_steps": self.next_steps,
             "exit_code": self.exit_code,
         }
 
@@ -87,6 +122,8 @@ def manifest_row(
 ) -> dict[str, Any]:
     params = item.request.input_payload()
     prompt = params.pop("prompt")
+    if item.image_inputs:  # as the line gave them: local paths, not their upload placeholders
+        params["image_urls"] = list(item.image_inputs)
     seed = run.output.seed if run.output and run.output.seed is not None else params.get("seed")
     return {
         "file_name": name,
@@ -104,36 +141,39 @@ def manifest_row(
     }
 
 
-def unfinished(out_dir: Path, items: Sequence[DatasetItem]) -> tuple[list[DatasetItem], Decimal]:
-    """Items of ``items`` not yet finished in ``out_dir``, and what the folder already spent."""
+def unfinished(
+    out_dir: Path, items: Sequence[DatasetItem], *, retry_failed: bool = False
+) -> tuple[list[DatasetItem], Decimal]:
+    """Items of ``items`` still to run in ``out_dir``, and what the folder already spent.
+
+    Failed items are done unless ``retry_failed``.
+    """
     if not (out_dir / ".runflow").is_dir():
         return list(items), Decimal(0)
+    finished = (ItemState.SUCCEEDED,) if retry_failed else (ItemState.SUCCEEDED, ItemState.FAILED)
     with Journal.open(out_dir) as journal:
-        done = {e.key for e in journal.items(states=(ItemState.SUCCEEDED, ItemState.FAILED))}
+        done = {e.key for e in journal.items(states=finished)}
         spent: Decimal = journal.summary()["spent_usd"]
     return [i for i in items if i.key not in done], spent
 
 
 def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem]) -> tuple[int, int]:
-    """Rewrite ``metadata.jsonl`` and ``failures.jsonl`` from the journal (atomically).
+    """Reconcile the folder with the journal, then rewrite ``failures.jsonl`` (atomically).
 
     Returns:
         ``(images, failures)`` written.
     """
-    lines: list[str] = []
+    images = reconcile(out_dir, journal)
     failures: list[str] = []
     by_key = {i.key: i for i in items}
     for entry in journal.items():
-        if entry.state is ItemState.SUCCEEDED:
-            lines.extend(entry.files)
-        elif entry.state is ItemState.FAILED:
+        if entry.state is ItemState.FAILED:
             failures.append(_failure_row(entry, by_key.get(entry.key), collectable=False))
         elif entry.state is ItemState.CREATED and entry.error_type is not None:
             # Its run exists (and may be paid for): the next run collects it again.
             failures.append(_failure_row(entry, by_key.get(entry.key), collectable=True))
-    write_atomic(out_dir / MANIFEST, "".join(f"{line}\n" for line in lines).encode())
     write_atomic(out_dir / FAILURES, "".join(f"{line}\n" for line in failures).encode())
-    return len(lines), len(failures)
+    return images, len(failures)
 
 
 def _failure_row(entry: JournalItem, item: DatasetItem | None, *, collectable: bool) -> str:
@@ -173,6 +213,9 @@ def summarize(
         spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
         interrupted=interrupted,
         reasons=_reasons(states, interrupted=interrupted),
+        failures=dict(
+            Counter(e.error_type or "error" for e in states if e.state is ItemState.FAILED)
+        ),
     )
 
 
@@ -182,7 +225,9 @@ def _reasons(states: Sequence[JournalItem], *, interrupted: bool) -> dict[str, i
     for entry in states:
         if entry.state is ItemState.NOT_SUBMITTED:
             counts[(entry.error or "not submitted").split(":")[0]] += 1
-        elif entry.state in (ItemState.CREATED, ItemState.SUBMITTING):
+        elif entry.state is ItemState.SUBMITTING:
+            counts["interrupted" if interrupted else "outcome unknown"] += 1
+        elif entry.state is ItemState.CREATED:
             counts["interrupted" if interrupted else "to collect"] += 1
         elif entry.state is ItemState.PENDING:
             counts["interrupted" if interrupted else "not started"] += 1

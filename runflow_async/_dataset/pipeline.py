@@ -18,9 +18,15 @@ re-reads the run once for fresh URLs and tries again. One item never takes the
 run down: whatever goes wrong while one item is recorded (a download that is
 not an image, a disk error) ends that item alone; if its run exists it stays
 collectable (``failures.jsonl`` lists it with ``"collectable": true``) and the
-next run reads it again and downloads it, never creating it again. The
-manifest and the failures file are rewritten from the journal at the end of
-every run, so they never hold duplicates or stale rows.
+next run reads it again and downloads it, never creating it again. Each
+item's manifest rows are appended as it finishes, before its images take
+their names (:mod:`runflow_async._dataset.manifest`), so the folder loads at
+every instant; the folder is reconciled with the journal when a run starts
+and when it ends, so it never holds duplicates or stale rows.
+
+With ``retry_failed``, items whose run failed are sent back to pending first
+and created again under a new ``client_ref`` (``rfa-<dataset>-<key>-r<N>``,
+``N`` the journal's retry count): the old one names the failed run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +65,7 @@ from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
+from runflow_async._dataset.manifest import publish, ready_path, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     manifest_row,
@@ -65,7 +73,7 @@ from runflow_async._dataset.outputs import (
     summarize,
     write_outputs,
 )
-from runflow_async._http.download import DownloadedFile
+from runflow_async._http.download import IMAGE_SUFFIXES, DownloadedFile
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
@@ -125,8 +133,10 @@ class _Runner:
         download_concurrency: int,
         max_image_bytes: int,
         on_progress: Callable[[DatasetProgress], None] | None,
+        retry_failed: bool = False,
     ) -> None:
         self.client = client
+        self.retry_failed = retry_failed
         self.out_dir = out_dir
         self.items = items
         self.journal = journal
@@ -152,6 +162,11 @@ class _Runner:
         self.journal.add_items(
             (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
         )
+        if self.retry_failed:
+            keys = {item.key for item in self.items}
+            for entry in self.journal.items(states=(ItemState.FAILED,)):
+                if entry.key in keys:
+                    self.journal.reset_for_retry(entry.key)
         engine = self.client.engine(
             hooks=_JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
@@ -185,8 +200,9 @@ class _Runner:
             # Created or possibly created runs are still collected.
             self.journal.mark_not_submitted(item.key, reason=stopped)
             return None
-        # One client_ref per item for ever: the journal keeps the first one.
-        client_ref = entry.client_ref or f"rfa-{self.dataset_id}-{item.key}"
+        # One client_ref per run of an item: the journal keeps the first one (a
+        # retry of a failed run starts a new one, numbered by the retry count).
+        client_ref = entry.client_ref or _client_ref(self.dataset_id, item.key, entry.retries)
         request = item.request.model_copy(update={"client_ref": client_ref})
         created = entry.run_id if entry.state is ItemState.CREATED else None
         uploads = isinstance(request, EditRequest) and bool(item.local_images)
@@ -247,6 +263,8 @@ class _Runner:
             # A failed download raises: the run succeeded and stays "created", so
             # the next run re-reads it (fresh URLs) and downloads again.
             rows = await self._download(item, outcome.result)
+            # Rows first, then the images' names: never an image without its row.
+            await anyio.to_thread.run_sync(publish, self.out_dir, rows)
             cost = outcome.billed_usd
             self.journal.mark_succeeded(
                 item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
@@ -286,10 +304,11 @@ class _Runner:
         for n, (image, cost) in enumerate(zip(images, costs, strict=False)):
             ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
             # The suffix is a first guess: the file is named by its real type.
-            dest = self.out_dir / f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
+            guess = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
             async with self.downloads:
-                saved = await self._fetch(run, n, image, dest)
-            rows.append(manifest_row(item, run, image, saved.path.name, cost, saved.sha256))
+                saved = await self._fetch(run, n, image, ready_path(self.out_dir, guess))
+            name = await anyio.to_thread.run_sync(_named_by_type, self.out_dir, guess, saved)
+            rows.append(manifest_row(item, run, image, name, cost, saved.sha256))
         return rows
 
     async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> DownloadedFile:
@@ -305,9 +324,21 @@ class _Runner:
             return await self._save(fresh.images[n], dest)
 
     async def _save(self, image: ImageOutput, dest: Path) -> DownloadedFile:
-        return await self.client.download(
-            image, dest, max_bytes=self.max_image_bytes, name_by_type=True
-        )
+        return await self.client.download(image, dest, max_bytes=self.max_image_bytes)
+
+
+def _named_by_type(out_dir: Path, guess: str, saved: DownloadedFile) -> str:
+    """The image's name with the suffix of its real type; its ready file renamed to match."""
+    suffix = IMAGE_SUFFIXES.get(saved.content_type or "", Path(guess).suffix)
+    name = Path(guess).with_suffix(suffix).name
+    if name != guess:
+        os.replace(saved.path, ready_path(out_dir, name))
+    return name
+
+
+def _client_ref(dataset_id: str, key: str, retries: int) -> str:
+    ref = f"rfa-{dataset_id}-{key}"
+    return f"{ref}-r{retries}" if retries else ref
 
 
 def _kind(request: RunRequest) -> str:
@@ -325,12 +356,15 @@ async def run_dataset(
     max_image_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     on_progress: Callable[[DatasetProgress], None] | None = None,
     estimates: Mapping[str, Decimal] | None = None,
+    retry_failed: bool = False,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
 
     ``estimates`` (USD by item key), when given, are the reservations used for
     those items instead of estimating them again. ``max_image_bytes`` caps each
     downloaded image (a larger one is a ``DownloadError``; its run stays collectable).
+    ``retry_failed`` creates the items that failed (e.g. runs that failed
+    server-side, which are not billed) again; without it they stay failed.
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -340,6 +374,7 @@ async def run_dataset(
     """
     await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     with exclusive_folder(out_dir), Journal.open(out_dir) as journal:
+        reconcile(out_dir, journal)  # what a killed run left: rolled forward or back
         runner = _Runner(
             client,
             out_dir,
@@ -350,6 +385,7 @@ async def run_dataset(
             download_concurrency=download_concurrency,
             max_image_bytes=max_image_bytes,
             on_progress=on_progress,
+            retry_failed=retry_failed,
         )
         try:
             await runner.run(estimates or {})

@@ -1,0 +1,174 @@
+"""``metadata.jsonl`` as items finish: an image is never in the folder without its row.
+
+Each finished item is published in this order (:func:`publish`):
+
+1. its images are downloaded to hidden ``.NAME.rfa-ready`` files, which
+   ``imagefolder`` never reads (hidden, and no image extension);
+2. its rows are appended to ``metadata.jsonl`` in one ``write`` (a ``kill -9``
+   loses no finished write; what a power cut loses, the next run restores
+   from the journal, so no ``fsync`` widens the window below);
+3. each ``.NAME.rfa-ready`` is renamed to ``NAME``;
+4. the journal records the item succeeded, with its rows.
+
+So at every instant (a ``kill -9`` included) every image in the folder has
+its row, and ``datasets.load_dataset("imagefolder", data_dir=DIR)`` sees every
+image with its prompt. A row whose image is not renamed yet (between 2 and 3:
+one ``rename`` per image, microseconds) has its complete ``.NAME.rfa-ready``
+beside it.
+
+:func:`reconcile` runs under the folder lock when a run starts and when it
+ends. Rows that reached the manifest but not the journal (a kill between 2
+and 4) are rolled forward when every image they name is on disk with the
+sha256 the row records: the renames are finished and the journal told.
+Anything else not recorded as succeeded is rolled back, images first (so
+the invariant holds meanwhile): the item's images and ready files are
+removed, and the manifest is rewritten from the journal, one row per image
+of every succeeded item, in input order. A resumed run then downloads those
+items again from their runs (by id: never created twice), and no row is ever
+duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from runflow_async._dataset.journal import ItemState, Journal, JournalItem
+from runflow_async._http.download import write_atomic
+
+__all__ = ["IMAGE_SUFFIXES", "MANIFEST", "READY_SUFFIX", "publish", "ready_path", "reconcile"]
+
+MANIFEST = "metadata.jsonl"
+READY_SUFFIX = ".rfa-ready"
+"""Ends the name of a downloaded image waiting for its row (``.NAME.rfa-ready``)."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".webp", ".gif"})
+"""The suffixes of the images the pipeline names."""
+
+
+def ready_path(out_dir: Path, name: str) -> Path:
+    """Where the image ``name`` is downloaded to before it is published."""
+    return out_dir / f".{name}{READY_SUFFIX}"
+
+
+def publish(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` to the manifest (one write), then rename their images in place.
+
+    Blocking: call it in a worker thread.
+    """
+    data = "".join(f"{json.dumps(row, sort_keys=True)}\n" for row in rows).encode()
+    fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    for row in rows:
+        os.replace(ready_path(out_dir, row["file_name"]), out_dir / row["file_name"])
+
+
+def reconcile(out_dir: Path, journal: Journal) -> int:
+    """Make the folder match the journal (see the module doc); return the manifest's rows."""
+    rows, whole = _read_rows(out_dir / MANIFEST)
+    if whole:  # a torn last line: roll nothing forward, download those items again
+        _roll_forward(out_dir, journal, rows)
+    kept: list[str] = []
+    unfinished: set[str] = set()
+    for entry in journal.items():
+        if entry.state is ItemState.SUCCEEDED:
+            kept.extend(entry.files)
+        else:
+            unfinished.add(entry.key)
+    with os.scandir(out_dir) as found:
+        for file in found:
+            if _owner(file.name) in unfinished and file.is_file(follow_symlinks=False):
+                os.unlink(file.path)  # before its row goes: never an image without a row
+    write_atomic(out_dir / MANIFEST, "".join(f"{line}\n" for line in kept).encode())
+    for ready in out_dir.glob(f".*{READY_SUFFIX}"):
+        ready.unlink(missing_ok=True)
+    return len(kept)
+
+
+def _read_rows(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The manifest's rows, and whether every line of it was whole."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], True
+    except (OSError, UnicodeDecodeError):
+        return [], False
+    rows: list[dict[str, Any]] = []
+    whole = text == "" or text.endswith("\n")
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            whole = False
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows, whole
+
+
+def _roll_forward(out_dir: Path, journal: Journal, rows: Iterable[dict[str, Any]]) -> None:
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_key.setdefault(str(row.get("key")), []).append(row)
+    for key, item_rows in by_key.items():
+        entry = journal.get(key)
+        if entry is None or not _publishable(out_dir, entry, item_rows):
+            continue
+        for row in item_rows:
+            ready = ready_path(out_dir, row["file_name"])
+            if ready.exists():
+                os.replace(ready, out_dir / row["file_name"])
+        costs = [row.get("cost_usd") for row in item_rows]
+        total = None
+        if all(isinstance(c, str) for c in costs):
+            total = sum((Decimal(str(c)) for c in costs), Decimal(0))
+        files = [json.dumps(row, sort_keys=True) for row in item_rows]
+        journal.mark_succeeded(key, cost_usd=total, files=files)
+
+
+def _publishable(out_dir: Path, entry: JournalItem, rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``rows`` are the whole publication of ``entry``'s run, every image on disk."""
+    if entry.state is not ItemState.CREATED or entry.run_id is None:
+        return False
+    names = [row.get("file_name") for row in rows]
+    if len(set(names)) != len(names):
+        return False
+    for row, name in zip(rows, names, strict=True):
+        if row.get("run_id") != entry.run_id or not isinstance(name, str):
+            return False
+        if _owner(name) != entry.key:
+            return False
+        path = out_dir / name
+        if path.exists() and not path.is_file():  # a folder in its way: not publishable
+            return False
+        if not path.exists():
+            path = ready_path(out_dir, name)
+        if not path.is_file() or _sha256(path) != row.get("sha256"):
+            return False
+    return True
+
+
+def _owner(name: str) -> str | None:
+    """The item key an image name of ours derives from (``KEY-N.EXT``), else ``None``."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or f".{suffix}" not in IMAGE_SUFFIXES or "/" in name:
+        return None
+    key, dash, number = stem.rpartition("-")
+    return key if dash and number.isdigit() else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
