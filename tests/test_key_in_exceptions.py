@@ -28,6 +28,8 @@ def chain(exc: BaseException) -> list[BaseException]:
         if item is None or any(item is s for s in seen):
             continue
         seen.append(item)
+        if isinstance(item, BaseExceptionGroup):
+            todo += item.exceptions
         todo += [item.__cause__, item.__context__]
     return seen
 

@@ -32,6 +32,7 @@ from runflow_async import (
 )
 from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, FaultRates
+from tests.test_key_in_exceptions import chain
 
 KEY = "rf_live_WALK0a1b2c3d4e5f6071829"
 PACKAGE = Path(runflow_async.__file__).parent
@@ -78,20 +79,6 @@ def every_exception() -> Iterator[Seen]:
         sys.settrace(previous)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        item = todo.pop()
-        if item is None or any(item is s for s in seen):
-            continue
-        seen.append(item)
-        if isinstance(item, BaseExceptionGroup):
-            todo += item.exceptions
-        todo += [item.__cause__, item.__context__]
-        yield item
-
-
 def _raised_in_ours(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -104,7 +91,7 @@ def assert_walked_clean(seen: Seen) -> None:
     request headers): clean repr, and never reachable from any exception of ours."""
     assert not seen.leaks, seen.leaks
     ours = [exc for exc in seen.exceptions if _raised_in_ours(exc)]
-    reachable = [item for exc in ours for item in _chain(exc)]
+    reachable = [item for exc in ours for item in chain(exc)]
     for exc in seen.exceptions:
         assert KEY not in repr(exc), type(exc)
         assert KEY not in str(exc), type(exc)
