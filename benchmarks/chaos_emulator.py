@@ -32,7 +32,17 @@ API_KEY = "chaos-key"
 
 @dataclass(frozen=True)
 class ChaosMix:
-    """The fault mix of issue 6, as ``runflow-async emulator`` flags."""
+    """Every fault the emulator knows, on together, as ``runflow-async emulator`` flags.
+
+    Issue 6's mix (429s, 5xx on status reads, lost creates, drops, failed runs)
+    plus issue 11's hostile server: a run list that lags 2 s behind creates;
+    late commits (the run stored 3 s after the create, whose connection was
+    dropped) with the ``Idempotency-Key`` ignored; creates answered with the
+    previous create's run id; malformed status lines; status reads answered
+    with an HTML 200, an over-cap body, a transient 404, or succeeded runs
+    without outputs; downloads that are not images or 404; and a bill three
+    times the estimate. ``hostile=False`` is issue 6's mix alone.
+    """
 
     rate_429: float = 0.05
     rate_429_without_retry_after: float = 0.5
@@ -41,11 +51,29 @@ class ChaosMix:
     rate_lost_create: float = 0.02
     rate_drop: float = 0.01
     failure_rate: float = 0.02
-    rate_late_commit: float = 0.0  # issue 11: creates stored 3 s late, answer dropped
+    hostile: bool = True
+    rate_late_commit: float = 0.01
+    late_commit_seconds: float = 3.0
+    idempotency_mode: str = "ignored"
+    list_lag: float = 2.0
+    rate_reused_run_id: float = 0.005
+    rate_malformed: float = 0.005
+    rate_html_ok: float = 0.01
+    rate_null_output: float = 0.01
+    rate_not_found: float = 0.01
+    rate_oversized: float = 0.001
+    rate_not_image: float = 0.01
+    rate_download_404: float = 0.01
+    cost_multiplier: str = "3"
+
+    @property
+    def billing(self) -> Decimal:
+        """What the emulator bills per dollar of list price."""
+        return Decimal(self.cost_multiplier) if self.hostile else Decimal(1)
 
     def flags(self) -> list[str]:
         """The emulator flags: one seeded draw per request, 5xx on status reads only."""
-        return [
+        flags = [
             "--rate-429", str(self.rate_429),
             "--rate-429-without-retry-after", str(self.rate_429_without_retry_after),
             "--rate-5xx", str(self.rate_5xx_on_status_reads),
@@ -53,14 +81,31 @@ class ChaosMix:
             "--fault-only", "5xx=get_run,list_runs",
             "--rate-lost-create", str(self.rate_lost_create),
             "--rate-drop", str(self.rate_drop),
-            "--rate-late-commit", str(self.rate_late_commit),
             "--failure-rate", str(self.failure_rate),
-            "--fault-routes", "create,get_run,list_runs",
+        ]  # fmt: skip
+        if not self.hostile:
+            return [*flags, "--fault-routes", "create,get_run,list_runs"]
+        return [
+            *flags,
+            "--rate-late-commit", str(self.rate_late_commit),
+            "--late-commit-seconds", str(self.late_commit_seconds),
+            "--idempotency-mode", self.idempotency_mode,
+            "--list-lag", str(self.list_lag),
+            "--rate-reused-run-id", str(self.rate_reused_run_id),
+            "--rate-malformed", str(self.rate_malformed),
+            "--rate-html-ok", str(self.rate_html_ok),
+            "--rate-null-output", str(self.rate_null_output),
+            "--rate-not-found", str(self.rate_not_found),
+            "--rate-oversized", str(self.rate_oversized),
+            "--rate-not-image", str(self.rate_not_image),
+            "--rate-download-404", str(self.rate_download_404),
+            "--cost-multiplier", self.cost_multiplier,
+            "--fault-routes", "create,get_run,list_runs,file",
         ]  # fmt: skip
 
 
 def total_price(requests: Iterable[GenerateRequest]) -> Decimal:
-    """What the emulator bills if every request succeeds (its price is the estimate)."""
+    """What every request costs at the list price (the client's estimate)."""
     policy = PricingPolicy()
     return sum((policy.generate_cost(r.size, r.images_per_run) for r in requests), Decimal(0))
 
@@ -87,15 +132,25 @@ async def emulator_process(*flags: str) -> AsyncIterator[str]:
 
 
 async def get_json(
-    http: aiohttp.ClientSession, url: str, params: Mapping[str, str] | None = None
+    http: aiohttp.ClientSession,
+    url: str,
+    params: Mapping[str, str] | None = None,
+    *,
+    key: str | None = None,
 ) -> Any:
-    """GET JSON, trying again (up to 200 times) through injected faults."""
-    for _ in range(200):
+    """GET a JSON object (holding ``key``, if given), trying again through injected faults.
+
+    Up to 500 tries: a 200 that is an HTML page, an over-sized pad or a body
+    without ``key`` is a fault like a 5xx or a malformed answer.
+    """
+    for _ in range(500):
         try:
             async with http.get(url, params=params) as resp:
                 if resp.status == 200:
-                    return await resp.json()
-        except aiohttp.ClientError:
+                    data = await resp.json()
+                    if isinstance(data, dict) and (key is None or key in data):
+                        return data
+        except (aiohttp.ClientError, ValueError):
             pass
         await asyncio.sleep(0.002)
     raise RuntimeError(f"{url} kept failing")
@@ -108,13 +163,19 @@ async def post_json(url: str, body: Any) -> Any:
         return await resp.json()
 
 
-async def settled_counters(url: str, timeout: float = 60.0) -> dict[str, Any]:
-    """The emulator's counters once no run is in flight (runs lost to a client still end)."""
+async def settled_counters(url: str, timeout: float = 60.0, lag: float = 0.1) -> dict[str, Any]:
+    """The emulator's counters once no run is in flight or waiting to be stored.
+
+    Runs lost to a client still end; late commits are stored; then ``lag`` real
+    seconds pass so that the list shows the newest runs too.
+    """
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while True:
             counters: dict[str, Any] = await get_json(http, url + "/_emulator/counters")
-            if counters["in_flight"] == 0 or time.monotonic() > deadline:
+            settled = counters["in_flight"] == 0 and not counters.get("commits_pending")
+            if settled or time.monotonic() > deadline:
+                await asyncio.sleep(lag)  # the newest runs' list lag (real seconds)
                 return counters
             await asyncio.sleep(0.01)
 
@@ -130,7 +191,7 @@ async def all_runs(url: str) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         while True:
-            page = await get_json(http, url + "/v1/runs", params)
+            page = await get_json(http, url + "/v1/runs", params, key="items")
             runs.extend(page["items"])
             if not page["next_pq"]:
                 return runs

@@ -356,6 +356,7 @@ def prices(settings: ResumeSettings) -> tuple[Decimal, Decimal]:
     total = total_price(
         GenerateRequest(prompt=prompt(i), image_size=size) for i in range(settings.prompts)
     )
+    total *= settings.mix.billing  # what the emulator bills: cost_multiplier x list price
     return total * settings.credit_fraction, total * settings.budget_fraction
 
 

@@ -90,6 +90,7 @@ class Tally:
     repeated: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
+    collected: set[str] = field(default_factory=set)
 
     def observe(self, event: BatchEvent) -> None:
         self.events[event.kind] += 1
@@ -120,7 +121,9 @@ class SoakSettings:
 
 def prices(settings: SoakSettings) -> tuple[Decimal | None, Decimal]:
     """The emulator's credit (``None``: unlimited) and the batch's ``max_cost_usd``."""
-    total = total_price(request_for(i) for i in range(settings.runs))
+    # The bill is cost_multiplier x the list price: scale both, so that most
+    # items still run before the credit and the budget stop them.
+    total = total_price(request_for(i) for i in range(settings.runs)) * settings.mix.billing
     fraction = settings.credit_fraction
     return None if fraction is None else total * fraction, total * settings.budget_fraction
 
@@ -185,7 +188,37 @@ async def soak(
     wall = time.perf_counter() - started
     counters = await settled_counters(url)
     ledger = Ledger.of(await all_runs(url))
+    tally.collected = await collect(url, settings, tally, ledger)
     return report(settings, tally, ledger, counters, pulled, credit, cap, wall, hung)
+
+
+async def collect(url: str, settings: SoakSettings, tally: Tally, ledger: Ledger) -> set[str]:
+    """The re-run a user makes: read again (never create) every billed run not delivered.
+
+    A failed outcome that names a run the emulator billed (a succeeded run read
+    without outputs past the re-reads, say) is collectable: one ``client.wait``
+    per such run, through the same faults, on a fresh client. Returns the runs
+    whose images that read delivered.
+    """
+    delivered = {o.run_id for o in tally.outcomes.values() if o.ok}
+    wanted = sorted(
+        o.run_id
+        for o in tally.outcomes.values()
+        if not o.ok and o.run_id in ledger.billed_run and o.run_id not in delivered
+    )
+    scale = settings.time_scale
+    collected: set[str] = set()
+    async with RunflowClient(
+        API_KEY,
+        base_url=url,
+        retry=RetryPolicy(time_scale=scale),
+        poll=PollPolicy(time_scale=scale),
+    ) as client:
+        for run_id in wanted:
+            run = await client.wait(run_id)
+            if run.images:
+                collected.add(run_id)
+    return collected
 
 
 def report(
@@ -217,7 +250,7 @@ def report(
     uncertain = {
         o.error.client_ref for o in outcomes if isinstance(o.error, CreateOutcomeUnknownError)
     }
-    undelivered = [rid for rid in ledger.billed_run if rid not in delivered]
+    undelivered = [rid for rid in ledger.billed_run if rid not in delivered | tally.collected]
     lost = [rid for rid in undelivered if ledger.billed_ref[rid] not in uncertain]
     unreported = sum(ledger.created[o.request.prompt] > 0 for o in skipped)
     strangers = sum(p not in prompts for p in ledger.created)
@@ -247,6 +280,7 @@ def report(
         "items_with_two_runs": ledger.items_created_twice,
         "paid_results_lost": len(lost),
         "paid_results_uncertain": len(undelivered) - len(lost),
+        "collectable_collected_by_rerun": len(tally.collected),
         "not_submitted_but_created": unreported,
         "runs_for_unknown_items": strangers,
         "cost_mismatches": cost_mismatches,

@@ -170,8 +170,15 @@ async def test_a_run_that_cannot_be_read_fails_alone_and_stays_listed() -> None:
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault.status(404), Fault.html_ok(), Fault.null_output()],
-    ids=["404", "html 200", "null output"],
+    [
+        Fault.status(404),
+        Fault.html_ok(),
+        Fault.null_output(),
+        Fault.malformed(),
+        Fault.oversized(17 * 1024 * 1024),
+        Fault.oversized(17 * 1024 * 1024, chunked=True),
+    ],
+    ids=["404", "html 200", "null output", "malformed", "oversized", "oversized chunked"],
 )
 @pytest.mark.parametrize("strategy", ["per_run", "auto"])
 async def test_a_bad_read_of_a_run_that_exists_never_fails_it(
@@ -189,6 +196,24 @@ async def test_a_bad_read_of_a_run_that_exists_never_fails_it(
         created = emu.counters.runs_created
     assert all(o.ok and o.result is not None and o.result.images for o in outcomes)
     assert created == 4
+
+
+@pytest.mark.parametrize("creates", [1, 3])
+async def test_a_create_answered_with_a_malformed_status_line_makes_one_run(creates: int) -> None:
+    # A proxy garbles the answer after the server stored the run: aiohttp's
+    # parser raises, so the create is ambiguous. The list lags and the key is
+    # ignored, so only lookups over the visibility window keep it to one run.
+    config = {"idempotency_mode": "ignored", "list_lag": 2.0}
+    async with Emulator(time_scale=0.001, seed=2, **config) as emu:
+        async with _client(emu.url, "auto") as client:
+            emu.faults.next("create", Fault.malformed(), times=creates)
+            async with client.batch(max_concurrency=creates) as batch:
+                batch.submit_many(GenerateRequest(prompt=f"p{i}") for i in range(creates))
+            outcomes = await batch.gather()
+        counters = emu.counters
+    assert all(o.ok and o.result is not None and o.result.images for o in outcomes)
+    assert (counters.runs_created, counters.runs_billed) == (creates, creates)
+    assert counters.faults_injected == {"malformed": creates}
 
 
 @pytest.mark.parametrize("refused", [False, True])

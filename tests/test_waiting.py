@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +30,7 @@ class FakeAPI:
         self.runs: dict[str, dict[str, Any]] = {}
         self.reads: dict[str, int] = {}
         self.routes: list[str] = []
+        self.listed: dict[str, bool] = {}
 
     def view(self, run_id: str) -> dict[str, Any]:
         reads = self.reads[run_id] = self.reads.get(run_id, 0) + 1
@@ -44,13 +47,21 @@ class FakeAPI:
             return web.json_response({**self.runs[run_id], "status_code": "queued"}, status=201)
         if request.path == "/v1/runs":
             self.routes.append("list")
-            ids = [i for i in self.runs if f"id:{i} " in request.query["q"] + " "]
+            named = set(re.findall(r"id:([\w-]+)", request.query["q"]))
+            ids = [i for i in self.runs if i in named]
             if self.listing == "reject":
                 return web.json_response({"code": "INVALID_QUERY"}, status=400)
             if self.listing == "extra":
                 return web.json_response({"items": [self.view(i) for i in self.runs]})
             if self.listing == "missing":
                 return web.json_response({"items": [self.view(i) for i in ids[1:]]})
+            if self.listing == "lagging":
+                shown = [i for i in ids if self.listed.get(i)]
+                self.listed.update(dict.fromkeys(ids, True))
+                items = [self.view(i) for i in shown]
+                if "status_code" in request.query["q"]:  # honours the terminal filter
+                    items = [i for i in items if i["status_code"] == "succeeded"]
+                return web.json_response({"items": items})
             if self.listing == "not_a_list":
                 return web.json_response({"items": "nope"})
             # "running": honest on the first (verifying) query, then ignores the status filter.
@@ -81,7 +92,25 @@ async def test_auto_falls_back_to_per_run_polling(inline_server: Start, listing:
     outcomes = await batch.gather()
     assert all(o.ok for o in outcomes)
     assert "get" in api.routes  # per-run polling took over
-    assert api.routes.count("list") <= 3  # and the list was given up quickly
+    # and the list was given up quickly; a run left out is first given the
+    # visibility window (10 s, ticks of at least 0.1 s) to show up.
+    assert api.routes.count("list") <= (100 if listing == "missing" else 3)
+
+
+async def test_a_list_that_lags_behind_creates_is_not_given_up(inline_server: Start) -> None:
+    # Runs show in the list only from their second list query on (a lagging
+    # index): the poller waits for them instead of falling back for good.
+    api = FakeAPI("lagging")
+    url = await inline_server(api)
+    # A scaled clock makes real milliseconds emulated seconds: a window of
+    # 1,000 emulated seconds keeps the test from depending on the machine's speed.
+    retry = RetryPolicy(time_scale=SCALE, visibility_floor=1000, visibility_cap=1000)
+    client = RunflowClient(API_KEY, base_url=url, retry=retry, poll=PollPolicy(time_scale=SCALE))
+    async with client, client.batch(max_concurrency=4) as batch:
+        batch.submit_many([GenerateRequest(prompt=f"p{i}") for i in range(8)])
+    outcomes = await batch.gather()
+    assert all(o.ok for o in outcomes)
+    assert "get" not in api.routes
 
 
 async def test_list_strategy_never_falls_back_and_times_out_instead(inline_server: Start) -> None:

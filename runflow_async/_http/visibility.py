@@ -76,6 +76,10 @@ class Visibility:
             del self._sent[next(iter(self._sent))]  # the oldest
         self._sent[run_id] = sent_at
 
+    def sent_at(self, run_id: str) -> float | None:
+        """When the create answered with ``run_id`` was sent, while it is not yet sighted."""
+        return self._sent.get(run_id)
+
     def sighted(self, run_id: str, now: float) -> None:
         """A list answer at ``now`` showed ``run_id``; the first sighting is measured."""
         sent_at = self._sent.pop(run_id, None)

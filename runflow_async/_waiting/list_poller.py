@@ -9,7 +9,9 @@ whatever the number of runs in flight, and only finished runs come back.
 
 The filter grammar is documented (docs: concepts/requests) but this use of it is
 not, so the poller verifies the server's answers on first use: its first query
-names ids without a status filter and must get back exactly those runs. Any
+names ids without a status filter and must get back exactly those runs (a run
+left out is tolerated while it is younger than the visibility window of
+:mod:`._http.visibility`: lists lag behind creates). Any
 rejection (4xx) or contradiction (a run it did not ask for, a non-terminal
 status under a terminal-only filter) switches the batch to per-run polling
 that learns run durations and polls first near the expected finish.
@@ -166,11 +168,13 @@ class ListPoller:
         seen = {item.get("id") for item in items}
         if not seen <= asked:
             raise _Fallback("the API returned runs it was not asked about")
-        if not self.verified:
-            if seen != asked:
-                raise _Fallback("the API did not return every run it was asked about")
-            self.verified = True
         now = self._transport.clock.now()
+        if not self.verified:
+            if seen == asked:
+                self.verified = True
+            elif self._past_window(asked - seen, now):
+                raise _Fallback("the API did not return every run it was asked about")
+            # Else the missing runs may only lag behind in the list: ask again.
         for run_id in seen:  # how long runs take to show in lists (an upper bound)
             if isinstance(run_id, str):
                 self._transport.visibility.sighted(run_id, now)
@@ -180,6 +184,15 @@ class ListPoller:
                 self._resolve(item)
             elif filtered:
                 raise _Fallback(f"the API returned a {status!r} run under a terminal filter")
+
+    def _past_window(self, missing: set[str], now: float) -> bool:
+        """Whether a run the list left out was created longer than the visibility window ago."""
+        visibility = self._transport.visibility
+        for run_id in missing:
+            sent_at = visibility.sent_at(run_id)
+            if sent_at is None or now - sent_at > visibility.window:
+                return True
+        return False
 
     def _resolve(self, item: dict[str, Any]) -> None:
         run = Run.model_validate(item)

@@ -165,6 +165,9 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         ),
         ("--rate-download-404", 0.0, "of downloads: 404 FILE_NOT_FOUND"),
         ("--rate-late-commit", 0.0, "of creates: dropped, run stored --late-commit-seconds later"),
+        ("--rate-reused-run-id", 0.0, "of creates: answered with the previous create's run id"),
+        ("--rate-malformed", 0.0, "of creates and status reads: a malformed status line"),
+        ("--rate-oversized", 0.0, "of status reads: a JSON body of --oversized-bytes"),
     ):
         faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
     faults.add_argument(
@@ -178,6 +181,12 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         type=int,
         default=65 * 1024 * 1024,
         help="size of an oversized download (default 65 MiB, over the client's 64 MiB cap)",
+    )
+    faults.add_argument(
+        "--oversized-bytes",
+        type=int,
+        default=17 * 1024 * 1024,
+        help="size of an oversized status read (default 17 MiB, over the client's 16 MiB cap)",
     )
     faults.add_argument(
         "--late-commit-seconds",
@@ -233,6 +242,10 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         rate_download_404=args.rate_download_404,
         rate_late_commit=args.rate_late_commit,
         late_commit_seconds=args.late_commit_seconds,
+        rate_reused_run_id=args.rate_reused_run_id,
+        rate_malformed=args.rate_malformed,
+        rate_oversized=args.rate_oversized,
+        oversized_bytes=args.oversized_bytes,
         applies_to=args.fault_routes,
         only_on=dict(args.fault_only),
     )

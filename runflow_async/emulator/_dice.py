@@ -1,7 +1,8 @@
 """The seeded dice: one draw per request (``FaultDice``) or delivery (``CallbackDice``).
 
 A draw falls on the edges of the primary rates in a fixed order (429, 5xx, drop,
-lost create, slow, late commit, then the read or download faults of the route), so adding a
+lost create, slow, late commit, then the create, read or download faults of the route,
+the kinds added later after the older ones), so adding a
 new rate at the end leaves every existing seed's sequence as it was.
 """
 
@@ -50,9 +51,20 @@ class FaultDice:
             return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
         if draw < (edge := edge + rates.rate_late_commit):
             return Fault.late_commit(rates.late_commit_seconds) if route == "create" else None
+        if route == "create":
+            return _create_fault(rates, draw - edge)
         if route in DOWNLOAD_ROUTES:
             return _download_fault(rates, draw - edge)
         return _read_fault(rates, route, draw - edge)
+
+
+def _create_fault(rates: FaultRates, draw: float) -> Fault | None:
+    """The later create faults: the previous create's run id, a malformed answer."""
+    if draw < (edge := rates.rate_reused_run_id):
+        return Fault.reused_run_id()
+    if draw < edge + rates.rate_malformed:
+        return Fault.malformed()
+    return None
 
 
 _READS = frozenset({"get_run", "list_runs"})
@@ -66,8 +78,12 @@ def _read_fault(rates: FaultRates, route: str, draw: float) -> Fault | None:
         return Fault.html_ok()
     if draw < (edge := edge + rates.rate_null_output):
         return Fault.null_output()
-    if draw < edge + rates.rate_not_found and route == "get_run":
-        return Fault.status(404)
+    if draw < (edge := edge + rates.rate_not_found):
+        return Fault.status(404) if route == "get_run" else None
+    if draw < (edge := edge + rates.rate_oversized):
+        return Fault.oversized(rates.oversized_bytes, chunked=draw * 1e6 % 2 < 1)
+    if draw < edge + rates.rate_malformed:
+        return Fault.malformed()
     return None
 
 

@@ -37,6 +37,7 @@ FaultKind = Literal[
     "late_commit",
     "bad_run_id",
     "reused_run_id",
+    "malformed",
 ]
 
 _CREATE_ONLY: frozenset[str] = frozenset(
@@ -262,6 +263,16 @@ class Fault:
         create ever there is no previous run: it is answered as usual.
         """
         return cls("reused_run_id")
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """Handle the request, then answer with a malformed status line and close.
+
+        A broken proxy or load balancer: whatever the request did is done (a
+        create's run exists and bills), and the client's HTTP parser refuses
+        the answer (aiohttp raises ``ClientResponseError``).
+        """
+        return cls("malformed")
 
     @classmethod
     def null_output(cls) -> Fault:

@@ -51,6 +51,10 @@ _BODY_HEADERS = frozenset({"content-type", "content-length"})
 _NO_RESPONSE = 444  # nginx's "closed without response"; never reaches the client
 
 
+_MALFORMED = b"HTTP/1.1 2OO OK\r\nContent-Type: application/json\r\n\r\n{}"
+"""What ``Fault.malformed`` writes: a status code that is not a number."""
+
+
 class _Dropped(Exception):
     """Raised by the fault layer to make ``observe`` close the connection."""
 
@@ -238,6 +242,11 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         return await _padded(request, await handler(request), fault)
     if fault.kind in ("late_commit", "bad_run_id", "reused_run_id"):
         return await _on_create(request, handler, fault)
+    if fault.kind == "malformed":
+        await handler(request)
+        if request.transport is not None:  # pragma: no branch - gone: nothing to garble
+            request.transport.write(_MALFORMED)
+        raise _Dropped
     if fault.kind == "lost_response":
         await handler(request)
         if fault.http_status is None:

@@ -97,6 +97,15 @@ class FaultRates:
         oversized_image_bytes: Size of those bodies (default 65 MiB: just over the
             client's 64 MiB cap).
         rate_download_404: Fraction of downloads answered ``404 FILE_NOT_FOUND``.
+        rate_reused_run_id: Fraction of creates answered with the *previous* create's
+            run id (``Fault.reused_run_id``); the run this create made exists and bills.
+        rate_malformed: Fraction of creates and status reads answered with a malformed
+            status line after the request was handled (``Fault.malformed``): the run a
+            create makes exists, the client cannot parse the answer.
+        rate_oversized: Fraction of status reads answered ``200`` with a JSON body of
+            ``oversized_bytes`` (``Fault.oversized``; chunked every other time).
+        oversized_bytes: Size of those bodies (default 17 MiB: just over the
+            client's default 16 MiB response cap).
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
         only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
             to these routes of ``applies_to``; a kind not named applies to all of them.
@@ -122,6 +131,10 @@ class FaultRates:
     rate_not_image: float = 0.0
     rate_oversized_image: float = 0.0
     oversized_image_bytes: int = 65 * 1024 * 1024
+    rate_reused_run_id: float = 0.0
+    rate_malformed: float = 0.0
+    rate_oversized: float = 0.0
+    oversized_bytes: int = 17 * 1024 * 1024
     rate_download_404: float = 0.0
     applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
     only_on: Mapping[str, frozenset[str]] = field(
@@ -140,6 +153,9 @@ class FaultRates:
             *READ_FAULT_RATES,
             *_DOWNLOAD_RATES,
             "rate_late_commit",
+            "rate_reused_run_id",
+            "rate_malformed",
+            "rate_oversized",
         ):
             check_fraction(name, getattr(self, name))
         if self.total > 1.0:
@@ -153,8 +169,8 @@ class FaultRates:
         unknown = self.applies_to - FAULTABLE_ROUTES
         if unknown:
             raise ValueError(f"unknown routes in applies_to: {sorted(unknown)}")
-        if self.oversized_image_bytes < 0:
-            raise ValueError("oversized_image_bytes must not be negative")
+        if self.oversized_image_bytes < 0 or self.oversized_bytes < 0:
+            raise ValueError("oversized_image_bytes and oversized_bytes must not be negative")
         downloads = any(getattr(self, name) for name in _DOWNLOAD_RATES)
         if downloads and not self.applies_to & DOWNLOAD_ROUTES:
             raise ValueError(
@@ -189,7 +205,8 @@ class FaultRates:
         creates = self.rate_slow + self.rate_late_commit
         reads = self.rate_html_ok + self.rate_null_output + self.rate_not_found
         downloads = self.rate_not_image + self.rate_oversized_image + self.rate_download_404
-        return primary + creates + reads + downloads
+        later = self.rate_reused_run_id + self.rate_malformed + self.rate_oversized
+        return primary + creates + reads + downloads + later
 
 
 @checked_fields()
