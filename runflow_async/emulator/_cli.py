@@ -165,6 +165,7 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
         ),
         ("--rate-download-404", 0.0, "of downloads: 404 FILE_NOT_FOUND"),
         ("--rate-late-commit", 0.0, "of creates: dropped, run stored --late-commit-seconds later"),
+        ("--rate-reused-run-id", 0.0, "of creates: run made, answered the previous run's id"),
     ):
         faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
     faults.add_argument(
@@ -233,6 +234,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         rate_download_404=args.rate_download_404,
         rate_late_commit=args.rate_late_commit,
         late_commit_seconds=args.late_commit_seconds,
+        rate_reused_run_id=args.rate_reused_run_id,
         applies_to=args.fault_routes,
         only_on=dict(args.fault_only),
     )

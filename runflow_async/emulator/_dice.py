@@ -1,8 +1,9 @@
 """The seeded dice: one draw per request (``FaultDice``) or delivery (``CallbackDice``).
 
 A draw falls on the edges of the primary rates in a fixed order (429, 5xx, drop,
-lost create, slow, late commit, then the read or download faults of the route), so adding a
-new rate at the end leaves every existing seed's sequence as it was.
+lost create, slow, late commit, reused run id, then the read or download faults
+of the route), so adding a new rate at the end leaves every existing seed's
+sequence as it was (while the new rate is 0).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class FaultDice:
             return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
         if draw < (edge := edge + rates.rate_late_commit):
             return Fault.late_commit(rates.late_commit_seconds) if route == "create" else None
+        if draw < (edge := edge + rates.rate_reused_run_id):
+            return Fault.reused_run_id() if route == "create" else None
         if route in DOWNLOAD_ROUTES:
             return _download_fault(rates, draw - edge)
         return _read_fault(rates, route, draw - edge)

@@ -56,7 +56,7 @@ class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``, ``rate_late_commit``, the read faults ``rate_html_ok``,
+    ``rate_slow``, ``rate_late_commit``, ``rate_reused_run_id``, the read faults ``rate_html_ok``,
     ``rate_null_output``, ``rate_not_found``, and the download faults ``rate_not_image``,
     ``rate_oversized_image``, ``rate_download_404``) are mutually exclusive outcomes
     of one draw, so their sum must not exceed 1. Each kind applies to every route of
@@ -84,6 +84,9 @@ class FaultRates:
             by id nor the list shows the run until then. How a repeat of its
             ``Idempotency-Key`` is treated meanwhile is ``EmulatorConfig.idempotency_mode``.
         late_commit_seconds: Emulated seconds from receipt to storage of a late commit.
+        rate_reused_run_id: Fraction of creates that make (and bill) their run but
+            answer with the previous create's run id (``Fault.reused_run_id``): two
+            creates told they made one run.
         rate_html_ok: Fraction of status reads (``get_run``, ``list_runs``) answered
             ``200 OK`` with an HTML page (a proxy's splash page).
         rate_null_output: Fraction of status reads that show every succeeded run
@@ -116,6 +119,7 @@ class FaultRates:
     slow_seconds: float = 1.0
     rate_late_commit: float = 0.0
     late_commit_seconds: float = 3.0
+    rate_reused_run_id: float = 0.0
     rate_html_ok: float = 0.0
     rate_null_output: float = 0.0
     rate_not_found: float = 0.0
@@ -140,6 +144,7 @@ class FaultRates:
             *READ_FAULT_RATES,
             *_DOWNLOAD_RATES,
             "rate_late_commit",
+            "rate_reused_run_id",
         ):
             check_fraction(name, getattr(self, name))
         if self.total > 1.0:
@@ -186,7 +191,7 @@ class FaultRates:
     def total(self) -> float:
         """Return the probability that a request draws any fault at all."""
         primary = self.rate_429 + self.rate_5xx + self.rate_drop + self.rate_lost_create
-        creates = self.rate_slow + self.rate_late_commit
+        creates = self.rate_slow + self.rate_late_commit + self.rate_reused_run_id
         reads = self.rate_html_ok + self.rate_null_output + self.rate_not_found
         downloads = self.rate_not_image + self.rate_oversized_image + self.rate_download_404
         return primary + creates + reads + downloads
