@@ -26,9 +26,11 @@ from runflow_async import (
     RetryPolicy,
     RunflowClient,
 )
+from runflow_async._core.models import Run
 from runflow_async._dataset.input import Defaults, read_generate_file
 from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
 from runflow_async._dataset.pipeline import run_dataset
+from runflow_async._http.owners import RunOwners
 from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault, FaultRates
 from runflow_async.emulator._cli import _config, add_emulator_command
@@ -270,3 +272,14 @@ def test_the_journal_moves_a_created_item_only_off_the_run_it_names(tmp_path: Pa
         assert (entry.state, entry.run_id) == (ItemState.CREATED, "run-mine")
         with pytest.raises(JournalStateError, match="run-theirs cannot be replaced"):
             journal.move_run("a", "run-theirs", "run-other")
+
+
+def test_run_owners_forget_the_oldest_and_the_latest_word_wins() -> None:
+    owners = RunOwners()
+    for n in range(100_001):
+        owners.own(f"run-{n}", f"rfa-{n}")
+    assert owners.doubt(Run(id="run-0"), "rfa-x") is None  # forgotten: the oldest went first
+    assert owners.doubt(Run(id="run-1"), "rfa-x") is not None
+    owners.own("run-1", "rfa-x")  # a lookup by client_ref says whose it is
+    assert owners.doubt(Run(id="run-1"), "rfa-x") is None
+    assert owners.doubt(Run(id="run-9", client_ref="rfa-y"), "rfa-x") == "it names client_ref rfa-y"
