@@ -158,8 +158,9 @@ def test_run_id_problems_are_named(value: object, problem: str | None) -> None:
 
 @pytest.mark.parametrize("strategy", ["auto", "list", "per_run"])
 async def test_two_creates_answered_with_one_run_id_both_settle(strategy: WaitStrategy) -> None:
-    # A buggy server answers the second create with the first one's run id: both
-    # items wait for that run, and both must hear that it ended.
+    # A buggy server answers the second create with the first one's run id; it
+    # made a run for each. Both items settle, each on its own run (the second
+    # found by its client_ref): none hangs, no paid run is left behind.
     async with emulator() as emu, client_for(emu.url, wait_strategy=strategy) as client:
         emu.faults.next("create", Fault.reused_run_id(), times=2)
         with anyio.fail_after(10):
@@ -167,8 +168,10 @@ async def test_two_creates_answered_with_one_run_id_both_settle(strategy: WaitSt
                 batch.submit_many([REQUEST, REQUEST.model_copy(update={"prompt": "another"})])
             outcomes = await batch.gather()
         created = emu.counters.runs_created
+        made = {run["id"] for run in emu.runs()}
     assert [o.ok for o in outcomes] == [True, True]
-    assert outcomes[0].run_id == outcomes[1].run_id
+    assert outcomes[0].run_id != outcomes[1].run_id
+    assert {o.run_id for o in outcomes} == made
     assert created == 2
 
 

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runflow_async._batch.budget import BudgetLedger
+from runflow_async._batch.creates import Creating
 from runflow_async._batch.groups import exit_group
 from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
 from runflow_async._batch.items import STOP_MESSAGES, ItemLife
@@ -110,6 +111,7 @@ class Engine(ItemLife):
         self._unsettled: dict[int, str] = {}
         self._uncertain: dict[int, str] = {}
         self._undelivered: dict[int, str] = {}
+        self._creating: dict[int, Creating] = {}
         self._billed = Decimal(0)
         self._wait_scopes: set[anyio.CancelScope] = set()
         self._queue: deque[tuple[WorkItem, Decimal, anyio.Event | None]] = deque()

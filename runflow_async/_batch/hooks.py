@@ -55,7 +55,12 @@ class EngineHooks(Protocol):
         """A create for item ``index`` is about to be sent with ``client_ref``."""
 
     def on_created(self, index: int, run: Run, /) -> None:
-        """Item ``index`` has its run."""
+        """Item ``index`` has its run.
+
+        Called again, with the item's real run, when the run its create was
+        answered with proves to be another create's (a server that answered
+        two creates with one run id): the later call wins.
+        """
 
     def on_outcome(self, outcome: Outcome, /) -> None:
         """Item ``outcome.index`` ended."""

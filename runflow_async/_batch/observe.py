@@ -21,6 +21,7 @@ EventKind = Literal[
     "not_submitted",
     "cost_settled",
     "budget_recalibrated",
+    "reconciled",
 ]
 
 
@@ -29,7 +30,9 @@ class BatchEvent:
     """Something that happened in a batch.
 
     Attributes:
-        kind: What happened.
+        kind: What happened. ``reconciled``: the run the item's create was
+            answered with proved another create's; ``run_id`` is the item's
+            own run, found by its ``client_ref``.
         index: The item, when the event is about one.
         run_id: The run, when there is one.
         error: The error, for ``failed``, ``not_submitted`` and ``retried``.

@@ -30,6 +30,7 @@ from runflow_async._core.errors import ConfigurationError, RequestValidationErro
 from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
 from runflow_async._http.create import create_run, idempotency_key_for
+from runflow_async._http.reclaim import not_ours, reclaim
 from runflow_async._http.retry import RetryHook
 from runflow_async._http.runs import (
     check_outcome,
@@ -214,21 +215,31 @@ class RunflowClient(FilesMixin, BatchesMixin):
             RunTimeoutError: The run did not finish in time (it may still).
         """
         rx = self.callbacks
+        ref = request.client_ref or _new_client_ref()
+        request = request.model_copy(update={"client_ref": ref})
         if rx is not None and request.callback_url is None:
             request = request.model_copy(update={"callback_url": check_serving(rx)})
         created = await self.submit(request)
-        if rx is not None and request.callback_url == rx.url and not created.is_terminal:
-            run = await self._wait_by_callback(rx, created.id, timeout)
-            if not complete(run):  # succeeded, billed, but shown without its images
-                run = await wait_for_run(
-                    self._transport, run.id, timeout=timeout, policy=self.poll_policy
-                )
-        else:
-            run = await wait_for_run(
-                self._transport, created.id, timeout=timeout, policy=self.poll_policy, last=created
-            )
+        run = await self._wait_created(request, created, timeout)
+        if not_ours(run, ref):  # the create was answered with another create's run
+            created = await reclaim(self._transport, ref, idempotency_key_for(ref), run)
+            run = await self._wait_created(request, created, timeout)
         run = check_outcome(run)
         return GenerationResult(run, partial=run.status is RunStatus.PARTIAL_SUCCEEDED)
+
+    async def _wait_created(self, request: RunRequest, created: Run, timeout: float | None) -> Run:
+        rx = self.callbacks
+        if rx is not None and request.callback_url == rx.url and not created.is_terminal:
+            run = await self._wait_by_callback(rx, created.id, timeout)
+            if complete(run):
+                return run
+            # Succeeded, billed, but shown without its images: read it again.
+            return await wait_for_run(
+                self._transport, run.id, timeout=timeout, policy=self.poll_policy
+            )
+        return await wait_for_run(
+            self._transport, created.id, timeout=timeout, policy=self.poll_policy, last=created
+        )
 
     async def _wait_by_callback(
         self, rx: CallbackReceiver, run_id: str, timeout: float | None

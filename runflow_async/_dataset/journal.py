@@ -21,6 +21,7 @@ Transitions (any other is refused with :class:`JournalStateError`)::
     mark_failed          pending, submitting, created, not_submitted -> failed
     mark_not_submitted   pending, submitting, not_submitted          -> not_submitted
     reset_for_retry      failed, not_submitted                       -> pending
+    move_run, own_run    created (with the run it replaces)          -> created
 
 A run may turn up for an item the journal holds as not (or no longer)
 submitted: a create whose answer was lost, then refused on the resend (402,
@@ -225,6 +226,37 @@ class Journal:
         if item.state is _C and item.run_id == run_id:
             return
         self._move(key, _C, "run_id = ?", run_id)
+
+    def own_run(self, key: str, run_id: str) -> None:
+        """Record ``run_id`` as the item's run: :meth:`mark_created`, or :meth:`move_run`.
+
+        The engine names an item's run a second time only when the first proved
+        another create's, so a created item with another run moves to this one.
+        """
+        item = self._get(key)
+        if item.state is _C and item.run_id is not None and item.run_id != run_id:
+            self.move_run(key, item.run_id, run_id)
+        else:
+            self.mark_created(key, run_id)
+
+    def move_run(self, key: str, wrong_run_id: str, run_id: str) -> None:
+        """Record that a created item's run is ``run_id``, not the ``wrong_run_id`` it had.
+
+        For a create answered with another create's run (a server that told two
+        creates they made one run): the item's own run, found by its
+        ``client_ref``, replaces it. Only that run may be replaced.
+        """
+        cursor = self._conn.execute(
+            "UPDATE items SET run_id = ?, updated_at = ? WHERE key = ? AND state = ?"
+            " AND run_id = ?",
+            (run_id, _now(), key, _C.value, wrong_run_id),
+        )
+        if cursor.rowcount == 0:
+            item = self._get(key)
+            raise JournalStateError(
+                f"item {key!r} is {item.state} with run {item.run_id}; "
+                f"run {wrong_run_id} cannot be replaced"
+            )
 
     def mark_succeeded(self, key: str, *, cost_usd: Decimal | None, files: Sequence[str]) -> None:
         """Record that the item finished with ``files`` (what the pipeline wants to keep)."""

@@ -117,7 +117,8 @@ class _JournalHooks(NoHooks):
         self._journal.mark_submitting(self._items[index].key, client_ref)
 
     def on_created(self, index: int, run: Run, /) -> None:
-        self._journal.mark_created(self._items[index].key, run.id)
+        # Told again with its own run if the first proved another item's.
+        self._journal.own_run(self._items[index].key, run.id)
 
 
 class _Runner:

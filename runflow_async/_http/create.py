@@ -12,6 +12,11 @@ carries one ``Idempotency-Key`` and one ``client_ref`` on every attempt.
   key) only once the whole window passed without a sighting.
 * Created but unreadable (a 2xx we cannot parse, or whose run id is missing,
   empty, not a string or absurd): look it up; never resend.
+* Created but not trusted (a 2xx naming another ``client_ref``, or a run id
+  this client already gave to another create: :mod:`._http.owners`): look it
+  up by its own ``client_ref`` over the window, like an ambiguous create;
+  never resend. A run read later that names another ``client_ref`` is
+  reclaimed the same way (:func:`._http.owners.reclaim`).
 * Anything else (400/401/402/403/404/422): raise.
 
 Runflow documents ``Idempotency-Key`` only on batches and never says that the
@@ -27,12 +32,14 @@ import functools
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 import pydantic
 
+from runflow_async._core.clock import Clock
 from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
@@ -42,12 +49,13 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.filters import term
 from runflow_async._core.models import Run, RunPage, run_id_problem
-from runflow_async._http.retry import CallKind, CreateGate, RetryHook, with_retries
+from runflow_async._http.retry import CallKind, CreateGate, RetryHook, not_created, with_retries
 from runflow_async._http.transport import Response, Transport
 from runflow_async._http.visibility import LookupFailed, search
 
 __all__ = [
     "CreateGate",
+    "CreateProgress",
     "client_ref_query",
     "create_run",
     "find_by_client_ref",
@@ -83,6 +91,25 @@ def client_ref_query(client_ref: str) -> str:
 
 def _model_path(model: str) -> str:
     return "/v1/models/" + "/".join(quote(part, safe="") for part in model.split("/")) + "/runs"
+
+
+class CreateProgress:
+    """What the caller of :func:`create_run` may know of it while it is under way.
+
+    Attributes:
+        maybe_created: An attempt may have made a run (it was answered 2xx, or
+            it is ambiguous, or it failed in a way that proves nothing). Once
+            set it stays set: stopped at any later point (cancelled, the client
+            closed), the create's outcome is unknown, not "never created".
+        untrusted: The run id an answer named that was not this create's own
+            (its run was then looked up by ``client_ref``), if any.
+    """
+
+    __slots__ = ("maybe_created", "untrusted")
+
+    def __init__(self, *, maybe_created: bool = False) -> None:
+        self.maybe_created = maybe_created
+        self.untrusted: str | None = None
 
 
 class _CutOff2xx(Exception):
@@ -208,8 +235,11 @@ async def create_run(
     idempotency_key: str,
     on_retry: RetryHook | None = None,
     gate: CreateGate | None = None,
+    progress: CreateProgress | None = None,
 ) -> Run:
     """Create one run (``body`` carries its ``client_ref``); rules in the module doc.
+
+    ``progress``, when given, is kept up to date as the create goes on.
 
     Raises:
         APIError: Not created, or (``CreateOutcomeUnknownError``) unknown.
@@ -217,33 +247,14 @@ async def create_run(
     path = _model_path(model)
     client_ref: str = body["client_ref"]
     headers = {"Idempotency-Key": idempotency_key}
-
+    state = progress if progress is not None else CreateProgress()
     lookup = functools.partial(look_for, transport, client_ref, idempotency_key)
 
-    async def attempt() -> Run:
-        sent_at = transport.clock.now()
-        try:
-            # A create that was sent is always read to the end, even if the caller
-            # is cancelled meanwhile: its run id must never be lost (it is billed).
-            with anyio.CancelScope(shield=True):
-                try:
-                    response = await transport.send("POST", path, json_body=body, headers=headers)
-                except APIConnectionError as exc:
-                    if exc.status is not None and 200 <= exc.status < 300:
-                        raise _CutOff2xx from exc
-                    raise
-            run = parse_created(transport, response, path=path)
-        except (APIResponseError, _CutOff2xx) as exc:
-            # A 2xx means the run exists: recover it, never send again.
-            found = await lookup(sent_at, transport.clock.now())
-            if found is None:
-                reason = "the API accepted it but its answer was unreadable"
-                raise _unknown(reason, client_ref, idempotency_key, path) from exc
-            return found
-        transport.visibility.created(run.id, sent_at)
-        return run
+    def unknown(reason: str) -> APIError:
+        return _unknown(reason, client_ref, idempotency_key, path)
 
-    return await with_retries(
+    attempt = functools.partial(_attempt, transport, path, body, headers, state, lookup, unknown)
+    run = await with_retries(
         attempt,
         kind=CallKind.CREATE,
         retrying=transport.retrying,
@@ -252,13 +263,88 @@ async def create_run(
         reconcile=lookup,
         gate=gate,
         on_retry=on_retry,
-        unknown=lambda exc: _unknown(
-            f"an attempt went unanswered, then it ended in {type(exc).__name__}",
-            client_ref,
-            idempotency_key,
-            path,
+        unknown=lambda exc: unknown(
+            f"an attempt went unanswered, then it ended in {type(exc).__name__}"
         ),
     )
+    transport.owners.own(run.id, client_ref)
+    return run
+
+
+async def _attempt(
+    transport: Transport,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    state: CreateProgress,
+    lookup: Callable[[float, float], Awaitable[Run | None]],
+    unknown: Callable[[str], APIError],
+) -> Run:
+    """One attempt of :func:`create_run`: its run, found again if its answer cannot be trusted."""
+    client_ref: str = body["client_ref"]
+    sent_at = transport.clock.now()
+    try:
+        # A create that was sent is always read to the end, even if the caller
+        # is cancelled meanwhile: its run id must never be lost (it is billed).
+        with anyio.CancelScope(shield=True):
+            response = await _send(transport, path, body, headers, state)
+        run = parse_created(transport, response, path=path)
+    except (APIResponseError, _CutOff2xx) as exc:
+        # A 2xx means the run exists: recover it, never send again.
+        found = await lookup(sent_at, transport.clock.now())
+        if found is None:
+            raise unknown("the API accepted it but its answer was unreadable") from exc
+        return found
+    doubt = transport.owners.doubt(run, client_ref)
+    if doubt is None:
+        transport.visibility.created(run.id, sent_at)
+        return run
+    # Created (2xx), but the run it names is not this create's own: the
+    # server made one for this create too. Find it; never send again.
+    state.untrusted = run.id
+    found = await _look_for_own(lookup, client_ref, run, doubt, sent_at, transport.clock)
+    if found is None:
+        raise unknown(f"its answer named run {run.id}, but {doubt}")
+    return found
+
+
+async def _look_for_own(
+    lookup: Callable[[float, float], Awaitable[Run | None]],
+    client_ref: str,
+    answered: Run,
+    doubt: str,
+    sent_at: float,
+    clock: Clock,
+) -> Run | None:
+    """Look up the create ``client_ref`` whose answer named ``answered``, not its own run."""
+    logger.warning(
+        "The create with client_ref %s was answered with run %s, which is not this "
+        "create's own (%s); looking it up by its client_ref.",
+        client_ref,
+        answered.id,
+        doubt,
+    )
+    return await lookup(sent_at, clock.now())
+
+
+async def _send(
+    transport: Transport,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    progress: CreateProgress,
+) -> Response:
+    """Send one attempt; ``progress`` learns whether it may have made a run."""
+    try:
+        response = await transport.send("POST", path, json_body=body, headers=headers)
+    except APIError as exc:
+        if not not_created(exc):
+            progress.maybe_created = True
+        if isinstance(exc, APIConnectionError) and 200 <= (exc.status or 0) < 300:
+            raise _CutOff2xx from exc  # a 2xx cut off: the run exists
+        raise
+    progress.maybe_created = True
+    return response
 
 
 def _origin(exc: Exception) -> BaseException:

@@ -30,6 +30,7 @@ from runflow_async._core.errors import (
     ClientClosedError,
 )
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
+from runflow_async._http.owners import RunOwners
 from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retries
 from runflow_async._http.visibility import Visibility
 from runflow_async._version import __version__
@@ -140,6 +141,7 @@ class Transport:
             self._headers["X-Organization-Id"] = organization_id
         self.retrying = Retrying(retry, self.clock, on_retry)
         self.visibility = Visibility(retry)
+        self.owners = RunOwners()
 
     def redact(self, text: str) -> str:
         """``text`` (say, an excerpt of a response) with the API key blanked out."""

@@ -260,7 +260,8 @@ class Fault:
 
         A buggy server that tells two creates they made one run; the run it made
         for this create is stored (and bills) under its real id. On the first
-        create ever there is no previous run: it is answered as usual.
+        create ever there is no previous run: it is answered as usual. Drawn at
+        random with ``FaultRates.rate_reused_run_id`` (``--rate-reused-run-id``).
         """
         return cls("reused_run_id")
 

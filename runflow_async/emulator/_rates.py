@@ -56,7 +56,7 @@ class FaultRates:
     """Seeded random faults; every rate is a probability per request of an applicable route.
 
     The primary rates (``rate_429``, ``rate_5xx``, ``rate_drop``, ``rate_lost_create``,
-    ``rate_slow``, ``rate_late_commit``, the read faults ``rate_html_ok``,
+    ``rate_slow``, ``rate_late_commit``, ``rate_reused_run_id``, the read faults ``rate_html_ok``,
     ``rate_null_output``, ``rate_not_found``, and the download faults ``rate_not_image``,
     ``rate_oversized_image``, ``rate_download_404``) are mutually exclusive outcomes
     of one draw, so their sum must not exceed 1. Each kind applies to every route of
@@ -84,6 +84,9 @@ class FaultRates:
             by id nor the list shows the run until then. How a repeat of its
             ``Idempotency-Key`` is treated meanwhile is ``EmulatorConfig.idempotency_mode``.
         late_commit_seconds: Emulated seconds from receipt to storage of a late commit.
+        rate_reused_run_id: Fraction of creates that make (and bill) their run but
+            answer with the previous create's run id (``Fault.reused_run_id``): two
+            creates told they made one run.
         rate_html_ok: Fraction of status reads (``get_run``, ``list_runs``) answered
             ``200 OK`` with an HTML page (a proxy's splash page).
         rate_null_output: Fraction of status reads that show every succeeded run
@@ -97,8 +100,6 @@ class FaultRates:
         oversized_image_bytes: Size of those bodies (default 65 MiB: just over the
             client's 64 MiB cap).
         rate_download_404: Fraction of downloads answered ``404 FILE_NOT_FOUND``.
-        rate_reused_run_id: Fraction of creates answered with the *previous* create's
-            run id (``Fault.reused_run_id``); the run this create made exists and bills.
         rate_malformed: Fraction of creates and status reads answered with a malformed
             status line after the request was handled (``Fault.malformed``): the run a
             create makes exists, the client cannot parse the answer.
@@ -125,13 +126,13 @@ class FaultRates:
     slow_seconds: float = 1.0
     rate_late_commit: float = 0.0
     late_commit_seconds: float = 3.0
+    rate_reused_run_id: float = 0.0
     rate_html_ok: float = 0.0
     rate_null_output: float = 0.0
     rate_not_found: float = 0.0
     rate_not_image: float = 0.0
     rate_oversized_image: float = 0.0
     oversized_image_bytes: int = 65 * 1024 * 1024
-    rate_reused_run_id: float = 0.0
     rate_malformed: float = 0.0
     rate_oversized: float = 0.0
     oversized_bytes: int = 17 * 1024 * 1024
