@@ -81,6 +81,8 @@ class Engine(ItemLife):
         spent_usd: Decimal = Decimal(0),
     ) -> None:
         clock = transport.clock
+        # Items given as maybe_created were sent (if at all) before this instant.
+        self._started_at = clock.now()
         self._transport = transport
         self._pricing = pricing
         self._poll = poll
