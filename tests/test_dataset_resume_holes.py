@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -20,12 +19,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
-import pytest
 
 from runflow_async import GenerateRequest, PollPolicy, RetryPolicy, RunflowClient
 from runflow_async._batch.hooks import WorkItem
 from runflow_async._dataset.input import Defaults, read_generate_file
-from runflow_async._dataset.journal import ItemState, Journal
+from runflow_async._dataset.journal import ItemState, Journal, JournalItem
 from runflow_async._dataset.pipeline import run_dataset
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, TIME_SCALE, make_client
@@ -62,9 +60,11 @@ async def test_a_resume_finds_runs_the_list_does_not_show_yet(tmp_path: Path) ->
 
         async def list_catches_up() -> None:
             # Only once the resume has looked and missed: the list shows them.
-            while emu.counters.requests_by_route.get("list_runs", 0) < 1:
+            while True:
+                if emu.counters.requests_by_route.get("list_runs", 0) >= 1:
+                    emu.advance(1e6)
+                    return
                 await anyio.sleep(0.001)
-            emu.advance(1e6)
 
         # A wide floor, so that a busy machine's delays stay inside the window.
         retry = RetryPolicy(time_scale=TIME_SCALE, visibility_floor=1000.0, visibility_cap=1000.0)
@@ -126,3 +126,92 @@ async def test_a_resume_that_cannot_prove_absence_never_sends(tmp_path: Path) ->
     assert summary.reasons == {"outcome unknown": n}
     with Journal.open(out) as journal:
         assert {e.state for e in journal.items()} == {ItemState.SUBMITTING}
+
+
+# -- 3. failures.jsonl at a kill ------------------------------------------------
+
+
+def journal_keys(out: Path, state: str) -> set[str]:
+    path = out / ".runflow" / "journal.sqlite3"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return {key for (key,) in db.execute("SELECT key FROM items WHERE state = ?", (state,))}
+
+
+async def test_failures_are_listed_as_they_happen_so_a_kill_leaves_them(tmp_path: Path) -> None:
+    n = 60
+    inp = prompts_file(tmp_path, n)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with Emulator(
+        api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=9,
+        failure_rate=0.4,
+    ) as emu:  # fmt: skip
+        args = cli_args(inp, out, emu.url, scale=0.01)
+        quiet = subprocess.DEVNULL
+        argv = [sys.executable, "-m", "runflow_async._cli.main", *args]
+        proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
+        try:
+            with anyio.fail_after(60):
+                while journal_counts(out).get("failed", 0) < 5:
+                    assert proc.returncode is None, "finished before the kill point"
+                    await anyio.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            await proc.wait()
+        failed = journal_keys(out, "failed")
+        listed = {row["key"] for row in failures(out)}
+        # Every row is a failure the journal knows; at most the one being
+        # recorded when the kill came is missing.
+        assert listed <= failed
+        assert len(listed) >= len(failed) - 1 >= 4
+        assert all(row["error_type"] == "RunFailedError" for row in failures(out))
+        # A resume retrying them: those that succeed now leave the list.
+        assert await run_cli([*args, "--retry-failed"]) == 1
+        again = journal_keys(out, "failed")
+        rows = failures(out)
+    assert {row["key"] for row in rows} == again
+    assert len(rows) == len(again)
+    assert not {row["key"] for row in rows} & journal_keys(out, "succeeded")
+
+
+def entry(journal: Journal, key: str) -> JournalItem:
+    found = journal.get(key)
+    assert found is not None
+    return found
+
+
+def test_the_list_follows_each_change_and_honours_the_umask(tmp_path: Path) -> None:
+    from runflow_async._dataset.failures import FAILURES, FailureList
+
+    items = read_generate_file(prompts_file(tmp_path, 3), Defaults())
+    a, b, c = (item.key for item in items)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def listed() -> dict[str, str | None]:
+        return {row["key"]: row["error"] for row in failures(out)}
+
+    with Journal.open(out) as journal:
+        journal.add_items((i.key, n, "generate", Decimal("0.01")) for n, i in enumerate(items))
+        kept = FailureList(out, items)
+        journal.mark_failed(b, error_type="RunFailedError", error="failed")
+        old = os.umask(0o027)
+        try:
+            kept.record(entry(journal, b))  # the first row creates it
+        finally:
+            os.umask(old)
+        assert (out / FAILURES).stat().st_mode & 0o777 == 0o640
+        journal.mark_created(a, "run-a")
+        journal.note_error(a, error_type="DownloadError", error="cut off")
+        kept.record(entry(journal, a))
+        assert listed() == {b: "failed", a: "cut off"}
+        assert failures(out)[1]["collectable"] is True
+        journal.note_error(a, error_type="DownloadError", error="cut off again")
+        kept.record(entry(journal, a))
+        assert listed() == {b: "failed", a: "cut off again"}
+        journal.mark_succeeded(a, cost_usd=Decimal("0.01"), files=[])
+        kept.record(entry(journal, a))
+        kept.record(entry(journal, c))  # pending: not a failure
+        assert listed() == {b: "failed"}
+        assert FailureList(out, items).rewrite(journal) == 1
+        assert listed() == {b: "failed"}

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from runflow_async._core.models import ImageOutput, Run
+from runflow_async._dataset.failures import FAILURES, FailureList
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
 from runflow_async._dataset.manifest import MANIFEST, reconcile
-from runflow_async._http.download import write_atomic
 
 __all__ = [
     "FAILURES",
@@ -34,7 +34,6 @@ __all__ = [
     "write_outputs",
 ]
 
-FAILURES = "failures.jsonl"
 _MICRO = Decimal("0.000001")
 _AGAIN = "run the same command again to finish (nothing is billed twice)"
 _NEXT = {
@@ -164,32 +163,7 @@ def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem])
         ``(images, failures)`` written.
     """
     images = reconcile(out_dir, journal)
-    failures: list[str] = []
-    by_key = {i.key: i for i in items}
-    for entry in journal.items():
-        if entry.state is ItemState.FAILED:
-            failures.append(_failure_row(entry, by_key.get(entry.key), collectable=False))
-        elif entry.state is ItemState.CREATED and entry.error_type is not None:
-            # Its run exists (and may be paid for): the next run collects it again.
-            failures.append(_failure_row(entry, by_key.get(entry.key), collectable=True))
-    write_atomic(out_dir / FAILURES, "".join(f"{line}\n" for line in failures).encode())
-    return images, len(failures)
-
-
-def _failure_row(entry: JournalItem, item: DatasetItem | None, *, collectable: bool) -> str:
-    """One ``failures.jsonl`` line; ``collectable``: a run to collect on the next run."""
-    return json.dumps(
-        {
-            "key": entry.key,
-            "line": item.line if item else None,
-            "prompt": item.request.prompt if item else None,
-            "run_id": entry.run_id,
-            "error_type": entry.error_type,
-            "error": entry.error,
-            "collectable": collectable,
-        },
-        sort_keys=True,
-    )
+    return images, FailureList(out_dir, items).rewrite(journal)
 
 
 def summarize(

@@ -35,10 +35,8 @@ import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +60,7 @@ from runflow_async._core.errors import (
 from runflow_async._core.estimate import estimate_requests
 from runflow_async._core.models import GenerationResult, ImageOutput, Run
 from runflow_async._core.requests import EditRequest, RunRequest
+from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
@@ -73,6 +72,7 @@ from runflow_async._dataset.outputs import (
     summarize,
     write_outputs,
 )
+from runflow_async._dataset.progress import DatasetProgress
 from runflow_async._http.download import IMAGE_SUFFIXES, DownloadedFile
 from runflow_async._http.retry import not_created
 
@@ -84,26 +84,6 @@ __all__ = ["DatasetProgress", "run_dataset"]
 logger = logging.getLogger("runflow_async")
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-
-
-@dataclass
-class DatasetProgress:
-    """Live counts, for a progress display."""
-
-    total: int
-    done: int = 0
-    failed: int = 0
-    in_flight: int = 0
-    spent_usd: Decimal = Decimal(0)
-    started: float = field(default_factory=time.monotonic)
-
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the rate so far, or ``None`` before anything finished."""
-        finished = self.done + self.failed
-        if finished == 0:
-            return None
-        rate = finished / max(1e-9, time.monotonic() - self.started)
-        return max(0.0, (self.total - finished) / rate)
 
 
 class _JournalHooks(NoHooks):
@@ -145,6 +125,7 @@ class _Runner:
         self.downloads = anyio.CapacityLimiter(download_concurrency)
         self.max_image_bytes = max_image_bytes
         self.progress = DatasetProgress(total=len(items))
+        self.failures = FailureList(out_dir, items)
         self.on_progress = on_progress
         self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
         journal.set_meta("dataset_id", self.dataset_id)
@@ -167,6 +148,7 @@ class _Runner:
             for entry in self.journal.items(states=(ItemState.FAILED,)):
                 if entry.key in keys:
                     self.journal.reset_for_retry(entry.key)
+        self.failures.rewrite(self.journal)  # failures are listed as they happen from here on
         engine = self.client.engine(
             hooks=_JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
@@ -256,6 +238,13 @@ class _Runner:
             with contextlib.suppress(JournalStateError):  # already created: kept as it is
                 self.journal.mark_created(item.key, run_id)
         self.journal.note_error(item.key, error_type=type(exc).__name__, error=str(exc))
+        self._listed(item.key)
+
+    def _listed(self, key: str) -> None:
+        """``failures.jsonl`` follows the journal's change of ``key`` at once."""
+        entry = self.journal.get(key)
+        assert entry is not None  # noqa: S101 - every item was added first
+        self.failures.record(entry)
 
     async def _record_outcome(self, item: DatasetItem, outcome: Outcome) -> None:
         error = outcome.error
@@ -269,6 +258,7 @@ class _Runner:
             self.journal.mark_succeeded(
                 item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
             )
+            self._listed(item.key)  # a collectable item from an earlier run leaves the list
             self.progress.done += 1
             self.progress.spent_usd += cost or 0
         elif isinstance(error, NotSubmittedError):
@@ -293,6 +283,7 @@ class _Runner:
                 error=str(error),
                 cost_usd=outcome.billed_usd,
             )
+            self._listed(item.key)
             self.progress.failed += 1
             self.progress.spent_usd += outcome.billed_usd or 0
 
