@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
+import pytest
 
 from runflow_async import GenerateRequest, PollPolicy, RetryPolicy, RunflowClient
 from runflow_async._batch.hooks import WorkItem
@@ -27,7 +29,56 @@ from runflow_async._dataset.journal import ItemState, Journal, JournalItem
 from runflow_async._dataset.pipeline import run_dataset
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, TIME_SCALE, make_client
-from tests.test_dataset_cli import ROOT, cli_args, failures, journal_counts, prompts_file, run_cli
+from tests.test_dataset_cli import (
+    ROOT,
+    SCALE,
+    cli_args,
+    failures,
+    journal_counts,
+    prompts_file,
+    run_cli,
+)
+
+# -- 1. unknown costs on resume --------------------------------------------------
+
+# 64x64 images: $0.000023 each, reserved at $0.0000345 (the 1.5 guess: no cost
+# ever calibrates it). Four fit under the cap, a fifth does not.
+CAP = "0.00014"
+
+
+@pytest.mark.parametrize("costs", ["missing", "late"])
+async def test_runs_of_unknown_cost_count_against_the_budget_across_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], costs: str
+) -> None:
+    inp = prompts_file(tmp_path, 12)
+    out = tmp_path / "out"
+    server = {"reported_cost": "missing"} if costs == "missing" else {"cost_report_delay": 1e4}
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE, **server) as emu:
+        args = cli_args(inp, out, emu.url, "--max-cost", CAP, "--json")
+        assert await run_cli(args) == 1  # stopped by the budget
+        first = json.loads(capsys.readouterr().out)
+        assert emu.counters.runs_created == 4
+        assert first["not_finished"] == {"budget": 8}
+        # Not $0: the four runs count at what they were reserved at.
+        assert Decimal(first["spent_usd"]) == 4 * Decimal("0.0000345")
+        assert first["unknown_cost_runs"] == 4
+        if costs == "late":
+            emu.advance(1e4)  # the server reports the four costs now
+        assert await run_cli(args) == 1  # the same command, the same cap
+        second = json.loads(capsys.readouterr().out)
+        counters = emu.counters
+    assert counters.billed_usd <= Decimal(CAP)  # the server's own ledger
+    if costs == "missing":
+        assert counters.runs_created == 4  # nothing more fits
+        assert Decimal(second["spent_usd"]) == 4 * Decimal("0.0000345")
+    else:  # the real costs replace the estimates: room for one more, unknown again
+        assert counters.runs_created == 5
+        known = 4 * Decimal("0.000023")
+        assert Decimal(second["spent_usd"]) == known + Decimal("0.0000345")
+        assert second["unknown_cost_runs"] == 1
+        rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+        assert sorted(str(row["cost_usd"]) for row in rows) == [*["0.000023"] * 4, "None"]
+
 
 # -- 2. resume trusts one lookup ----------------------------------------------
 
@@ -215,3 +266,28 @@ def test_the_list_follows_each_change_and_honours_the_umask(tmp_path: Path) -> N
         assert listed() == {b: "failed"}
         assert FailureList(out, items).rewrite(journal) == 1
         assert listed() == {b: "failed"}
+
+
+async def test_the_emulator_reports_a_cost_only_after_its_delay() -> None:
+    import argparse
+
+    from runflow_async.emulator import EmulatorConfig
+    from runflow_async.emulator._cli import _config, add_emulator_command
+
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE, cost_report_delay=50.0)
+        as emu,
+        make_client(emu.url) as client,
+    ):  # fmt: skip
+        run = await client.wait((await client.submit(GenerateRequest(prompt="p"))).id)
+        assert run.succeeded
+        assert run.cost is None  # billed, not reported yet
+        assert emu.counters.billed_usd > 0
+        emu.advance(50.0)
+        assert (await client.get_run(run.id)).cost == emu.counters.billed_usd
+    parser = argparse.ArgumentParser()
+    add_emulator_command(parser.add_subparsers())
+    args = parser.parse_args(["emulator", "--cost-report-delay", "30"])
+    assert _config(args).cost_report_delay == 30.0
+    with pytest.raises(ValueError, match="cost_report_delay"):
+        EmulatorConfig(cost_report_delay=-1.0)

@@ -69,6 +69,10 @@ class DatasetSummary:
     ``outcome unknown``, ``to collect``...)."""
     failures: Mapping[str, int] = field(default_factory=dict)
     """Why items failed: a count per error type (``RunFailedError``: the run failed server-side)."""
+    unknown_cost_runs: int = 0
+    """Succeeded runs whose cost the server did not report (yet)."""
+    unknown_cost_usd: Decimal = Decimal(0)
+    """What those runs count as, in ``spent_usd``: estimated, as they were reserved."""
 
     @property
     def next_steps(self) -> list[str]:
@@ -100,6 +104,8 @@ class DatasetSummary:
             "pending": self.pending,
             "images": self.images,
             "spent_usd": str(self.spent_usd),
+            "unknown_cost_runs": self.unknown_cost_runs,
+            "unknown_cost_usd": str(self.unknown_cost_usd),
             "interrupted": self.interrupted,
             "not_finished": dict(self.reasons),
             "failed_by_type": dict(self.failures),
@@ -117,8 +123,19 @@ def split_cost(total: Decimal | None, parts: int) -> list[Decimal | None]:
 
 
 def manifest_row(
-    item: DatasetItem, run: Run, image: ImageOutput, name: str, cost: Decimal | None, sha: str
+    item: DatasetItem,
+    run: Run,
+    image: ImageOutput,
+    name: str,
+    cost: Decimal | None,
+    sha: str,
+    estimated: Decimal | None = None,
 ) -> dict[str, Any]:
+    """One ``metadata.jsonl`` row.
+
+    ``estimated``: the image's share of what a run of unknown cost counts as
+    (``cost_usd`` is then ``null``: not reported, which is not $0).
+    """
     params = item.request.input_payload()
     prompt = params.pop("prompt")
     if item.image_inputs:  # as the line gave them: local paths, not their upload placeholders
@@ -133,6 +150,7 @@ def manifest_row(
         "width": image.width,
         "height": image.height,
         "cost_usd": None if cost is None else str(cost),
+        "cost_estimated_usd": None if cost is not None or estimated is None else str(estimated),
         "sha256": sha,
         "key": item.key,
         "parameters": json.dumps(params, sort_keys=True),
@@ -184,11 +202,15 @@ def summarize(
         failed=sum(e.state is ItemState.FAILED for e in states),
         pending=sum(e.state not in (ItemState.SUCCEEDED, ItemState.FAILED) for e in states),
         images=images,
-        spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
+        spent_usd=sum((e.spent_usd for e in states), Decimal(0)),
         interrupted=interrupted,
         reasons=_reasons(states, interrupted=interrupted),
         failures=dict(
             Counter(e.error_type or "error" for e in states if e.state is ItemState.FAILED)
+        ),
+        unknown_cost_runs=sum(e.cost_unknown for e in states),
+        unknown_cost_usd=sum(
+            (e.spent_usd - e.prior_cost_usd for e in states if e.cost_unknown), Decimal(0)
         ),
     )
 

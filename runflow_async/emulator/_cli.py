@@ -84,6 +84,12 @@ def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
         help="what reads show as a run's cost (a fault; the bill stays true)",
     )
     emu.add_argument(
+        "--cost-report-delay",
+        type=float,
+        default=0.0,
+        help="emulated seconds after a run ends before reads show its cost (null until then)",
+    )
+    emu.add_argument(
         "--list-ignores-filter",
         action="store_true",
         help="run lists ignore q and list every run (a server without the filter)",
@@ -247,6 +253,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         api_keys=frozenset(args.api_keys) if args.api_keys else None,
         cost_multiplier=args.cost_multiplier,
         reported_cost=args.reported_cost,
+        cost_report_delay=args.cost_report_delay,
         list_lag=args.list_lag,
         idempotency_mode=args.idempotency_mode,
         list_ignores_filter=args.list_ignores_filter,
