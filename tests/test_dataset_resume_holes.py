@@ -291,3 +291,19 @@ async def test_the_emulator_reports_a_cost_only_after_its_delay() -> None:
     assert _config(args).cost_report_delay == 30.0
     with pytest.raises(ValueError, match="cost_report_delay"):
         EmulatorConfig(cost_report_delay=-1.0)
+
+
+async def test_a_cost_that_cannot_be_read_again_stays_as_reserved(tmp_path: Path) -> None:
+    from runflow_async._dataset.costs import refresh_unknown_costs
+
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu,
+        make_client(emu.url) as client,
+    ):
+        with Journal.open(tmp_path) as journal:
+            journal.add_items([("a-0", 0, "generate", Decimal("0.01"))])
+            journal.mark_created("a-0", "0190a000-0000-7000-8000-000000000000")  # not there
+            journal.mark_succeeded("a-0", cost_usd=None, files=[], reserved_usd=Decimal("0.015"))
+            limiter = anyio.CapacityLimiter(2)
+            assert await refresh_unknown_costs(client, journal, limiter) == 0
+            assert journal.summary()["spent_usd"] == Decimal("0.015")

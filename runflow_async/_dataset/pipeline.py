@@ -7,8 +7,9 @@ is sent and its run id as soon as the create returns, so after any crash
 
 * skips items that finished (succeeded or failed);
 * re-attaches runs already created, by id, and collects them (never re-creates);
-* reconciles creates whose answer was lost, by ``client_ref``, before anything
-  is resubmitted (with the same ``client_ref``);
+* reconciles creates whose answer was lost, by ``client_ref`` over the
+  visibility window counted from this run's start, before anything is
+  resubmitted (with the same ``client_ref`` and ``Idempotency-Key``);
 * submits only items never submitted.
 
 Images are downloaded as soon as their run finishes (signed URLs expire), with
