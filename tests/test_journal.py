@@ -204,7 +204,8 @@ def test_summary_counts_every_state_and_adds_money_exactly(journal: Journal) -> 
         journal.mark_created(key, f"run-{key}")
     journal.mark_succeeded(keys[0], cost_usd=Decimal("0.1"), files=[])
     journal.mark_succeeded(keys[1], cost_usd=Decimal("0.2"), files=[])
-    journal.mark_succeeded(keys[2], cost_usd=None, files=[])
+    # Its cost was not reported: it counts as it was reserved (0.1 at factor 1.5).
+    journal.mark_succeeded(keys[2], cost_usd=None, files=[], reserved_usd=Decimal("0.15"))
     journal.mark_failed(keys[3], error_type="RunFailedError", error="x", cost_usd=Decimal("0.7"))
     journal.mark_not_submitted(keys[5], reason="budget")
     summary = journal.summary()
@@ -217,10 +218,31 @@ def test_summary_counts_every_state_and_adds_money_exactly(journal: Journal) -> 
         "not_submitted": 1,
     }
     assert summary["total"] == 7
-    # 0.1 + 0.2 + 0.7 is exactly 1.0 in decimal (not 0.9999999999999999 as floats).
-    assert summary["spent_usd"] == Decimal("1.0")
-    assert str(summary["spent_usd"]) == "1.0"
+    # 0.1 + 0.2 + 0.15 + 0.7 is exactly 1.15 in decimal (not 1.1499999999999999 as floats).
+    assert summary["spent_usd"] == Decimal("1.15")
+    assert str(summary["spent_usd"]) == "1.15"
+    assert (summary["unknown_cost_runs"], summary["unknown_cost_usd"]) == (1, Decimal("0.15"))
     assert summary["estimated_usd"] == Decimal("0.3")  # pending, submitting, not submitted
+
+
+def test_a_cost_reported_late_replaces_what_the_run_was_reserved_at(journal: Journal) -> None:
+    add(journal, "a-0", "b-0", "c-0", estimate="0.1")
+    for key in ("a-0", "b-0", "c-0"):
+        journal.mark_created(key, f"run-{key}")
+    journal.mark_succeeded("a-0", cost_usd=None, files=["row"], reserved_usd=Decimal("0.15"))
+    journal.mark_succeeded("b-0", cost_usd=None, files=[])  # an older journal: no reservation
+    # A known cost keeps no reservation.
+    journal.mark_succeeded("c-0", cost_usd=Decimal("0.1"), files=[], reserved_usd=Decimal("9"))
+    assert entry(journal, "c-0").reserved_usd is None
+    assert journal.summary()["spent_usd"] == Decimal("0.35")  # b-0 at its estimate
+    assert journal.record_cost("a-0", cost_usd=Decimal("0.3"), files=["row, costed"])
+    a = entry(journal, "a-0")
+    assert (a.cost_usd, a.reserved_usd, a.files) == (Decimal("0.3"), None, ("row, costed",))
+    assert not journal.record_cost("a-0", cost_usd=Decimal("1"), files=[])  # known already
+    assert not journal.record_cost("c-0", cost_usd=Decimal("1"), files=[])
+    summary = journal.summary()
+    assert summary["spent_usd"] == Decimal("0.5")
+    assert (summary["unknown_cost_runs"], summary["unknown_cost_usd"]) == (1, Decimal("0.1"))
 
 
 def test_summary_of_an_empty_journal(journal: Journal) -> None:
@@ -342,7 +364,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with conn:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.close()
-    with pytest.raises(JournalError, match=r"newer runflow-async \(journal schema 3; .* up to 2\)"):
+    with pytest.raises(JournalError, match=r"newer runflow-async \(journal schema 4; .* up to 3\)"):
         Journal.open(tmp_path)
 
 

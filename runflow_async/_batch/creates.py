@@ -125,6 +125,7 @@ class CreateLife:
     _creating: dict[int, Creating]
     _billed: Decimal
     _wait_scopes: set[anyio.CancelScope]
+    _started_at: float  # clock seconds: anything ``maybe_created`` was sent before it
 
     if TYPE_CHECKING:  # the engine's and the item half's; declared for the type checker
 

@@ -82,6 +82,7 @@ class Engine(ItemLife):
         spent_usd: Decimal = Decimal(0),
     ) -> None:
         clock = transport.clock
+        self._started_at = clock.now()  # maybe_created items were sent before it, if at all
         self._transport = transport
         self._pricing = pricing
         self._poll = poll

@@ -27,7 +27,12 @@ class WorkItem:
         estimate_usd: The reservation; ``None`` estimates it with the engine's pricing.
         run_id: A run created earlier: collect it, never create (a resumed dataset).
         maybe_created: A create with ``request.client_ref`` may have been sent
-            before: look it up by ``client_ref`` first, and collect it if found.
+            before the engine started (by an earlier process or batch, never
+            later): it is looked up by ``client_ref`` over the visibility window
+            counted from the engine's start (one window for all such items) and
+            collected if found; created (same ``Idempotency-Key``) only once the
+            window passed without a sighting; outcome-unknown, never sent, if
+            absence cannot be established (filter ignored, lookups failing).
         prepare: Called inside the slot, just before the create. If it raises
             (an upload failed), the item ends with that error, never created,
             and its siblings go on; a closed client still ends the batch.

@@ -33,7 +33,7 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.models import GenerationResult, Run, RunStatus
 from runflow_async._core.requests import RunRequest
-from runflow_async._http.create import find_by_client_ref, idempotency_key_for
+from runflow_async._http.create import find_sent_before
 from runflow_async._http.runs import check_outcome, complete, growing, poll_run
 
 __all__ = ["STOP_MESSAGES", "ItemLife"]
@@ -83,15 +83,14 @@ class ItemLife(CreateLife):
         return await self._finish(item.index, request, est, created, slot=slot)
 
     async def _find(self, index: int, request: RunRequest, est: Decimal) -> Run | Outcome | None:
-        assert request.client_ref is not None  # noqa: S101 - checked by the caller
-        try:
-            found = await find_by_client_ref(
-                self._transport,
-                request.client_ref,
-                idempotency_key=idempotency_key_for(request.client_ref),
-            )
+        ref = request.client_ref
+        assert ref is not None  # noqa: S101 - checked by the caller
+        try:  # one empty lookup is no proof: look over the window since this engine began
+            found = await find_sent_before(self._transport, ref, since=self._started_at)
         except CreateOutcomeUnknownError as exc:
-            self._uncertain[index] = request.client_ref
+            self._uncertain[index] = ref
+            self._ledger.reserve_unchecked(est)  # it may exist and bill: its money is held
+            self._ledger.hold(est)
             return Outcome(index, request, error=exc, estimated_usd=est)
         if found is not None:
             self._hooks.on_created(index, found)

@@ -39,7 +39,7 @@ from runflow_async._dataset.input import (
     sniff_kind,
 )
 from runflow_async._dataset.journal import Journal
-from runflow_async._dataset.outputs import interrupted_summary, unfinished
+from runflow_async._dataset.outputs import DatasetSummary, interrupted_summary, unfinished
 from runflow_async._dataset.pipeline import run_dataset
 from runflow_async._pricing import PricingPolicy
 
@@ -223,7 +223,8 @@ async def _run(
             loop.remove_signal_handler(sig)
     print(
         f"{summary.succeeded}/{summary.total} done, {summary.failed} failed, "
-        f"{summary.pending} not finished, spent ${summary.spent_usd} -> {summary.out_dir}",
+        f"{summary.pending} not finished, spent ${summary.spent_usd}{_estimated(summary)} "
+        f"-> {summary.out_dir}",
         file=sys.stderr,
     )
     for label, counts in (("not finished", summary.reasons), ("failed", summary.failures)):
@@ -235,6 +236,16 @@ async def _run(
     if args.json:
         print(json.dumps(summary.to_json()))
     return summary.exit_code
+
+
+def _estimated(summary: DatasetSummary) -> str:
+    """What part of ``spent`` is an estimate: runs whose cost the API did not report."""
+    if not summary.unknown_cost_runs:
+        return ""
+    return (
+        f" (of which ${summary.unknown_cost_usd} estimated: the cost of "
+        f"{summary.unknown_cost_runs} run(s) is unknown, counted as reserved)"
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -317,6 +328,8 @@ def _status(args: argparse.Namespace) -> int:
         "in_flight": counts["submitting"] + counts["created"],
         "not_submitted": counts["pending"] + counts["not_submitted"],
         "spent_usd": str(raw["spent_usd"]),
+        "unknown_cost_runs": raw["unknown_cost_runs"],
+        "unknown_cost_usd": str(raw["unknown_cost_usd"]),
         "remaining_estimate_usd": str(raw["estimated_usd"]),
     }
     if args.json:

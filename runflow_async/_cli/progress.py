@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from runflow_async._dataset.pipeline import DatasetProgress
+from runflow_async._dataset.progress import DatasetProgress
 
 __all__ = ["ProgressPrinter"]
 

@@ -33,6 +33,13 @@ submitting, a second run for one item, a finished item changing.
 
 ``note_error`` changes no state: it records why a submitting or created item
 is not finished yet (its run is still collected by the next run).
+
+Money: a succeeded run whose cost the server did not report (or not yet) is
+not $0. It keeps ``reserved_usd``, the estimate at the billing factor it was
+reserved at, and counts that against budgets (:attr:`JournalItem.spent_usd`)
+until :meth:`Journal.record_cost` learns the real cost; summaries show it as
+estimated. (A run recorded so by an older journal, without ``reserved_usd``,
+counts at its estimate.) A failed run is not billed: an unknown cost is $0.
 """
 
 from __future__ import annotations
@@ -40,14 +47,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
+from runflow_async._dataset.journal_item import ItemState, JournalItem
 
 __all__ = [
     "JOURNAL_PATH",
@@ -60,23 +67,6 @@ __all__ = [
 ]
 
 JOURNAL_PATH = Path(".runflow", "journal.sqlite3")
-
-
-class ItemState(StrEnum):
-    """Where an item stands."""
-
-    PENDING = "pending"
-    """Never sent."""
-    SUBMITTING = "submitting"
-    """A create is (or was) under way: a run may exist under the item's ``client_ref``."""
-    CREATED = "created"
-    """A run exists (``run_id``); it may not have finished."""
-    SUCCEEDED = "succeeded"
-    """Done, images saved."""
-    FAILED = "failed"
-    """Done without images."""
-    NOT_SUBMITTED = "not_submitted"
-    """Held back (budget, credit, stop); a re-run submits it."""
 
 
 _P, _S, _C, _OK, _F, _N = ItemState
@@ -96,46 +86,6 @@ class JournalStateError(JournalError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-@dataclass(frozen=True, slots=True)
-class JournalItem:
-    """One item as the journal records it.
-
-    Attributes:
-        key: The item's stable key.
-        ordinal: Its position in the input file.
-        kind: ``"generate"`` or ``"edit"``.
-        state: Where it stands.
-        client_ref: Sent with its create; set once, kept for every later attempt.
-        run_id: Its run, once created.
-        estimate_usd: What it was estimated to cost.
-        cost_usd: What its current run cost, once known.
-        error_type: The error class name of a failure.
-        error: Why it failed, or why it was not submitted.
-        files: What the pipeline recorded on success (e.g. one JSON row per image).
-        attempts: How many creates were started.
-        updated_at: UTC ISO 8601 time of the last change.
-        prior_cost_usd: What runs before a :meth:`Journal.reset_for_retry` cost.
-        retries: How many failed runs :meth:`Journal.reset_for_retry` set aside;
-            each retry creates under a new ``client_ref`` derived from it.
-    """
-
-    key: str
-    ordinal: int
-    kind: str
-    state: ItemState
-    client_ref: str | None
-    run_id: str | None
-    estimate_usd: Decimal | None
-    cost_usd: Decimal | None
-    error_type: str | None
-    error: str | None
-    files: tuple[str, ...]
-    attempts: int
-    updated_at: str
-    prior_cost_usd: Decimal
-    retries: int
 
 
 _SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
@@ -258,15 +208,41 @@ class Journal:
                 f"run {wrong_run_id} cannot be replaced"
             )
 
-    def mark_succeeded(self, key: str, *, cost_usd: Decimal | None, files: Sequence[str]) -> None:
-        """Record that the item finished with ``files`` (what the pipeline wants to keep)."""
+    def mark_succeeded(
+        self,
+        key: str,
+        *,
+        cost_usd: Decimal | None,
+        files: Sequence[str],
+        reserved_usd: Decimal | None = None,
+    ) -> None:
+        """Record that the item finished with ``files`` (what the pipeline wants to keep).
+
+        ``reserved_usd``: with ``cost_usd=None``, what the run was reserved at
+        (kept: it counts against budgets until :meth:`record_cost`).
+        """
+        reserved = None if cost_usd is not None else reserved_usd
         self._move(
             key,
             _OK,
-            "cost_usd = ?, files = ?, error_type = NULL, error = NULL",
+            "cost_usd = ?, files = ?, reserved_usd = ?, error_type = NULL, error = NULL",
             _money(cost_usd),
             json.dumps(list(files)),
+            _money(reserved),
         )
+
+    def record_cost(self, key: str, *, cost_usd: Decimal, files: Sequence[str]) -> bool:
+        """Record the cost, reported late, of a succeeded run whose cost was unknown.
+
+        ``files`` replace the item's (rows that name the cost). Returns whether
+        it changed anything (``False``: the cost was known, or not succeeded).
+        """
+        cursor = self._conn.execute(
+            "UPDATE items SET cost_usd = ?, files = ?, reserved_usd = NULL, updated_at = ?"
+            " WHERE key = ? AND state = ? AND cost_usd IS NULL",
+            (_money(cost_usd), json.dumps(list(files)), _now(), key, _OK.value),
+        )
+        return cursor.rowcount > 0
 
     def mark_failed(
         self, key: str, *, error_type: str, error: str, cost_usd: Decimal | None = None
@@ -312,7 +288,8 @@ class Journal:
             self._move(
                 key,
                 _P,
-                "client_ref = ?, run_id = NULL, cost_usd = NULL, prior_cost_usd = ?,"
+                "client_ref = ?, run_id = NULL, cost_usd = NULL, reserved_usd = NULL,"
+                " prior_cost_usd = ?,"
                 " error_type = NULL, error = NULL, files = '[]', retries = retries + ?",
                 ref,
                 str(prior),
@@ -323,29 +300,33 @@ class Journal:
         """Count the items per state and add up the money.
 
         Returns:
-            ``total``, ``counts`` (every state), ``spent_usd`` (costs of finished
-            runs, and of runs before a retry) and ``estimated_usd`` (the
-            estimates of every item that may still be billed: pending,
-            submitting, created and not submitted).
+            ``total``, ``counts`` (every state), ``spent_usd`` (what counts
+            against a budget: costs of finished runs, of runs before a retry,
+            and runs of unknown cost as reserved), ``unknown_cost_runs`` and
+            ``unknown_cost_usd`` (those runs, and the estimated part of
+            ``spent_usd``), and ``estimated_usd`` (the estimates of every item
+            that may still be billed: pending, submitting, created and not
+            submitted).
         """
         counts = dict.fromkeys(ItemState, 0)
-        spent = estimated = Decimal(0)
-        for state, estimate, cost, prior in self._conn.execute(
-            "SELECT state, estimate_usd, cost_usd, prior_cost_usd FROM items"
-        ):
-            state = ItemState(state)
-            counts[state] += 1
-            spent += Decimal(prior)
-            if state in (_OK, _F):
-                spent += Decimal(cost or 0)
-            else:
-                estimated += Decimal(estimate or 0)
+        spent = estimated = unknown_usd = Decimal(0)
+        unknown = 0
+        for item in self.items():
+            counts[item.state] += 1
+            spent += item.spent_usd
+            if item.cost_unknown:
+                unknown += 1
+                unknown_usd += item.spent_usd - item.prior_cost_usd
+            elif item.state not in (_OK, _F):
+                estimated += item.estimate_usd or 0
         total = sum(counts.values())
         counts_out = {state.value: n for state, n in counts.items()}
         return {
             "total": total,
             "counts": counts_out,
             "spent_usd": spent,
+            "unknown_cost_runs": unknown,
+            "unknown_cost_usd": unknown_usd,
             "estimated_usd": estimated,
         }
 
@@ -392,6 +373,6 @@ def _item(row: sqlite3.Row) -> JournalItem:
     values = dict(zip(row.keys(), row, strict=True))
     values["state"] = ItemState(values["state"])
     values["files"] = tuple(json.loads(values["files"]))
-    for name in ("estimate_usd", "cost_usd", "prior_cost_usd"):
+    for name in ("estimate_usd", "cost_usd", "prior_cost_usd", "reserved_usd"):
         values[name] = None if values[name] is None else Decimal(values[name])
     return JournalItem(**values)

@@ -39,9 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
-from runflow_async._http.download import write_atomic
+from runflow_async._http.download import IMAGE_SUFFIXES as SUFFIX_OF_TYPE
+from runflow_async._http.download import DownloadedFile, write_atomic
 
-__all__ = ["IMAGE_SUFFIXES", "MANIFEST", "READY_SUFFIX", "publish", "ready_path", "reconcile"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MANIFEST",
+    "READY_SUFFIX",
+    "named_by_type",
+    "publish",
+    "ready_path",
+    "reconcile",
+]
 
 MANIFEST = "metadata.jsonl"
 READY_SUFFIX = ".rfa-ready"
@@ -53,6 +62,18 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".webp", ".gif"})
 def ready_path(out_dir: Path, name: str) -> Path:
     """Where the image ``name`` is downloaded to before it is published."""
     return out_dir / f".{name}{READY_SUFFIX}"
+
+
+def named_by_type(out_dir: Path, guess: str, saved: DownloadedFile) -> str:
+    """The image's name with the suffix of its real type; its ready file renamed to match.
+
+    Blocking: call it in a worker thread.
+    """
+    suffix = SUFFIX_OF_TYPE.get(saved.content_type or "", Path(guess).suffix)
+    name = Path(guess).with_suffix(suffix).name
+    if name != guess:
+        os.replace(saved.path, ready_path(out_dir, name))
+    return name
 
 
 def publish(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -127,12 +148,21 @@ def _roll_forward(out_dir: Path, journal: Journal, rows: Iterable[dict[str, Any]
             ready = ready_path(out_dir, row["file_name"])
             if ready.exists():
                 os.replace(ready, out_dir / row["file_name"])
-        costs = [row.get("cost_usd") for row in item_rows]
-        total = None
-        if all(isinstance(c, str) for c in costs):
-            total = sum((Decimal(str(c)) for c in costs), Decimal(0))
         files = [json.dumps(row, sort_keys=True) for row in item_rows]
-        journal.mark_succeeded(key, cost_usd=total, files=files)
+        journal.mark_succeeded(
+            key,
+            cost_usd=_total(row.get("cost_usd") for row in item_rows),
+            files=files,
+            reserved_usd=_total(row.get("cost_estimated_usd") for row in item_rows),
+        )
+
+
+def _total(amounts: Iterable[object]) -> Decimal | None:
+    """The sum of the rows' amounts, or ``None`` unless every row has one."""
+    values = list(amounts)
+    if not all(isinstance(value, str) for value in values):
+        return None
+    return sum((Decimal(str(value)) for value in values), Decimal(0))
 
 
 def _publishable(out_dir: Path, entry: JournalItem, rows: Sequence[dict[str, Any]]) -> bool:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from runflow_async._core.models import ImageOutput, Run
+from runflow_async._dataset.failures import FAILURES, FailureList
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
 from runflow_async._dataset.manifest import MANIFEST, reconcile
-from runflow_async._http.download import write_atomic
 
 __all__ = [
     "FAILURES",
@@ -34,7 +34,6 @@ __all__ = [
     "write_outputs",
 ]
 
-FAILURES = "failures.jsonl"
 _MICRO = Decimal("0.000001")
 _AGAIN = "run the same command again to finish (nothing is billed twice)"
 _NEXT = {
@@ -70,6 +69,10 @@ class DatasetSummary:
     ``outcome unknown``, ``to collect``...)."""
     failures: Mapping[str, int] = field(default_factory=dict)
     """Why items failed: a count per error type (``RunFailedError``: the run failed server-side)."""
+    unknown_cost_runs: int = 0
+    """Succeeded runs whose cost the server did not report (yet)."""
+    unknown_cost_usd: Decimal = Decimal(0)
+    """What those runs count as, in ``spent_usd``: estimated, as they were reserved."""
 
     @property
     def next_steps(self) -> list[str]:
@@ -101,6 +104,8 @@ class DatasetSummary:
             "pending": self.pending,
             "images": self.images,
             "spent_usd": str(self.spent_usd),
+            "unknown_cost_runs": self.unknown_cost_runs,
+            "unknown_cost_usd": str(self.unknown_cost_usd),
             "interrupted": self.interrupted,
             "not_finished": dict(self.reasons),
             "failed_by_type": dict(self.failures),
@@ -118,8 +123,19 @@ def split_cost(total: Decimal | None, parts: int) -> list[Decimal | None]:
 
 
 def manifest_row(
-    item: DatasetItem, run: Run, image: ImageOutput, name: str, cost: Decimal | None, sha: str
+    item: DatasetItem,
+    run: Run,
+    image: ImageOutput,
+    name: str,
+    cost: Decimal | None,
+    sha: str,
+    estimated: Decimal | None = None,
 ) -> dict[str, Any]:
+    """One ``metadata.jsonl`` row.
+
+    ``estimated``: the image's share of what a run of unknown cost counts as
+    (``cost_usd`` is then ``null``: not reported, which is not $0).
+    """
     params = item.request.input_payload()
     prompt = params.pop("prompt")
     if item.image_inputs:  # as the line gave them: local paths, not their upload placeholders
@@ -134,6 +150,7 @@ def manifest_row(
         "width": image.width,
         "height": image.height,
         "cost_usd": None if cost is None else str(cost),
+        "cost_estimated_usd": None if cost is not None or estimated is None else str(estimated),
         "sha256": sha,
         "key": item.key,
         "parameters": json.dumps(params, sort_keys=True),
@@ -164,32 +181,7 @@ def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem])
         ``(images, failures)`` written.
     """
     images = reconcile(out_dir, journal)
-    failures: list[str] = []
-    by_key = {i.key: i for i in items}
-    for entry in journal.items():
-        if entry.state is ItemState.FAILED:
-            failures.append(_failure_row(entry, by_key.get(entry.key), collectable=False))
-        elif entry.state is ItemState.CREATED and entry.error_type is not None:
-            # Its run exists (and may be paid for): the next run collects it again.
-            failures.append(_failure_row(entry, by_key.get(entry.key), collectable=True))
-    write_atomic(out_dir / FAILURES, "".join(f"{line}\n" for line in failures).encode())
-    return images, len(failures)
-
-
-def _failure_row(entry: JournalItem, item: DatasetItem | None, *, collectable: bool) -> str:
-    """One ``failures.jsonl`` line; ``collectable``: a run to collect on the next run."""
-    return json.dumps(
-        {
-            "key": entry.key,
-            "line": item.line if item else None,
-            "prompt": item.request.prompt if item else None,
-            "run_id": entry.run_id,
-            "error_type": entry.error_type,
-            "error": entry.error,
-            "collectable": collectable,
-        },
-        sort_keys=True,
-    )
+    return images, FailureList(out_dir, items).rewrite(journal)
 
 
 def summarize(
@@ -210,11 +202,15 @@ def summarize(
         failed=sum(e.state is ItemState.FAILED for e in states),
         pending=sum(e.state not in (ItemState.SUCCEEDED, ItemState.FAILED) for e in states),
         images=images,
-        spent_usd=sum(((e.cost_usd or Decimal(0)) + e.prior_cost_usd for e in states), Decimal(0)),
+        spent_usd=sum((e.spent_usd for e in states), Decimal(0)),
         interrupted=interrupted,
         reasons=_reasons(states, interrupted=interrupted),
         failures=dict(
             Counter(e.error_type or "error" for e in states if e.state is ItemState.FAILED)
+        ),
+        unknown_cost_runs=sum(e.cost_unknown for e in states),
+        unknown_cost_usd=sum(
+            (e.spent_usd - e.prior_cost_usd for e in states if e.cost_unknown), Decimal(0)
         ),
     )
 

@@ -7,8 +7,9 @@ is sent and its run id as soon as the create returns, so after any crash
 
 * skips items that finished (succeeded or failed);
 * re-attaches runs already created, by id, and collects them (never re-creates);
-* reconciles creates whose answer was lost, by ``client_ref``, before anything
-  is resubmitted (with the same ``client_ref``);
+* reconciles creates whose answer was lost, by ``client_ref`` over the
+  visibility window counted from this run's start, before anything is
+  resubmitted (with the same ``client_ref`` and ``Idempotency-Key``);
 * submits only items never submitted.
 
 Images are downloaded as soon as their run finishes (signed URLs expire), with
@@ -34,11 +35,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,10 +60,12 @@ from runflow_async._core.errors import (
 from runflow_async._core.estimate import estimate_requests
 from runflow_async._core.models import GenerationResult, ImageOutput, Run
 from runflow_async._core.requests import EditRequest, RunRequest
+from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
+from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
-from runflow_async._dataset.manifest import publish, ready_path, reconcile
+from runflow_async._dataset.manifest import named_by_type, publish, ready_path, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     manifest_row,
@@ -73,7 +73,8 @@ from runflow_async._dataset.outputs import (
     summarize,
     write_outputs,
 )
-from runflow_async._http.download import IMAGE_SUFFIXES, DownloadedFile
+from runflow_async._dataset.progress import DatasetProgress
+from runflow_async._http.download import DownloadedFile
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
@@ -84,26 +85,6 @@ __all__ = ["DatasetProgress", "run_dataset"]
 logger = logging.getLogger("runflow_async")
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-
-
-@dataclass
-class DatasetProgress:
-    """Live counts, for a progress display."""
-
-    total: int
-    done: int = 0
-    failed: int = 0
-    in_flight: int = 0
-    spent_usd: Decimal = Decimal(0)
-    started: float = field(default_factory=time.monotonic)
-
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the rate so far, or ``None`` before anything finished."""
-        finished = self.done + self.failed
-        if finished == 0:
-            return None
-        rate = finished / max(1e-9, time.monotonic() - self.started)
-        return max(0.0, (self.total - finished) / rate)
 
 
 class _JournalHooks(NoHooks):
@@ -146,6 +127,8 @@ class _Runner:
         self.downloads = anyio.CapacityLimiter(download_concurrency)
         self.max_image_bytes = max_image_bytes
         self.progress = DatasetProgress(total=len(items))
+        self.failures = FailureList(out_dir, items)
+        self._engine: Engine | None = None
         self.on_progress = on_progress
         self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
         journal.set_meta("dataset_id", self.dataset_id)
@@ -168,6 +151,9 @@ class _Runner:
             for entry in self.journal.items(states=(ItemState.FAILED,)):
                 if entry.key in keys:
                     self.journal.reset_for_retry(entry.key)
+        self.failures.rewrite(self.journal)  # failures are listed as they happen from here on
+        if await refresh_unknown_costs(self.client, self.journal, self.downloads):
+            reconcile(self.out_dir, self.journal)  # their rows now show the costs
         engine = self.client.engine(
             hooks=_JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
@@ -177,6 +163,7 @@ class _Runner:
         )
         # The engine outside, its reader inside: the reader has every outcome
         # (and its downloads end) before the engine, and its stream, close.
+        self._engine = engine
         async with engine, anyio.create_task_group() as records:
             records.start_soon(self._record_all, engine)
             for index, item in enumerate(self.items):
@@ -257,21 +244,28 @@ class _Runner:
             with contextlib.suppress(JournalStateError):  # already created: kept as it is
                 self.journal.mark_created(item.key, run_id)
         self.journal.note_error(item.key, error_type=type(exc).__name__, error=str(exc))
+        self._listed(item.key)
+
+    def _listed(self, key: str) -> None:
+        """``failures.jsonl`` follows the journal's change of ``key`` at once."""
+        entry = self.journal.get(key)
+        assert entry is not None  # noqa: S101 - every item was added first
+        self.failures.record(entry)
 
     async def _record_outcome(self, item: DatasetItem, outcome: Outcome) -> None:
         error = outcome.error
         if outcome.result is not None:
             # A failed download raises: the run succeeded and stays "created", so
             # the next run re-reads it (fresh URLs) and downloads again.
-            rows = await self._download(item, outcome.result)
+            cost, reserved = outcome.billed_usd, self._reserved(outcome)
+            rows = await self._download(item, outcome.result, cost, reserved)
             # Rows first, then the images' names: never an image without its row.
             await anyio.to_thread.run_sync(publish, self.out_dir, rows)
-            cost = outcome.billed_usd
-            self.journal.mark_succeeded(
-                item.key, cost_usd=cost, files=[json.dumps(r, sort_keys=True) for r in rows]
-            )
+            files = [json.dumps(r, sort_keys=True) for r in rows]
+            self.journal.mark_succeeded(item.key, cost_usd=cost, files=files, reserved_usd=reserved)
+            self._listed(item.key)  # a collectable item from an earlier run leaves the list
             self.progress.done += 1
-            self.progress.spent_usd += cost or 0
+            self.progress.spent_usd += cost if cost is not None else reserved or 0
         elif isinstance(error, NotSubmittedError):
             self.journal.mark_not_submitted(item.key, reason=error.reason)
         elif isinstance(error, CreateOutcomeUnknownError | RunAbandonedError | ClientClosedError):
@@ -294,22 +288,36 @@ class _Runner:
                 error=str(error),
                 cost_usd=outcome.billed_usd,
             )
+            self._listed(item.key)
             self.progress.failed += 1
             self.progress.spent_usd += outcome.billed_usd or 0
 
-    async def _download(self, item: DatasetItem, result: GenerationResult) -> list[dict[str, Any]]:
+    def _reserved(self, outcome: Outcome) -> Decimal | None:
+        """What a success of unknown cost counts as (``None`` when its cost is known)."""
+        if outcome.billed_usd is not None or self._engine is None:
+            return None
+        return as_reserved(outcome.estimated_usd, self._engine.snapshot().billing_factor)
+
+    async def _download(
+        self,
+        item: DatasetItem,
+        result: GenerationResult,
+        cost: Decimal | None,
+        reserved: Decimal | None,
+    ) -> list[dict[str, Any]]:
         run = result.run
         images = result.images
-        costs = split_cost(result.cost_usd, max(1, len(images)))
+        parts = max(1, len(images))
+        costs, estimates = split_cost(cost, parts), split_cost(reserved, parts)
         rows = []
-        for n, (image, cost) in enumerate(zip(images, costs, strict=False)):
+        for n, (image, share, estimated) in enumerate(zip(images, costs, estimates, strict=False)):
             ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
             # The suffix is a first guess: the file is named by its real type.
             guess = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
             async with self.downloads:
                 saved = await self._fetch(run, n, image, ready_path(self.out_dir, guess))
-            name = await anyio.to_thread.run_sync(_named_by_type, self.out_dir, guess, saved)
-            rows.append(manifest_row(item, run, image, name, cost, saved.sha256))
+            name = await anyio.to_thread.run_sync(named_by_type, self.out_dir, guess, saved)
+            rows.append(manifest_row(item, run, image, name, share, saved.sha256, estimated))
         return rows
 
     async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> DownloadedFile:
@@ -326,15 +334,6 @@ class _Runner:
 
     async def _save(self, image: ImageOutput, dest: Path) -> DownloadedFile:
         return await self.client.download(image, dest, max_bytes=self.max_image_bytes)
-
-
-def _named_by_type(out_dir: Path, guess: str, saved: DownloadedFile) -> str:
-    """The image's name with the suffix of its real type; its ready file renamed to match."""
-    suffix = IMAGE_SUFFIXES.get(saved.content_type or "", Path(guess).suffix)
-    name = Path(guess).with_suffix(suffix).name
-    if name != guess:
-        os.replace(saved.path, ready_path(out_dir, name))
-    return name
 
 
 def _client_ref(dataset_id: str, key: str, retries: int) -> str:

@@ -59,6 +59,7 @@ __all__ = [
     "client_ref_query",
     "create_run",
     "find_by_client_ref",
+    "find_sent_before",
     "idempotency_key_for",
     "look_for",
     "parse_created",
@@ -163,18 +164,42 @@ async def find_by_client_ref(
         raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
 
 
+async def find_sent_before(transport: Transport, client_ref: str, *, since: float) -> Run | None:
+    """Look up a create sent (if at all) before ``since`` (clock seconds), over the window.
+
+    For a create an earlier process (or an earlier batch) may have sent: its
+    send time is unknown, but no later than ``since`` (the start of the batch
+    that resumes it). The visibility window counts from ``since``, so every
+    item resumed by one batch shares one window: once it has passed, each
+    item takes a single lookup. Nothing is learned from a sighting (``since``
+    is only a bound, and would understate the delay). Returns ``None`` only
+    once the window has passed without a sighting: then, and only then, may
+    the create be sent again (with the same ``Idempotency-Key``,
+    :func:`idempotency_key_for` ``client_ref``).
+
+    Raises:
+        CreateOutcomeUnknownError: As for :func:`look_for`: absence cannot be
+            established (the filter is ignored or refused, the last lookup failed).
+    """
+    key = idempotency_key_for(client_ref)
+    return await look_for(transport, client_ref, key, since, since, learn=False)
+
+
 async def look_for(
     transport: Transport,
     client_ref: str,
     idempotency_key: str,
     sent_at: float,
     failed_at: float,
+    *,
+    learn: bool = True,
 ) -> Run | None:
     """Look up a create over the whole visibility window.
 
     ``sent_at`` and ``failed_at`` are when it was sent and when the attempt
     was given up (clock seconds). Returns the run once a lookup shows it, or ``None`` once the
-    window (see :mod:`._http.visibility`) has passed without a sighting.
+    window (see :mod:`._http.visibility`) has passed without a sighting. ``learn``:
+    whether a sighting teaches the window (``sent_at`` is the true send time).
 
     Raises:
         CreateOutcomeUnknownError: The filter is ignored or refused, or the last
@@ -188,6 +213,7 @@ async def look_for(
             sent_at=sent_at,
             failed_at=failed_at,
             interval=transport.retry.lookup_interval,
+            learn=learn,
         )
     except (LookupFailed, _FilterIgnored) as exc:
         raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)

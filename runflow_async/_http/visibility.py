@@ -95,6 +95,7 @@ async def search(
     sent_at: float,
     failed_at: float,
     interval: float,
+    learn: bool = True,
 ) -> _T | None:
     """Look up what was sent at ``sent_at`` until the window has passed; ``None`` if never seen.
 
@@ -106,6 +107,9 @@ async def search(
     gap doubling, the last one once the window has passed: only that one
     proves absence, so a :class:`LookupFailed` is tolerated before it and
     raised from it. With a clock scaled to 0 the gaps are counted, not waited.
+    ``learn=False`` measures nothing: for a ``sent_at`` that is only a bound
+    from above (a create a process before this one sent), a sighting would
+    understate the delay.
 
     Raises:
         LookupFailed: The last lookup failed.
@@ -123,7 +127,8 @@ async def search(
             logger.info("A lookup failed (%s); looking again.", exc)
             found = None
         if found is not None:
-            visibility.observe(clock.now() - sent_at)
+            if learn:
+                visibility.observe(clock.now() - sent_at)
             return found
         if last:
             return None

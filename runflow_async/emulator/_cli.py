@@ -84,6 +84,12 @@ def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
         help="what reads show as a run's cost (a fault; the bill stays true)",
     )
     emu.add_argument(
+        "--cost-report-delay",
+        type=float,
+        default=0.0,
+        help="emulated seconds after a run ends before reads show its cost (null until then)",
+    )
+    emu.add_argument(
         "--list-ignores-filter",
         action="store_true",
         help="run lists ignore q and list every run (a server without the filter)",
@@ -143,32 +149,36 @@ def _scope(text: str) -> tuple[str, frozenset[str]]:
     return kind.strip(), _routes(routes)
 
 
+_RATE_FLAGS: tuple[tuple[str, float, str], ...] = (
+    ("--rate-429", 0.0, "answered 429 RATE_LIMITED"),
+    ("--rate-429-without-retry-after", 0.5, "of those 429s, sent without Retry-After"),
+    ("--rate-5xx", 0.0, "answered a server error (502 HTML or 503 JSON)"),
+    ("--rate-5xx-html", 0.5, "of those server errors, an HTML 502 page"),
+    ("--rate-drop", 0.0, "whose connection is closed without an answer"),
+    ("--rate-lost-create", 0.0, "of creates: run stored, answer lost (a 502 page)"),
+    ("--rate-slow", 0.0, "answered --slow-seconds late"),
+    ("--rate-html-ok", 0.0, "of status reads: 200 OK with an HTML page"),
+    ("--rate-null-output", 0.0, 'of status reads: succeeded runs shown with "output": null'),
+    ("--rate-not-found", 0.0, "of run reads: a transient 404 for a run that exists"),
+    ("--rate-not-image", 0.0, "of downloads: 200 with a JSON page claiming image/png"),
+    (
+        "--rate-oversized-image",
+        0.0,
+        "of downloads: the image padded to --oversized-image-bytes",
+    ),
+    ("--rate-download-404", 0.0, "of downloads: 404 FILE_NOT_FOUND"),
+    ("--rate-late-commit", 0.0, "of creates: dropped, run stored --late-commit-seconds later"),
+    ("--rate-reused-run-id", 0.0, "of creates: answered with the previous create's run id"),
+    ("--rate-malformed", 0.0, "of creates and status reads: a malformed status line"),
+    ("--rate-oversized", 0.0, "of status reads: a JSON body of --oversized-bytes"),
+)
+"""The ``FaultRates`` fraction flags: flag, default, what the fraction is of."""
+
+
 def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
     """Seeded random faults (``FaultRates``): each rate is a fraction of requests, 0-1."""
     faults = emu.add_argument_group("random faults (seeded; one draw per request)")
-    for flag, default, what in (
-        ("--rate-429", 0.0, "answered 429 RATE_LIMITED"),
-        ("--rate-429-without-retry-after", 0.5, "of those 429s, sent without Retry-After"),
-        ("--rate-5xx", 0.0, "answered a server error (502 HTML or 503 JSON)"),
-        ("--rate-5xx-html", 0.5, "of those server errors, an HTML 502 page"),
-        ("--rate-drop", 0.0, "whose connection is closed without an answer"),
-        ("--rate-lost-create", 0.0, "of creates: run stored, answer lost (a 502 page)"),
-        ("--rate-slow", 0.0, "answered --slow-seconds late"),
-        ("--rate-html-ok", 0.0, "of status reads: 200 OK with an HTML page"),
-        ("--rate-null-output", 0.0, 'of status reads: succeeded runs shown with "output": null'),
-        ("--rate-not-found", 0.0, "of run reads: a transient 404 for a run that exists"),
-        ("--rate-not-image", 0.0, "of downloads: 200 with a JSON page claiming image/png"),
-        (
-            "--rate-oversized-image",
-            0.0,
-            "of downloads: the image padded to --oversized-image-bytes",
-        ),
-        ("--rate-download-404", 0.0, "of downloads: 404 FILE_NOT_FOUND"),
-        ("--rate-late-commit", 0.0, "of creates: dropped, run stored --late-commit-seconds later"),
-        ("--rate-reused-run-id", 0.0, "of creates: answered with the previous create's run id"),
-        ("--rate-malformed", 0.0, "of creates and status reads: a malformed status line"),
-        ("--rate-oversized", 0.0, "of status reads: a JSON body of --oversized-bytes"),
-    ):
+    for flag, default, what in _RATE_FLAGS:
         faults.add_argument(flag, type=float, default=default, help=f"fraction {what}")
     faults.add_argument(
         "--retry-after", type=float, default=1.0, help="Retry-After seconds of a 429 (default 1)"
@@ -260,6 +270,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         api_keys=frozenset(args.api_keys) if args.api_keys else None,
         cost_multiplier=args.cost_multiplier,
         reported_cost=args.reported_cost,
+        cost_report_delay=args.cost_report_delay,
         list_lag=args.list_lag,
         idempotency_mode=args.idempotency_mode,
         list_ignores_filter=args.list_ignores_filter,

@@ -86,6 +86,9 @@ class EmulatorConfig:
         reported_cost: What reads show as a run's ``cost`` (the bill is the
             true one whatever this says): ``billed`` (the truth), ``negative``,
             ``huge`` ($1e9), ``nan`` or ``missing`` (null); a server fault.
+        cost_report_delay: Emulated seconds after a run ends before reads show
+            its ``cost`` (``null`` until then; the bill is made at the end): a
+            server whose billing catches up late.
         credit_usd: Once the billed total reaches this, creates answer 402. Runs
             admitted before that still finish and bill (the check is on what has
             been billed, not on what runs in flight will cost). Change it while
@@ -129,6 +132,7 @@ class EmulatorConfig:
     pricing: PricingPolicy = field(default_factory=PricingPolicy)
     cost_multiplier: Decimal = Decimal(1)
     reported_cost: str = "billed"
+    cost_report_delay: float = 0.0
     list_lag: float = 0.0
     list_ignores_filter: bool = False
     credit_usd: Decimal | None = None
@@ -163,6 +167,9 @@ class EmulatorConfig:
         check_money("cost_multiplier", self.cost_multiplier)
         if not (math.isfinite(self.list_lag) and self.list_lag >= 0):
             raise ValueError(f"list_lag must be finite, not negative, got {self.list_lag!r}")
+        delay = self.cost_report_delay
+        if not (math.isfinite(delay) and delay >= 0):
+            raise ValueError(f"cost_report_delay must be finite, not negative, got {delay!r}")
         if self.reported_cost not in REPORTED_COSTS:
             raise ValueError(
                 f"reported_cost must be one of {', '.join(REPORTED_COSTS)}, "

@@ -121,6 +121,7 @@ class RunRecord:
         idempotency_key: The ``Idempotency-Key`` it was created with, if any.
         reported_cost: What reads show as ``cost`` instead of ``cost`` (a fault:
             ``"-0.004"``, ``"NaN"``, ``"1e12"``), or ``None`` for the truth.
+        cost_delay: Emulated seconds after its end before reads show ``cost``.
         deliveries: Its callback deliveries, oldest first (``None`` before the first),
             kept here so that they are forgotten with the run.
     """
@@ -139,6 +140,7 @@ class RunRecord:
     cost: Decimal
     idempotency_key: str | None = None
     reported_cost: str | None = None
+    cost_delay: float = 0.0
     deliveries: list[Delivery] | None = None
 
     @property
@@ -180,7 +182,9 @@ class RunRecord:
             "timing": {"inference_ms": round(self.duration * (1 - _RUNNING_AT) * 1000)},
         }
 
-    def _cost_shown(self) -> str | None:
+    def _cost_shown(self, now: float) -> str | None:
+        if now < self.end + self.cost_delay:
+            return None  # billed, not reported yet
         if self.reported_cost is None:
             return str(self.cost)
         return None if self.reported_cost == "missing" else self.reported_cost
@@ -194,7 +198,7 @@ class RunRecord:
             "status_code": status,
             "output": self._output(url_for) if output and status == "succeeded" else None,
             "duration_ms": round(self.duration * 1000) if done else None,
-            "cost": (self._cost_shown() if failure is None else "0") if done else None,
+            "cost": (self._cost_shown(now) if failure is None else "0") if done else None,
             "started_at": (
                 EmulatedClock.iso(self.created + self.duration * _RUNNING_AT) if started else None
             ),

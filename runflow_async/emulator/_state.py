@@ -196,6 +196,7 @@ class EmulatorState:
             size=size,
             cost=cost,
             reported_cost=_reported(config.reported_cost, cost),
+            cost_delay=config.cost_report_delay,
         )
 
     def _price(

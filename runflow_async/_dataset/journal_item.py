@@ -1,0 +1,83 @@
+"""What the journal records per item: its state, and the money it counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+__all__ = ["ItemState", "JournalItem"]
+
+
+class ItemState(StrEnum):
+    """Where an item stands."""
+
+    PENDING = "pending"
+    """Never sent."""
+    SUBMITTING = "submitting"
+    """A create is (or was) under way: a run may exist under the item's ``client_ref``."""
+    CREATED = "created"
+    """A run exists (``run_id``); it may not have finished."""
+    SUCCEEDED = "succeeded"
+    """Done, images saved."""
+    FAILED = "failed"
+    """Done without images."""
+    NOT_SUBMITTED = "not_submitted"
+    """Held back (budget, credit, stop); a re-run submits it."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalItem:
+    """One item as the journal records it.
+
+    Attributes:
+        key: The item's stable key.
+        ordinal: Its position in the input file.
+        kind: ``"generate"`` or ``"edit"``.
+        state: Where it stands.
+        client_ref: Sent with its create; set once, kept for every later attempt.
+        run_id: Its run, once created.
+        estimate_usd: What it was estimated to cost.
+        cost_usd: What its current run cost, once known.
+        error_type: The error class name of a failure.
+        error: Why it failed, or why it was not submitted.
+        files: What the pipeline recorded on success (e.g. one JSON row per image).
+        attempts: How many creates were started.
+        updated_at: UTC ISO 8601 time of the last change.
+        prior_cost_usd: What runs before a :meth:`Journal.reset_for_retry` cost.
+        retries: How many failed runs :meth:`Journal.reset_for_retry` set aside;
+            each retry creates under a new ``client_ref`` derived from it.
+        reserved_usd: For a succeeded run whose cost is unknown: the estimate
+            at the billing factor it was reserved at (what it counts as).
+    """
+
+    key: str
+    ordinal: int
+    kind: str
+    state: ItemState
+    client_ref: str | None
+    run_id: str | None
+    estimate_usd: Decimal | None
+    cost_usd: Decimal | None
+    error_type: str | None
+    error: str | None
+    files: tuple[str, ...]
+    attempts: int
+    updated_at: str
+    prior_cost_usd: Decimal
+    retries: int
+    reserved_usd: Decimal | None = None
+
+    @property
+    def cost_unknown(self) -> bool:
+        """Whether the run succeeded (so it was billed) with no cost known yet."""
+        return self.state is ItemState.SUCCEEDED and self.cost_usd is None
+
+    @property
+    def spent_usd(self) -> Decimal:
+        """What the item counts against a budget: known costs, else as it was reserved."""
+        if self.cost_unknown:
+            return self.prior_cost_usd + (self.reserved_usd or self.estimate_usd or Decimal(0))
+        if self.state in (ItemState.SUCCEEDED, ItemState.FAILED):
+            return self.prior_cost_usd + (self.cost_usd or Decimal(0))
+        return self.prior_cost_usd
