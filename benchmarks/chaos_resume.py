@@ -45,6 +45,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
+# The baseline: another checkout's client (e.g. the code before issue 11) against
+# this checkout's emulator (which has every fault). The emulator always runs from ROOT.
+CLIENT_ROOT = Path(os.environ.get("RUNFLOW_CHAOS_CLIENT", ROOT)).resolve()
+if CLIENT_ROOT != ROOT:  # import its runflow_async first; `benchmarks` stays this one's
+    sys.path.insert(0, str(CLIENT_ROOT))
+    import runflow_async  # noqa: E402, F401
+
+    sys.path.remove(str(CLIENT_ROOT))
 
 from benchmarks.chaos_emulator import (  # noqa: E402
     API_KEY,
@@ -112,7 +120,7 @@ class Cli:
         return self.work / "out"
 
     async def start(self) -> asyncio.subprocess.Process:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT)}
         env.update(RUNFLOW_BASE_URL=self.url, RUNFLOW_API_KEY=API_KEY)
         argv = [sys.executable, "-m", "runflow_async._cli.main", "generate"]
         argv += [str(self.work / "prompts.txt"), "--out", str(self.out), "--yes", "--json"]
@@ -293,6 +301,7 @@ async def resume_soak(
     by_status = counters["responses_by_status"]
     result: dict[str, Any] = {
         "benchmark": "chaos_resume",
+        "client": str(CLIENT_ROOT),
         "prompts": settings.prompts,
         "concurrency": settings.concurrency,
         "time_scale": settings.time_scale,

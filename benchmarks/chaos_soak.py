@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -47,6 +48,14 @@ from typing import Any, Literal
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
+# The baseline: another checkout's client (e.g. the code before issue 11) against
+# this checkout's emulator (which has every fault). The emulator always runs from ROOT.
+CLIENT_ROOT = Path(os.environ.get("RUNFLOW_CHAOS_CLIENT", ROOT)).resolve()
+if CLIENT_ROOT != ROOT:  # import its runflow_async first; `benchmarks` stays this one's
+    sys.path.insert(0, str(CLIENT_ROOT))
+    import runflow_async  # noqa: E402, F401
+
+    sys.path.remove(str(CLIENT_ROOT))
 
 from benchmarks.chaos_emulator import (  # noqa: E402
     API_KEY,
@@ -259,6 +268,7 @@ def report(
     by_status = counters["responses_by_status"]
     result = {
         "benchmark": "chaos_soak",
+        "client": str(CLIENT_ROOT),
         "api": settings.api,
         "wait_strategy": settings.wait_strategy,
         "items": settings.runs,

@@ -1,4 +1,4 @@
-"""Issue 6's chaos soaks, small: the library and the CLI under every fault at once.
+"""Issues 6 and 11's chaos soaks, small: the library and the CLI under every fault at once.
 
 The benchmarks in ``benchmarks/chaos_soak.py`` and ``benchmarks/chaos_resume.py``
 at a few hundred runs, each against an emulator in its own process (429s, 5xx
@@ -34,15 +34,22 @@ from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY
 
 
-def _exercised(result: dict[str, Any]) -> None:
-    """The mix really happened: 429s, server errors and lost answers (lost creates, drops).
+HOSTILE = ("late_commit", "reused_run_id", "malformed", "html_ok", "null_output", "status_404")
+"""Issue 11's faults a small soak meets: at 0.5-1% of requests, a few of each."""
 
-    Expected counts at this size: about 40, 20 and 15, so a zero is no accident.
+
+def _exercised(result: dict[str, Any]) -> None:
+    """The mix really happened: 429s, server errors, lost answers, and the hostile server's.
+
+    Expected counts at this size: about 40, 20 and 15 for the first three; the
+    hostile kinds together about 25. A zero is no accident.
     """
     faults = result["emulator_faults"]
     assert faults.get("status_429", 0) > 0, faults
     assert faults.get("status_502", 0) + faults.get("status_503", 0) > 0, faults
     assert faults.get("lost_response", 0) + faults.get("drop", 0) > 0, faults
+    assert sum(faults.get(kind, 0) for kind in HOSTILE) >= 5, faults
+    assert result["fault_mix"]["hostile"] and result["fault_mix"]["list_lag"] > 0
 
 
 @pytest.mark.parametrize("api", ["batch", "map"])
@@ -101,6 +108,8 @@ async def test_kill_minus_nine_five_times_then_a_top_up_completes_the_dataset(
     assert result["manifest_inconsistencies"] == 0
     assert result["manifest_usd"] == result["emulator_billed_usd"]
     assert Decimal(result["budget_overshoot_usd"]) == 0
+    assert result["paid_results_lost"] == 0
+    _exercised(result)
 
 
 async def test_the_resume_soak_signals_its_child_once_and_never_a_reaped_pid() -> None:
