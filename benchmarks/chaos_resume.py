@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
 CLIENT_ROOT = Path(os.environ.get("RUNFLOW_CHAOS_CLIENT", ROOT)).resolve()
 if CLIENT_ROOT != ROOT:  # import its runflow_async first; `benchmarks` stays this one's
     sys.path.insert(0, str(CLIENT_ROOT))
-    import runflow_async  # noqa: E402, F401
+    import runflow_async  # noqa: F401
 
     sys.path.remove(str(CLIENT_ROOT))
 
@@ -131,8 +131,15 @@ class Cli:
             (self.work / f"run-{n}.out").open("wb") as stdout,
             (self.work / f"run-{n}.err").open("wb") as stderr,
         ):
+            # Run from the work folder: `python -m` puts the current directory
+            # first on sys.path, ahead of PYTHONPATH (the client under test).
             return await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+                cwd=self.work,
             )
 
     async def run(self, at: int | None, delay: float, deadline: float) -> None:
@@ -397,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.work_dir is not None:
         args.work_dir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(main_async(settings, args.work_dir))
+        result = asyncio.run(main_async(settings, args.work_dir.resolve()))
     else:
         with tempfile.TemporaryDirectory(prefix="chaos-resume-") as work:
             result = asyncio.run(main_async(settings, Path(work)))

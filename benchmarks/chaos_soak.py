@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
 CLIENT_ROOT = Path(os.environ.get("RUNFLOW_CHAOS_CLIENT", ROOT)).resolve()
 if CLIENT_ROOT != ROOT:  # import its runflow_async first; `benchmarks` stays this one's
     sys.path.insert(0, str(CLIENT_ROOT))
-    import runflow_async  # noqa: E402, F401
+    import runflow_async  # noqa: F401
 
     sys.path.remove(str(CLIENT_ROOT))
 

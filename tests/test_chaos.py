@@ -33,7 +33,6 @@ from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY
 
-
 HOSTILE = ("late_commit", "reused_run_id", "malformed", "html_ok", "null_output", "status_404")
 """Issue 11's faults a small soak meets: at 0.5-1% of requests, a few of each."""
 
@@ -49,7 +48,8 @@ def _exercised(result: dict[str, Any]) -> None:
     assert faults.get("status_502", 0) + faults.get("status_503", 0) > 0, faults
     assert faults.get("lost_response", 0) + faults.get("drop", 0) > 0, faults
     assert sum(faults.get(kind, 0) for kind in HOSTILE) >= 5, faults
-    assert result["fault_mix"]["hostile"] and result["fault_mix"]["list_lag"] > 0
+    assert result["fault_mix"]["hostile"]
+    assert result["fault_mix"]["list_lag"] > 0
 
 
 @pytest.mark.parametrize("api", ["batch", "map"])
