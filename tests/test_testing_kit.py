@@ -393,3 +393,33 @@ async def test_the_summary_says_none_before_anything_happened(runflow: RunflowKi
         "responses: none; faults injected: none"
     )
     assert repr(runflow) == f"<RunflowKit url={runflow.url!r} {runflow.summary()}>"
+
+
+def test_the_marker_reaches_the_list_filters_and_background_runs(
+    pytester: pytest.Pytester,
+) -> None:
+    user_project(
+        pytester,
+        """
+        import aiohttp
+        import pytest
+
+        @pytest.mark.anyio
+        @pytest.mark.runflow_emulator(list_filters="no-id", background_runs=0.5)
+        async def test_lists(runflow):
+            headers = {"Authorization": f"Bearer {runflow.api_key}"}
+            async with aiohttp.ClientSession(runflow.url, headers=headers) as http:
+                create = "/v1/models/black-forest-labs/flux-2-klein-9b/runs"
+                async with http.post(create, json={"input": {"prompt": "a"}}) as resp:
+                    assert resp.status == 201
+                async with http.get("/v1/runs", params={"q": "id:x"}) as resp:
+                    assert resp.status == 400
+                async with http.get("/v1/runs") as resp:
+                    assert len((await resp.json())["items"]) == 2
+            counters = runflow.counters
+            assert (counters.runs_created, counters.background_created) == (1, 1)
+            assert (counters.list_refused, counters.listed_background) == (1, 1)
+            runflow.assert_created(1)
+        """,
+    )
+    pytester.runpytest_inprocess(*STRICT).assert_outcomes(passed=1)

@@ -21,6 +21,11 @@ Runs created with a ``callback_url`` get a signed POST when they end (3 attempts
 Fault.duplicate())``, ``EmulatorConfig.callback_faults``), and payloads whose
 ``output`` is null (``EmulatorConfig.callback_null_output_rate``).
 
+Lists can be as strict as a server that only knows the documented filters
+(``list_filters="no-id"``) or none (``"none"``), and the organisation can hold
+another client's runs (``background_runs``), listed like ours and counted apart,
+with list counters by filter kind, pages and background items.
+
 Random faults are seeded draws per request (``EmulatorConfig.faults``), each kind
 optionally confined to some routes (``FaultRates.only_on``: say, server errors on
 status reads only). Credit runs out with 402 ``INSUFFICIENT_CREDIT`` and can be

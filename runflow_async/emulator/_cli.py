@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from runflow_async.emulator._config import (
     IDEMPOTENCY_MODES,
+    LIST_FILTER_MODES,
     REPORTED_COSTS,
     EmulatorConfig,
     FaultRates,
@@ -92,7 +93,21 @@ def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
     emu.add_argument(
         "--list-ignores-filter",
         action="store_true",
-        help="run lists ignore q and list every run (a server without the filter)",
+        help="run lists ignore q and list every run (a server without the filter, silent)",
+    )
+    emu.add_argument(
+        "--list-filters",
+        choices=LIST_FILTER_MODES,
+        default="all",
+        help="q filters run lists accept: all, no-id (status_code and created_at only) or "
+        "none; others are refused 400 INVALID_QUERY (default all)",
+    )
+    emu.add_argument(
+        "--background-runs",
+        type=float,
+        default=0.0,
+        help="share of the organisation's runs made by another client, 0 <= x < 1 "
+        "(0.5: one per create); listed, counted apart",
     )
     emu.add_argument(
         "--idempotency-mode",
@@ -274,6 +289,8 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         list_lag=args.list_lag,
         idempotency_mode=args.idempotency_mode,
         list_ignores_filter=args.list_ignores_filter,
+        list_filters=args.list_filters,
+        background_runs=args.background_runs,
         credit_usd=args.credit_usd,
         max_in_flight_runs=args.max_in_flight_runs,
         create_rate_per_second=args.create_rate,

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from runflow_async._keywords import checked_fields
 from runflow_async._pricing import PricingPolicy
+from runflow_async.emulator._filters import LIST_FILTER_MODES
 from runflow_async.emulator._rates import (
     CALLBACK,
     CONTROL_ROUTES,
@@ -26,6 +27,7 @@ __all__ = [
     "DOWNLOAD_ROUTES",
     "FAULTABLE_ROUTES",
     "IDEMPOTENCY_MODES",
+    "LIST_FILTER_MODES",
     "SCOPED_FAULT_KINDS",
     "CallbackFaults",
     "EmulatorConfig",
@@ -82,7 +84,25 @@ class EmulatorConfig:
         list_lag: Emulated seconds before a new run appears in ``GET /v1/runs``
             (reads by id see it at once): an eventually consistent list index.
         list_ignores_filter: ``GET /v1/runs`` ignores ``q`` and lists every run (a
-            server that does not support the filter, and says nothing).
+            server that does not support the filter, and says nothing): the silent
+            form of ``list_filters="none"``; it contradicts ``"no-id"``.
+        list_filters: Which ``q`` filters ``GET /v1/runs`` accepts: ``all`` (every
+            field, ``id:`` and ``client_ref:`` included), ``no-id`` (only the
+            documented fields ``status_code`` and ``created_at``; a term on any
+            other field is refused) or ``none`` (any ``q`` is refused). A refusal
+            is ``400 INVALID_QUERY`` with an ``errors`` entry on ``q``; ``limit``,
+            ``sort_by``, ``fields`` and the cursor work in every mode.
+        background_runs: Share of the organisation's runs made by another client,
+            in ``[0, 1)``: after each create it answers, the emulator makes
+            ``background_runs / (1 - background_runs)`` runs of its own on average
+            (exactly, by a running balance: 0.5 is one per create), at the same
+            instant, with their own ``client_ref`` (``other-client-<n>``), seeded
+            durations and failures (drawn apart, so our runs' draws do not change).
+            They are listed and readable like any run, but are not our client's:
+            they are counted apart (``background_*`` counters), never in
+            ``runs_created``/``runs_billed``/``billed_usd``, ``in_flight``, the
+            rate limits or the credit, nor in :meth:`~runflow_async.emulator.Emulator.report`
+            rows or ``Emulator.runs()`` by default.
         reported_cost: What reads show as a run's ``cost`` (the bill is the
             true one whatever this says): ``billed`` (the truth), ``negative``,
             ``huge`` ($1e9), ``nan`` or ``missing`` (null); a server fault.
@@ -135,6 +155,8 @@ class EmulatorConfig:
     cost_report_delay: float = 0.0
     list_lag: float = 0.0
     list_ignores_filter: bool = False
+    list_filters: str = "all"
+    background_runs: float = 0.0
     credit_usd: Decimal | None = None
     faults: FaultRates = field(default_factory=FaultRates)
     max_in_flight_runs: int | None = None
@@ -179,6 +201,18 @@ class EmulatorConfig:
             check_money("credit_usd", self.credit_usd)
         self._check_idempotency()
         self._check_limits()
+        self._check_lists()
+
+    def _check_lists(self) -> None:
+        if self.list_filters not in LIST_FILTER_MODES:
+            raise ValueError(
+                f"list_filters must be one of {', '.join(LIST_FILTER_MODES)}, "
+                f"got {self.list_filters!r}"
+            )
+        if self.list_ignores_filter and self.list_filters == "no-id":
+            raise ValueError("list_ignores_filter=True contradicts list_filters='no-id'")
+        if not 0.0 <= self.background_runs < 1.0:
+            raise ValueError(f"background_runs must be in [0, 1), got {self.background_runs!r}")
 
     def _check_idempotency(self) -> None:
         if self.idempotency_mode not in IDEMPOTENCY_MODES:

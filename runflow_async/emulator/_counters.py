@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
+
+from runflow_async.emulator._filters import FILTER_KINDS
 
 __all__ = ["ROUTES", "EmulatorCounters", "Tally"]
 
@@ -31,6 +33,15 @@ ROUTES = (
     "callback_redeliver",
 )
 """Named routes; any other path is counted as ``"other"``."""
+
+
+_LIST_COUNTS = (
+    "list_refused",
+    "list_pages",
+    "list_pages_continued",
+    "listed_runs",
+    "listed_background",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,24 @@ class EmulatorCounters:
         callbacks_failed: Callback deliveries given up (a 4xx, or 3 failed attempts).
         commits_pending: Creates received and not stored yet (late commits); each
             becomes a run, counted in ``runs_created`` once stored.
+        background_created: Runs made by another client of the organisation
+            (``EmulatorConfig.background_runs``); none of the counts above
+            includes them.
+        background_billed: Those runs that have succeeded (billed to the other client).
+        background_billed_usd: Their total cost.
+        background_failed: Those runs that have failed.
+        list_requests_by_filter: ``GET /v1/runs`` requests the handler parsed
+            (answered or refused by ``list_filters``; not those refused by auth,
+            a bad parameter or an injected fault), by the kind of their ``q``:
+            ``none``, ``id``, ``client_ref``, ``documented`` (``status_code`` and
+            ``created_at`` only) or ``other``.
+        list_refused: Of those, the ones refused ``400`` because the server does
+            not accept their filter (``list_filters``).
+        list_pages: List pages served (``200`` answers of ``GET /v1/runs``).
+        list_pages_continued: Of those, pages asked for with a cursor (``pq``).
+        listed_runs: Items in those pages, all pages summed.
+        listed_background: Of those items, runs of another client: a benchmark
+            gets the share of a list's work spent on other clients' runs.
     """
 
     runs_created: int
@@ -76,6 +105,18 @@ class EmulatorCounters:
     callbacks_delivered: int = 0
     callbacks_failed: int = 0
     commits_pending: int = 0
+    background_created: int = 0
+    background_billed: int = 0
+    background_billed_usd: Decimal = Decimal(0)
+    background_failed: int = 0
+    list_requests_by_filter: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    list_refused: int = 0
+    list_pages: int = 0
+    list_pages_continued: int = 0
+    listed_runs: int = 0
+    listed_background: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
@@ -96,6 +137,12 @@ class EmulatorCounters:
             "callbacks_delivered": self.callbacks_delivered,
             "callbacks_failed": self.callbacks_failed,
             "commits_pending": self.commits_pending,
+            "background_created": self.background_created,
+            "background_billed": self.background_billed,
+            "background_billed_usd": str(self.background_billed_usd),
+            "background_failed": self.background_failed,
+            "list_requests_by_filter": dict(self.list_requests_by_filter),
+            **{name: getattr(self, name) for name in _LIST_COUNTS},
         }
 
     @classmethod
@@ -121,11 +168,19 @@ class EmulatorCounters:
             callbacks_delivered=int(data.get("callbacks_delivered", 0)),
             callbacks_failed=int(data.get("callbacks_failed", 0)),
             commits_pending=int(data.get("commits_pending", 0)),
+            background_created=int(data.get("background_created", 0)),
+            background_billed=int(data.get("background_billed", 0)),
+            background_billed_usd=Decimal(data.get("background_billed_usd", 0)),
+            background_failed=int(data.get("background_failed", 0)),
+            list_requests_by_filter=MappingProxyType(
+                {str(k): int(v) for k, v in data.get("list_requests_by_filter", {}).items()}
+            ),
+            **{name: int(data.get(name, 0)) for name in _LIST_COUNTS},
         )
 
 
 class Tally:
-    """Mutable request, response, fault, replay, rate-limit, leak and callback counts."""
+    """Mutable request, response, fault, replay, rate-limit, leak, callback and list counts."""
 
     __slots__ = (
         "callbacks_delivered",
@@ -134,6 +189,12 @@ class Tally:
         "credentials_on_presigned",
         "faults",
         "idempotent_replays",
+        "list_by_filter",
+        "list_pages",
+        "list_pages_continued",
+        "list_refused",
+        "listed_background",
+        "listed_runs",
         "rate_limited",
         "requests",
         "responses",
@@ -149,6 +210,16 @@ class Tally:
         self.callbacks_sent = 0
         self.callbacks_delivered = 0
         self.callbacks_failed = 0
+        self.list_by_filter: dict[str, int] = dict.fromkeys(FILTER_KINDS, 0)
+        self.list_refused = 0
+        self.list_pages = 0
+        self.list_pages_continued = 0
+        self.listed_runs = 0
+        self.listed_background = 0
+
+    def list_counts(self) -> dict[str, int]:
+        """Return the list counters of :class:`EmulatorCounters` (but the by-filter map)."""
+        return {name: getattr(self, name) for name in _LIST_COUNTS}
 
     def request(self, route: str) -> None:
         """Count one request of ``route``."""

@@ -10,6 +10,7 @@ from decimal import Decimal
 from aiohttp import web
 
 from runflow_async.emulator._access import presigned_refusal, unauthorized
+from runflow_async.emulator._filters import filter_kind, refusal
 from runflow_async.emulator._images import PillowMissingError
 from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import parse_list_params, walk
@@ -152,7 +153,10 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    """``GET /v1/runs``: a page of runs, filtered, sorted and projected."""
+    """``GET /v1/runs``: a page of runs, filtered, sorted and projected.
+
+    The filters a server accepts are ``EmulatorConfig.list_filters`` (see ``_filters``).
+    """
     state = request.app[STATE]
     if (denied := unauthorized(request, state)) is not None:
         return denied
@@ -162,8 +166,13 @@ async def list_runs(request: web.Request) -> web.Response:
         return error_response(400, "INVALID_QUERY", f"Invalid q: {exc}.")
     if params is None:
         return error_response(422, "VALIDATION_ERROR", "Invalid list parameters.", errors)
-    if state.config.list_ignores_filter:
+    config, tally = state.config, state.tally
+    tally.list_by_filter[filter_kind(params.query)] += 1
+    if config.list_ignores_filter:
         params = dataclasses.replace(params, query=None)
+    if (refused := refusal(config.list_filters, params.query)) is not None:
+        tally.list_refused += 1
+        return refused
     now = state.clock.now()
     store = state.store
     store.settle(now)
@@ -173,12 +182,16 @@ async def list_runs(request: web.Request) -> web.Response:
         if (named := store.by_id.get(run_id)) is not None:
             ledger.read(named.seq)
     url_for = state.url_for(base_url(request), now)
-    page = walk(store, params, now, url_for, lag=state.config.list_lag)
+    page = walk(store, params, now, url_for, lag=config.list_lag)
     items = [run.to_api(now, url_for, params.fields) for run in page.runs]
     if params.fields is None or "status_code" in params.fields:
         for run in page.runs:
             if now >= run.end:
                 ledger.notice(run.seq, now)
+    tally.list_pages += 1
+    tally.list_pages_continued += params.cursor is not None
+    tally.listed_runs += len(items)
+    tally.listed_background += sum(run.background for run in page.runs)
     return json_response({"items": items, "next_pq": page.next_pq, "prev_pq": page.prev_pq})
 
 

@@ -9,8 +9,10 @@ and how many requests named it ("reads"), which shows what that cost in polling.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left, bisect_right
 from typing import Any
 
+from runflow_async.emulator._clock import EmulatedClock
 from runflow_async.emulator._runs import RunRecord, phase
 
 __all__ = ["RunLedger"]
@@ -22,7 +24,7 @@ _ID_BYTES = 16
 class RunLedger:
     """Per-run times and read counts in flat arrays indexed by ``seq``."""
 
-    __slots__ = ("_created", "_duration", "_failed", "_ids", "_noticed", "_reads")
+    __slots__ = ("_background", "_created", "_duration", "_failed", "_ids", "_noticed", "_reads")
 
     def __init__(self) -> None:
         self._ids = bytearray()
@@ -31,6 +33,7 @@ class RunLedger:
         self._noticed = array("d")
         self._failed = bytearray()
         self._reads = array("I")
+        self._background = bytearray()
 
     def add(self, run: RunRecord) -> None:
         """Record a new run; its ``seq`` must be the number of runs recorded so far."""
@@ -40,6 +43,16 @@ class RunLedger:
         self._noticed.append(_UNSEEN)
         self._failed.append(run.failure is not None)
         self._reads.append(0)
+        self._background.append(run.background)
+
+    def first_created(self, text: str, *, after: bool = False) -> int:
+        """Return the first ``seq`` whose ``created_at`` is at or (``after``) past ``text``.
+
+        ``created_at`` (ISO 8601, one fixed width) never decreases with ``seq``:
+        runs are stored in the order of their creation time, late commits too.
+        """
+        find = bisect_right if after else bisect_left
+        return find(self._created, text, key=EmulatedClock.iso)
 
     def notice(self, seq: int, now: float) -> None:
         """Note that a response showed run ``seq`` terminal at ``now``; the first one counts."""
@@ -56,7 +69,9 @@ class RunLedger:
         Each row holds ``id``, ``created``, ``duration``, ``end`` and ``noticed``
         (emulated seconds, ``noticed`` ``None`` until a response showed the run
         terminal), ``status`` (the terminal status, or the current one) and
-        ``reads`` (how many requests named the run; see :meth:`read`).
+        ``reads`` (how many requests named the run; see :meth:`read`). Runs of
+        another client (``RunRecord.background``) are left out: a page may hold
+        fewer than ``limit`` rows, the next starts at ``since + limit``.
         """
         ids, created, duration, noticed, failed, reads = (
             self._ids,
@@ -69,7 +84,10 @@ class RunLedger:
         rows: list[dict[str, Any]] = []
         first = max(since, 0)
         stop = len(created) if limit is None else min(len(created), first + max(limit, 0))
+        background = self._background
         for seq in range(first, stop):
+            if background[seq]:
+                continue
             start, length, seen = created[seq], duration[seq], noticed[seq]
             h = ids[seq * _ID_BYTES : (seq + 1) * _ID_BYTES].hex()
             rows.append(

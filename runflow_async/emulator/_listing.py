@@ -1,12 +1,22 @@
 """``GET /v1/runs``: query parameters, keyset cursors and the page walk.
 
-https://docs.runflow.io/concepts/requests: ``limit`` (max 500), ``pq`` cursor, ``q``
-filter, ``fields`` projection, ``sort_by``. Runs are created in ``created_at`` order,
-so both sort orders walk the insertion list; a cursor is the ``seq`` of the page's
-edge item plus a direction, so pages stay stable while runs are being created. A
-query that is only ``id:``/``client_ref:`` equalities joined by ``OR``, or an
+https://docs.runflow.io/concepts/requests: ``limit`` (max 500), ``pq`` cursor,
+``from_prev=true`` (walk backwards), ``q`` filter, ``fields`` projection,
+``sort_by``. The docs give no default ``limit``: 50 is our assumption. Every
+answer pages the same way, whatever its filter (or ``list_filters`` mode): at most
+``limit`` items and ``next_pq`` while more match. Runs are created in
+``created_at`` order, so both sort orders walk the insertion list; a cursor is the
+``seq`` of the page's edge item plus a direction, so pages stay stable while runs
+are being created: walking ``created_at:desc`` from the first page by
+``next_pq`` shows every run that was listed when the walk began exactly once,
+and no run created since. ``pq=<prev_pq>`` walks back by itself (the cursor
+knows its direction); ``from_prev=true`` walks back from any cursor.
+
+A query that is only ``id:``/``client_ref:`` equalities joined by ``OR``, or an
 ``AND`` with such an operand (a batch poller's ``(id:a OR id:b) AND (status...)``),
-is answered from the indexes instead of a scan.
+is answered from the indexes instead of a scan; ``created_at`` bounds that a
+query requires (``created_at>=T AND ...``, a batch's time window) narrow a scan
+to the runs created in that window, found by bisection.
 """
 
 from __future__ import annotations
@@ -16,10 +26,10 @@ import binascii
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, takewhile
 from typing import Any
 
-from runflow_async.emulator._query import Query, parse_query, required_equalities
+from runflow_async.emulator._query import Query, comparisons, parse_query, required_equalities
 from runflow_async.emulator._runs import RunRecord, UrlFor
 from runflow_async.emulator._store import RunStore
 from runflow_async.emulator._validation import FieldError, field_error
@@ -115,6 +125,11 @@ def parse_list_params(query: Mapping[str, str]) -> tuple[ListParams | None, list
         cursor = Cursor.decode(query["pq"])
         if cursor is None:
             errors.append(field_error("pq", "is not a valid cursor", "invalid_cursor"))
+    from_prev = query.get("from_prev", "false")
+    if from_prev not in ("true", "false"):
+        errors.append(field_error("from_prev", "must be true or false", "invalid_type"))
+    elif cursor is not None and from_prev == "true":
+        cursor = Cursor(cursor.seq, forward=False)
     ascending = _parse_sort(query.get("sort_by", "created_at:desc"), errors)
     fields = frozenset(f.strip() for f in query.get("fields", "").split(",") if f.strip())
     parsed = parse_query(query.get("q", ""))
@@ -159,6 +174,26 @@ def _from(candidates: list[RunRecord], start: int, step: int) -> Iterable[RunRec
     return reversed(candidates[: bisect_right(seqs, start)])
 
 
+def _seq_bounds(store: RunStore, query: Query | None) -> tuple[int, int]:
+    """Return the ``seq`` range (inclusive) that the ``created_at`` bounds of ``query`` allow."""
+    low, high = 0, store.created - 1
+    first = store.ledger.first_created
+    for op, text in () if query is None else comparisons(query, "created_at"):
+        if op in (">", ">="):
+            low = max(low, first(text, after=op == ">"))
+        else:
+            high = min(high, first(text, after=op == "<=") - 1)
+    return low, high
+
+
+def _scan(store: RunStore, start: int, step: int, query: Query | None) -> Iterator[RunRecord]:
+    """Yield kept runs from ``seq`` ``start`` on, within the ``created_at`` bounds of ``query``."""
+    low, high = _seq_bounds(store, query)
+    if step > 0:
+        return takewhile(lambda run: run.seq <= high, store.scan(max(start, low), step))
+    return takewhile(lambda run: run.seq >= low, store.scan(min(start, high), step))
+
+
 def walk(
     store: RunStore, params: ListParams, now: float, url_for: UrlFor, *, lag: float = 0.0
 ) -> Page:
@@ -177,7 +212,7 @@ def walk(
     indexed = _candidates(store, query)
     runs: Iterator[RunRecord]
     if indexed is None:
-        runs, check = store.scan(start, step), query
+        runs, check = _scan(store, start, step, query), query
     else:
         runs, check = iter(_from(indexed[0], start, step)), indexed[1]
     if lag > 0:

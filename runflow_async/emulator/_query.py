@@ -28,7 +28,9 @@ __all__ = [
     "MISSING",
     "Query",
     "QuerySyntaxError",
+    "comparisons",
     "equality_terms",
+    "field_names",
     "named_values",
     "parse_query",
     "required_equalities",
@@ -174,6 +176,35 @@ def named_values(query: Query, field: str) -> set[str]:
         else:
             stack.extend(cast(_All, node).children)  # the only other nodes: _All, _Any
     return named
+
+
+def field_names(query: Query) -> set[str]:
+    """Return the field of every term of ``query`` (under ``NOT`` too)."""
+    names: set[str] = set()
+    stack = [query]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Term):
+            names.add(node.field)
+        elif isinstance(node, _Not):
+            stack.append(node.child)
+        else:
+            stack.extend(cast(_All, node).children)
+    return names
+
+
+def comparisons(query: Query, field: str) -> list[tuple[str, str]]:
+    """Return the ``(op, value)`` of each ``< > <= >=`` term on ``field`` that ``query`` requires.
+
+    Those are ``query`` itself or operands of a top-level ``AND``: a run that
+    matches ``query`` satisfies every one (a time window's ``created_at>=...``).
+    """
+    children = query.children if type(query) is _All else (query,)
+    return [
+        (child.op, child.text)
+        for child in children
+        if isinstance(child, _Term) and child.field == field and child.op not in _EQUALITY
+    ]
 
 
 def required_equalities(

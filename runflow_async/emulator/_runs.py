@@ -124,6 +124,8 @@ class RunRecord:
         cost_delay: Emulated seconds after its end before reads show ``cost``.
         deliveries: Its callback deliveries, oldest first (``None`` before the first),
             kept here so that they are forgotten with the run.
+        background: Made by another client of the organisation
+            (``EmulatorConfig.background_runs``), not by a create we answered.
     """
 
     seq: int
@@ -142,6 +144,7 @@ class RunRecord:
     reported_cost: str | None = None
     cost_delay: float = 0.0
     deliveries: list[Delivery] | None = None
+    background: bool = False
 
     @property
     def end(self) -> float:
@@ -252,6 +255,8 @@ class RunRecord:
             return self.request.client_ref
         if name == "status_code":
             return self.status(now)
+        if name == "created_at":  # a time window's filter: no need to build the stored view
+            return EmulatedClock.iso(self.created)
         if name in _CONSTANTS:
             return _CONSTANTS[name]
         if name in _DERIVED:

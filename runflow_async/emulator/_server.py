@@ -216,17 +216,23 @@ class Emulator:
         """
         return self._app
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs(self, *, background: bool = False) -> list[dict[str, Any]]:
         """Return every kept run as ``GET /v1/runs/{id}`` would show it now, oldest first.
 
         Unlike a read through the API, this does not mark any run as noticed.
+
+        Args:
+            background: Include the runs of another client of the organisation
+                (``EmulatorConfig.background_runs``); by default only those our
+                creates made.
         """
         state = self._state
         base = _base_url(self.config.host, self._port or self.config.port)
         now = state.clock.now()
         state.store.settle(now)  # evicts what ``retain_runs`` no longer keeps
         url_for = state.url_for(base, now)
-        return [run.to_api(now, url_for) for run in state.store.scan(0, 1)]
+        kept = state.store.scan(0, 1)
+        return [run.to_api(now, url_for) for run in kept if background or not run.background]
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
         """Return when every run was created, ended, was first seen ended, and how often read.
@@ -249,10 +255,14 @@ class Emulator:
         those refused by auth, validation or an injected fault, nor ids of runs it
         no longer keeps (``retain_runs``). Callbacks and ``/_emulator/*`` never count.
 
+        Runs of another client (``EmulatorConfig.background_runs``) take creation
+        indexes but have no row: ``total`` counts them, ``runs`` does not.
+
         Args:
             since: Creation index of the first run to include (0 = the first run);
                 the previous report's ``total`` gives only the runs created since.
-            limit: Include at most this many runs (``None``: all of them).
+            limit: Look at most at this many creation indexes (``None``: all of
+                them); the next page starts at ``since + limit``.
 
         Returns:
             ``{"time_scale", "now", "since", "total", "runs"}`` where ``total`` is the

@@ -102,6 +102,11 @@ class EmulatorState:
             config, self.clock, self.tally, self.script, ledger, self.secrets, self.render
         )
         self._rng = random.Random(config.seed)
+        # Another client's runs draw from their own stream: ours stay as without them.
+        self._background_rng = random.Random(f"runflow-emulator-background:{config.seed}")
+        self._background_balance = 0.0
+        share = config.background_runs
+        self._background_per_create = share / (1.0 - share)
         self._prices: dict[_PriceKey, tuple[Size, Decimal]] = {}
         prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
         self._request_ids = (f"req_{prefix:06x}{n:010x}" for n in itertools.count(1))
@@ -148,7 +153,7 @@ class EmulatorState:
         """
         now = self.clock.now()
         key, digest = idempotency or (None, b"")
-        run = self._draw(request, request_id, forced_failure, inputs, now + commit_after)
+        run = self._draw(request, request_id, forced_failure, inputs, now + commit_after, self._rng)
         run.idempotency_key = key
         self.last_run_id = run.id
         url = request.callback_url
@@ -156,11 +161,36 @@ class EmulatorState:
             run.seq = -1
             on_commit = None if url is None else functools.partial(self._ends, url=url, base=base)
             self.store.defer(run, digest, on_commit)
+            self._background_runs(now)
             return run
         self.store.add(run, now, digest)
         if url is not None:
             self.callbacks.schedule(run, url, base)
+        self._background_runs(now)
         return run
+
+    def _background_runs(self, now: float) -> None:
+        """Make another client's runs at ``now``, as many as ``background_runs`` says are due."""
+        self._background_balance += self._background_per_create
+        while self._background_balance >= 1.0 - 1e-9:  # 1/3 + 1/3 + 1/3 is one run
+            self._background_balance -= 1.0
+            number = self.store.background_created + 1
+            request = CreateRequest(
+                model=GENERATE_MODEL,
+                input={"prompt": f"another client's run {number}"},
+                client_ref=f"other-client-{number}",
+                metadata=None,
+                callback_url=None,
+                size=None,
+                num_images=1,
+                output_format="png",
+                seed=None,
+                num_inputs=0,
+            )
+            request_id = f"req_other{number:010x}"
+            run = self._draw(request, request_id, None, (), now, self._background_rng)
+            run.background = True
+            self.store.add(run, now)
 
     def _ends(self, run: RunRecord, *, url: str, base: str) -> None:
         self.callbacks.schedule(run, url, base)
@@ -172,9 +202,9 @@ class EmulatorState:
         forced_failure: tuple[str, str] | None,
         inputs: tuple[Size | None, ...],
         created: float,
+        rng: random.Random,
     ) -> RunRecord:
         config = self.config
-        rng = self._rng
         # Always draw the same four numbers, so one run's inputs never shift another's.
         duration = config.median_duration * math.exp(config.duration_sigma * rng.gauss(0.0, 1.0))
         fails = rng.random() < config.failure_rate
@@ -249,7 +279,7 @@ class EmulatorState:
         in_flight = store.in_flight(self.clock.now())
         tally = self.tally
         return EmulatorCounters(
-            runs_created=store.created,
+            runs_created=store.created - store.background_created,
             runs_billed=store.runs_billed,
             billed_usd=store.billed_usd,
             runs_failed=store.runs_failed,
@@ -265,6 +295,12 @@ class EmulatorState:
             callbacks_delivered=tally.callbacks_delivered,
             callbacks_failed=tally.callbacks_failed,
             commits_pending=store.commits_pending,
+            background_created=store.background_created,
+            background_billed=store.background_billed,
+            background_billed_usd=store.background_billed_usd,
+            background_failed=store.background_failed,
+            list_requests_by_filter=MappingProxyType(dict(tally.list_by_filter)),
+            **tally.list_counts(),
         )
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:

@@ -54,9 +54,16 @@ class RunStore:
         billed_usd: Their total cost.
         runs_failed: Runs that have failed so far.
         max_in_flight: Highest number of runs in flight at once.
+        background_created: Of ``created``, runs of another client
+            (``RunRecord.background``); the billing, failure and in-flight
+            tallies above leave them out and count them below.
+        background_billed: Those that have succeeded so far.
+        background_billed_usd: Their total cost.
+        background_failed: Those that have failed so far.
     """
 
     __slots__ = (
+        "_background_pending",
         "_commits",
         "_ended",
         "_holes",
@@ -65,6 +72,10 @@ class RunStore:
         "_retain",
         "_runs",
         "_seqs",
+        "background_billed",
+        "background_billed_usd",
+        "background_created",
+        "background_failed",
         "billed_usd",
         "by_client_ref",
         "by_id",
@@ -96,6 +107,11 @@ class RunStore:
         self.billed_usd = Decimal(0)
         self.runs_failed = 0
         self.max_in_flight = 0
+        self.background_created = 0
+        self.background_billed = 0
+        self.background_billed_usd = Decimal(0)
+        self.background_failed = 0
+        self._background_pending = 0
 
     def add(self, run: RunRecord, now: float, fingerprint: bytes = b"") -> None:
         """Store a run created at ``now`` (its ``seq`` is ``created``) and index it.
@@ -154,7 +170,11 @@ class RunStore:
             if self.pending_keys.get(key, (b"", None))[1] is run:
                 del self.pending_keys[key]
         heapq.heappush(self._pending, (run.end, run.seq, run))
-        self.max_in_flight = max(self.max_in_flight, len(self._pending))
+        if run.background:
+            self.background_created += 1
+            self._background_pending += 1
+        else:
+            self.max_in_flight = max(self.max_in_flight, self._ours_pending)
 
     def with_client_ref(self, client_ref: str) -> list[RunRecord]:
         """Return every kept run created with ``client_ref``, oldest first."""
@@ -187,7 +207,9 @@ class RunStore:
         retain = self._retain
         while pending and pending[0][0] <= now:
             run = heapq.heappop(pending)[2]
-            if run.failure is None:
+            if run.background:
+                self._settle_background(run)
+            elif run.failure is None:
                 self.runs_billed += 1
                 self.billed_usd += run.cost
             else:
@@ -197,10 +219,22 @@ class RunStore:
                 if len(self._ended) > retain:
                     self._evict(self._ended.popleft())
 
+    def _settle_background(self, run: RunRecord) -> None:
+        self._background_pending -= 1
+        if run.failure is None:
+            self.background_billed += 1
+            self.background_billed_usd += run.cost
+        else:
+            self.background_failed += 1
+
+    @property
+    def _ours_pending(self) -> int:
+        return len(self._pending) - self._background_pending
+
     def in_flight(self, now: float) -> int:
-        """Return the number of runs created and not yet terminal at ``now``."""
+        """Return the number of our client's runs created and not yet terminal at ``now``."""
         self.settle(now)
-        return len(self._pending)
+        return self._ours_pending
 
     def _evict(self, run: RunRecord) -> None:
         del self.by_id[run.id]

@@ -160,3 +160,45 @@ def test_a_malformed_fault_scope_is_a_usage_error(
         main(["emulator", "--fault-only", scope])
     assert exit_info.value.code == 2
     assert "expected KIND=ROUTE" in capsys.readouterr().err
+
+
+async def test_list_filter_and_background_flags_reach_the_emulator() -> None:
+    flags = ["--time-scale", "1", "--median-duration", "1000", "--list-filters", "no-id"]
+    flags += ["--background-runs", "0.5"]
+    async with _cli_emulator(*flags) as http:
+        created = [await _post(http) for _ in range(2)]
+        async with http.get("/v1/runs", params={"q": "id:x"}, headers=AUTH) as resp:
+            refused = resp.status, (await resp.json())["code"]
+        async with http.get("/v1/runs", params={"q": "status_code:queued"}, headers=AUTH) as resp:
+            listed = await resp.json()
+        async with http.get("/_emulator/counters") as resp:
+            counters = await resp.json()
+    assert [status for status, *_ in created] == [201, 201]
+    assert refused == (400, "INVALID_QUERY")
+    assert len(listed["items"]) == 4
+    assert (counters["runs_created"], counters["background_created"]) == (2, 2)
+    assert counters["list_requests_by_filter"]["id"] == 1
+    assert counters["list_requests_by_filter"]["documented"] == 1
+    assert (counters["list_refused"], counters["list_pages"]) == (1, 1)
+    assert (counters["listed_runs"], counters["listed_background"]) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--background-runs", "1"], "background_runs must be in [0, 1)"),
+        (["--list-filters", "no-id", "--list-ignores-filter"], "contradicts"),
+    ],
+)
+def test_bad_list_flags_exit_2_with_the_reason(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["emulator", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_list_filter_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["emulator", "--list-filters", "some"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'some'" in capsys.readouterr().err
