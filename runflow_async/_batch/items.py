@@ -154,7 +154,9 @@ class ItemLife(CreateLife):
             return await self._callbacks.wait(run.id, on_noticed)
         clock = self._transport.clock
         started = clock.now()
-        final = await self._poller.wait(run.id) if self._poller is not None else None
+        final = (
+            await self._poller.wait(run.id, run.created_at) if self._poller is not None else None
+        )
         if final is not None:
             return final
         schedule = self._stats.schedule(self._poll, elapsed=clock.now() - started)

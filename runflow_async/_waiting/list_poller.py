@@ -3,57 +3,68 @@
 A batch slot is freed only when the client *notices* a run ended, so late
 noticing costs throughput as well as latency, and per-run polling costs about
 one GET per interval per run. The shared :class:`ListPoller` instead asks
-``GET /v1/runs`` about up to ``chunk_size`` runs per request (``q=(id:a OR id:b
-...) AND (status_code:succeeded OR ...)``), so a tick costs a request or two
-whatever the number of runs in flight, and only finished runs come back.
+``GET /v1/runs`` about many runs per request, so a tick costs a request or two
+whatever the number of runs in flight. It walks a chain of ways to ask, each
+verified on first use, each falling to the next when the server refuses it
+(a 4xx) or contradicts it:
 
-The filter grammar is documented (docs: concepts/requests) but this use of it is
-not, so the poller verifies the server's answers on first use: its first query
-names ids without a status filter and must get back exactly those runs (a run
-left out is tolerated while it is younger than the visibility window of
-:mod:`._http.visibility`: lists lag behind creates). Any
-rejection (4xx) or contradiction (a run it did not ask for, a non-terminal
-status under a terminal-only filter) switches the batch to per-run polling
-that learns run durations and polls first near the expected finish.
+1. the ``id:`` filter, up to ``chunk_size`` runs per request (``q=(id:a OR id:b
+   ...) AND (status_code:succeeded OR ...)``): only finished runs come back.
+   This use of the documented grammar is our inference, so the first query
+   names ids without a status filter and must get back exactly those runs (a
+   run left out is tolerated while it is younger than the visibility window of
+   :mod:`._http.visibility`: lists lag behind creates);
+2. the documented filters only (terminal ``status_code:`` AND ``created_at>=``
+   the earliest watched create), newest first, paging with the cursor;
+3. no filter: the newest runs first, paging back only to the oldest watched run
+   (steps 2 and 3: :mod:`._waiting.scan`);
+4. per-run polling that learns run durations and polls first near the expected
+   finish (with ``allow_fallback``; else the last list step keeps trying).
+
+Steps 2 and 3 need each run's ``created_at``; a run without one, or older than
+the pages a tick may pay for reach, is handed back to be read one by one.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Literal
 
 import anyio
 import pydantic
 
 from runflow_async._core.config import PollPolicy
-from runflow_async._core.errors import APIError, APIStatusError, ServerError
+from runflow_async._core.errors import APIError, APIStatusError
 from runflow_async._core.filters import TERMINAL_FILTER, any_of
 from runflow_async._core.models import TERMINAL_STATUSES, Run
 from runflow_async._http.transport import Transport
 from runflow_async._waiting.durations import DurationStats
+from runflow_async._waiting.scan import ChainBroken, Scan, list_items, refusal
 
-__all__ = ["DurationStats", "ListPoller", "WaitStrategy"]
+__all__ = ["DurationStats", "ListPoller", "Step", "WaitStrategy"]
 
 logger = logging.getLogger("runflow_async")
 
 WaitStrategy = Literal["auto", "list", "per_run"]
-"""``auto``: the list poller, falling back to per-run polling if the server
-rejects or contradicts it; ``list``: the list poller only; ``per_run``: one
-adaptive poll loop per run."""
+"""``auto``: the list poller's chain, ending in per-run polling if the server
+rejects or contradicts every list step; ``list``: the list steps only; ``per_run``:
+one adaptive poll loop per run."""
 
+Step = Literal["id", "documented", "newest", "per_run"]
+"""The chain's steps, in order (see the module docstring)."""
+
+_STEPS: tuple[Step, ...] = ("id", "documented", "newest", "per_run")
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
-class _Fallback(Exception):
-    """The server rejected or contradicted the list filter."""
-
-
 class _Watch:
-    __slots__ = ("done", "run")
+    __slots__ = ("created_at", "done", "run")
 
-    def __init__(self) -> None:
+    def __init__(self, created_at: datetime | None) -> None:
         self.done = anyio.Event()
         self.run: Run | None = None
+        self.created_at = created_at
 
 
 class ListPoller:
@@ -64,11 +75,12 @@ class ListPoller:
         stats: Learned durations; the tick is a fifteenth of the median run, so
             the median notice delay stays near 4% of a run.
         policy: The client's poll policy.
-        allow_fallback: On rejection, hand waiters back to per-run polling
-            (``auto``); otherwise keep trying the list (``list``).
-        chunk_size: Runs named per request (keeps URLs well under 8 KiB).
+        allow_fallback: When every list step fails, hand waiters back to per-run
+            polling (``auto``); otherwise keep trying the last one (``list``).
+        chunk_size: Runs named per request in step 1 (keeps URLs well under 8 KiB).
         min_tick: Shortest tick in seconds.
         max_tick: Longest tick in seconds.
+        runs_per_page: Steps 2-3: runs in flight that justify one page per tick.
     """
 
     def __init__(
@@ -81,6 +93,7 @@ class ListPoller:
         chunk_size: int = 100,
         min_tick: float = 0.1,
         max_tick: float = 2.0,
+        runs_per_page: int = 4,
     ) -> None:
         self._transport = transport
         self._stats = stats
@@ -93,19 +106,34 @@ class ListPoller:
         # creates with one run): each of them hears of it.
         self._watches: dict[str, list[_Watch]] = {}
         self._wake = anyio.Event()
+        self._scans = {
+            "documented": Scan(transport, documented=True, runs_per_page=runs_per_page),
+            "newest": Scan(transport, documented=False, runs_per_page=runs_per_page),
+        }
+        self.step: Step = "id"
         self.verified = False
-        self.fell_back = False
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the chain ended in per-run polling."""
+        return self.step == "per_run"
 
     @property
     def tick(self) -> float:
         """Seconds between polls (emulated seconds, as the clock counts them)."""
         return min(self._max_tick, max(self._min_tick, self._stats.median / 15))
 
-    async def wait(self, run_id: str) -> Run | None:
-        """Wait until ``run_id`` is terminal; ``None`` means "poll it yourself" (fallback)."""
+    async def wait(self, run_id: str, created_at: datetime | None = None) -> Run | None:
+        """Wait until ``run_id`` is terminal; ``None`` means "poll it yourself".
+
+        Args:
+            run_id: The run.
+            created_at: Its server ``created_at`` (the create's answer), which
+                steps 2-3 need; without it they hand the run back at once.
+        """
         if self.fell_back:
             return None
-        watch = _Watch()
+        watch = _Watch(created_at)
         self._watches.setdefault(run_id, []).append(watch)
         self._wake.set()
         try:
@@ -128,30 +156,66 @@ class ListPoller:
             await self.poll_once()
 
     async def poll_once(self) -> None:
-        """Ask about every watched run once."""
-        ids = list(self._watches)
-        for start in range(0, len(ids), self._chunk_size):
-            chunk = ids[start : start + self._chunk_size]
-            try:
-                await self._poll(chunk)
-            except _Fallback as exc:
-                if not self._allow_fallback:
-                    logger.warning("Run list poll contradicted (%s); trying again.", exc)
-                    continue
-                logger.warning("Run list filter unusable (%s); polling runs one by one.", exc)
-                self._fall_back()
-                return
-            except (APIError, pydantic.ValidationError) as exc:
-                # Transient after the HTTP layer's retries: the next tick tries again.
-                logger.info("Run list poll failed (%s); retrying next tick.", exc)
+        """Ask about every watched run once, with the chain's current step."""
+        try:
+            if self.step == "id":
+                ids = list(self._watches)
+                for start in range(0, len(ids), self._chunk_size):
+                    await self._poll_ids(ids[start : start + self._chunk_size])
+            elif self.step != "per_run":
+                await self._poll_scan(self._scans[self.step])
+        except ChainBroken as exc:
+            self._advance(exc)
+        except (APIError, pydantic.ValidationError) as exc:
+            # Transient after the HTTP layer's retries: the next tick tries again.
+            logger.info("Run list poll failed (%s); retrying next tick.", exc)
 
-    def _fall_back(self) -> None:
-        self.fell_back = True
-        for watches in self._watches.values():
-            for watch in watches:
-                watch.done.set()  # run stays None: the waiter polls on its own
+    def _advance(self, exc: ChainBroken) -> None:
+        following = _STEPS[_STEPS.index(self.step) + 1]
+        if following == "per_run" and not self._allow_fallback:
+            logger.warning("Run list poll unusable (%s); trying again.", exc)
+            return
+        logger.warning("Run list step %r unusable (%s); trying %r.", self.step, exc, following)
+        self.step = following
+        if following == "per_run":
+            self._hand_back(list(self._watches))
 
-    async def _poll(self, chunk: list[str]) -> None:
+    def _hand_back(self, run_ids: list[str]) -> None:
+        """Release these runs' waiters with no run: they poll on their own.
+
+        Only with ``allow_fallback``: the ``list`` strategy keeps watching them
+        (and they time out if no list step ever reports them).
+        """
+        if not self._allow_fallback:
+            return
+        for run_id in run_ids:
+            for watch in self._watches.get(run_id, ()):
+                watch.done.set()
+
+    async def _poll_scan(self, scan: Scan) -> None:
+        watched: dict[str, datetime] = {}
+        unknown: list[str] = []
+        for run_id, watches in self._watches.items():
+            live = [w for w in watches if not w.done.is_set()]
+            created = next((w.created_at for w in live if w.created_at is not None), None)
+            if created is not None:
+                watched[run_id] = created
+            elif live:
+                unknown.append(run_id)
+        self._hand_back(unknown)  # no created_at: out of any page's reach
+        if not watched:
+            return
+        result = await scan.walk(watched)
+        now = self._transport.clock.now()
+        for run_id in result.seen:
+            self._transport.visibility.sighted(run_id, now)
+        for item in result.finished:
+            self._resolve(item)
+        reach = result.reach
+        if reach is not None:  # the budget stopped short: the older runs are read one by one
+            self._hand_back([i for i, c in watched.items() if c <= reach and i not in result.seen])
+
+    async def _poll_ids(self, chunk: list[str]) -> None:
         ids = any_of("id", chunk)
         filtered = self.verified
         q = f"({ids}) AND ({TERMINAL_FILTER})" if filtered else ids
@@ -160,20 +224,21 @@ class ListPoller:
                 "GET", "/v1/runs", params={"q": q, "limit": str(min(500, len(chunk)))}
             )
         except APIStatusError as exc:
-            if isinstance(exc, ServerError) or exc.status == 429:
+            broken = refusal(exc)
+            if broken is None:
                 raise
-            raise _Fallback(f"the API answered {exc.status} to the filter") from exc
-        items = _items(response.data)
+            raise broken from exc
+        items = list_items(response.data)
         asked = set(chunk)
         seen = {item.get("id") for item in items}
         if not seen <= asked:
-            raise _Fallback("the API returned runs it was not asked about")
+            raise ChainBroken("the API returned runs it was not asked about")
         now = self._transport.clock.now()
         if not self.verified:
             if seen == asked:
                 self.verified = True
             elif self._past_window(asked - seen, now):
-                raise _Fallback("the API did not return every run it was asked about")
+                raise ChainBroken("the API did not return every run it was asked about")
             # Else the missing runs may only lag behind in the list: ask again.
         for run_id in seen:  # how long runs take to show in lists (an upper bound)
             if isinstance(run_id, str):
@@ -183,7 +248,7 @@ class ListPoller:
             if status in _TERMINAL:
                 self._resolve(item)
             elif filtered:
-                raise _Fallback(f"the API returned a {status!r} run under a terminal filter")
+                raise ChainBroken(f"the API returned a {status!r} run under a terminal filter")
 
     def _past_window(self, missing: set[str], now: float) -> bool:
         """Whether a run the list left out was created longer than the visibility window ago."""
@@ -200,10 +265,3 @@ class ListPoller:
         for watch in self._watches.get(run.id, ()):
             watch.run = run
             watch.done.set()
-
-
-def _items(data: Any) -> list[dict[str, Any]]:
-    items = data.get("items") if isinstance(data, dict) else None
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise _Fallback("the list response has no items array")
-    return items
