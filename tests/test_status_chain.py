@@ -161,9 +161,10 @@ class OddList:
             self.runs.append(run)
             return web.json_response(run, status=201)
         if request.path == "/v1/runs":
-            self.routes.append("list")
             if "q" in request.query:
+                self.routes.append("filtered list")
                 return web.json_response({"code": "INVALID_QUERY"}, status=400)
+            self.routes.append("list")
             return web.json_response({"items": self.runs, "next_pq": None})  # oldest first
         self.routes.append("get")
         run = next(r for r in self.runs if r["id"] == request.path.rsplit("/", 1)[1])
@@ -182,5 +183,6 @@ async def test_an_unsorted_list_contradicts_the_last_step_and_runs_are_polled(
         batch.submit_many([GenerateRequest(prompt=f"p{i}") for i in range(4)])
     assert all(o.ok for o in await batch.gather())
     # id refused, documented refused, newest contradicted (oldest first): per-run.
-    assert api.routes.count("list") == 3
+    assert api.routes.count("filtered list") == 2
+    assert api.routes.count("list") == 1
     assert "get" in api.routes
