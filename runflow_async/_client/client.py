@@ -86,7 +86,8 @@ class RunflowClient(FilesMixin, BatchesMixin):
         on_retry: A synchronous hook told about each retry.
         pricing: The megapixel price rules used for estimates and budgets.
         wait_strategy: How batches notice finished runs: ``"auto"`` (a shared
-            list poller, verified on first use, falling back to per-run polling),
+            list poller: the ``id:`` filter, else the documented filters, else
+            no filter, each verified on first use, and last per-run polling),
             ``"list"`` or ``"per_run"``.
         callbacks: A started :class:`CallbackReceiver`: ``run``/``generate``/``edit``,
             batches and maps create runs with its ``url`` as ``callback_url`` and
