@@ -186,3 +186,31 @@ async def test_an_unsorted_list_contradicts_the_last_step_and_runs_are_polled(
     assert api.routes.count("filtered list") == 2
     assert api.routes.count("list") == 1
     assert "get" in api.routes
+
+
+class HidesOne(OddList):
+    """Lists newest first, unfiltered, but never shows the first run."""
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/runs" and "q" not in request.query:
+            self.routes.append("list")
+            shown = [r for r in reversed(self.runs) if r["id"] != "run-0"]
+            return web.json_response({"items": shown, "next_pq": None})
+        return await super().__call__(request)
+
+
+async def test_a_run_the_unfiltered_list_never_shows_contradicts_it(
+    inline_server: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = HidesOne()
+    url = await inline_server(api)
+    # A visibility window of 50 emulated seconds: 50 real ms.
+    retry = RetryPolicy(time_scale=TIME_SCALE, visibility_floor=50, visibility_cap=50)
+    client = RunflowClient(API_KEY, base_url=url, retry=retry, poll=PollPolicy(time_scale=0.001))
+    async with client, client.batch(max_concurrency=4) as batch:
+        batch.submit_many([GenerateRequest(prompt=f"p{i}") for i in range(4)])
+    assert all(o.ok for o in await batch.gather())
+    # The other runs stay "queued" in the list; once run-0 is overdue, per-run polling.
+    assert api.routes.count("list") >= 1
+    assert "get" in api.routes
+    assert "did not list run run-0 within its reach" in caplog.text

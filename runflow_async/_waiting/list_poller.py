@@ -207,6 +207,8 @@ class ListPoller:
             return
         result = await scan.walk(watched)
         now = self._transport.clock.now()
+        if not scan.documented:
+            self._check_listed(watched, result.seen, result.reach, now)
         for run_id in result.seen:
             self._transport.visibility.sighted(run_id, now)
         for item in result.finished:
@@ -214,6 +216,22 @@ class ListPoller:
         reach = result.reach
         if reach is not None:  # the budget stopped short: the older runs are read one by one
             self._hand_back([i for i, c in watched.items() if c <= reach and i not in result.seen])
+
+    def _check_listed(
+        self, watched: dict[str, datetime], seen: set[str], reach: datetime | None, now: float
+    ) -> None:
+        """Unfiltered, the pages show every run they reach: one of ours missing contradicts them.
+
+        A run is given the visibility window to show (lists lag behind creates);
+        one whose send time is not known (sighted before, or forgotten) is not judged.
+        """
+        visibility = self._transport.visibility
+        for run_id, created in watched.items():
+            if run_id in seen or (reach is not None and created <= reach):
+                continue
+            sent_at = visibility.sent_at(run_id)
+            if sent_at is not None and now - sent_at > visibility.window:
+                raise ChainBroken(f"the API did not list run {run_id} within its reach")
 
     async def _poll_ids(self, chunk: list[str]) -> None:
         ids = any_of("id", chunk)
