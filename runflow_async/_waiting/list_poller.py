@@ -28,6 +28,7 @@ the pages a tick may pay for reach, is handed back to be read one by one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -157,18 +158,25 @@ class ListPoller:
 
     async def poll_once(self) -> None:
         """Ask about every watched run once, with the chain's current step."""
+        if self.step == "id":
+            ids = list(self._watches)
+            for start in range(0, len(ids), self._chunk_size):
+                if not await self._attempt(self._poll_ids(ids[start : start + self._chunk_size])):
+                    return
+        elif self.step != "per_run":
+            await self._attempt(self._poll_scan(self._scans[self.step]))
+
+    async def _attempt(self, poll: Awaitable[None]) -> bool:
+        """Run one poll; ``False`` when it broke the current step (the chain moved on)."""
         try:
-            if self.step == "id":
-                ids = list(self._watches)
-                for start in range(0, len(ids), self._chunk_size):
-                    await self._poll_ids(ids[start : start + self._chunk_size])
-            elif self.step != "per_run":
-                await self._poll_scan(self._scans[self.step])
+            await poll
         except ChainBroken as exc:
             self._advance(exc)
+            return False
         except (APIError, pydantic.ValidationError) as exc:
             # Transient after the HTTP layer's retries: the next tick tries again.
             logger.info("Run list poll failed (%s); retrying next tick.", exc)
+        return True
 
     def _advance(self, exc: ChainBroken) -> None:
         following = _STEPS[_STEPS.index(self.step) + 1]
