@@ -208,8 +208,10 @@ async def measure(url: str, name: str, runs: int, concurrency: int) -> dict[str,
     proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, env=env)
     out, _ = await proc.communicate()
     client = json.loads(out.decode().strip().splitlines()[-1])
-    report = await get_json(f"{url}/_emulator/report?since={since + WARMUP_RUNS}")
-    rows = report["runs"]
+    # Rows are this client's runs only (another client's, with --background-runs,
+    # are left out of the report), so the warm-up runs are skipped by position.
+    report = await get_json(f"{url}/_emulator/report?since={since}")
+    rows = report["runs"][WARMUP_RUNS:]
     requests = await request_count(url) - client["start_requests"]
     delays = [r["noticed"] - r["end"] for r in rows if r["noticed"] is not None]
     first_create = min(r["created"] for r in rows)
@@ -241,6 +243,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)]
     argv += ["--seed", "11", "--median-duration", str(args.median), "--duration-sigma", "0.5"]
+    argv += ["--list-filters", args.list_filters, "--background-runs", str(args.background_runs)]
     if args.map_items:
         argv += ["--retain-runs", "10000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -307,6 +310,18 @@ def main() -> None:
         type=int,
         default=0,
         help="instead: client.map over this many lazy requests (median 0.05 s)",
+    )
+    parser.add_argument(
+        "--list-filters",
+        choices=["all", "no-id", "none"],
+        default="all",
+        help="which run-list filters the emulator accepts (issue 12)",
+    )
+    parser.add_argument(
+        "--background-runs",
+        type=float,
+        default=0.0,
+        help="share of the organisation's runs made by another client",
     )
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
