@@ -56,6 +56,10 @@ class FailureList:
         self._write_all()
         return len(self._rows)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether the file lists the item ``key`` (as this object last wrote it)."""
+        return key in self._rows
+
     def record(self, entry: JournalItem) -> None:
         """``entry`` (as the journal holds it now) changed: list it, or take it off."""
         listed = entry.key in self._rows

@@ -89,6 +89,7 @@ class JournalStateError(JournalError, KeyError):
 
 
 _SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
+_GET_MANY = 500  # keys per SELECT of get_many (SQLite allows 32,766 parameters)
 
 
 class Journal:
@@ -148,6 +149,18 @@ class Journal:
         row = self._conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
         return None if row is None else _item(row)
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, JournalItem]:
+        """Return the items recorded under ``keys`` (absent keys left out), a few SELECTs."""
+        found: dict[str, JournalItem] = {}
+        wanted = list(keys)
+        for start in range(0, len(wanted), _GET_MANY):
+            chunk = wanted[start : start + _GET_MANY]
+            sql = f"{_SELECT} WHERE key IN ({', '.join('?' * len(chunk))})"
+            for row in self._conn.execute(sql, chunk):
+                item = _item(row)
+                found[item.key] = item
+        return found
+
     def items(self, *, states: Iterable[ItemState] | None = None) -> list[JournalItem]:
         """Return the items, in input order, optionally only those in ``states``."""
         sql, args = _SELECT, list[str]()
@@ -172,10 +185,12 @@ class Journal:
 
     def mark_created(self, key: str, run_id: str) -> None:
         """Record the run a create returned (marking the same run again is a no-op)."""
+        if self._try_move(key, _C, "run_id = ?", run_id):
+            return  # one statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id == run_id:
             return
-        self._move(key, _C, "run_id = ?", run_id)
+        self._move(key, _C, "run_id = ?", run_id)  # refused: raises
 
     def own_run(self, key: str, run_id: str) -> None:
         """Record ``run_id`` as the item's run: :meth:`mark_created`, or :meth:`move_run`.
@@ -183,6 +198,8 @@ class Journal:
         The engine names an item's run a second time only when the first proved
         another create's, so a created item with another run moves to this one.
         """
+        if self._try_move(key, _C, "run_id = ?", run_id):
+            return  # one statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id is not None and item.run_id != run_id:
             self.move_run(key, item.run_id, run_id)
@@ -346,6 +363,12 @@ class Journal:
         return item
 
     def _move(self, key: str, to: ItemState, assignments: str, *args: object) -> None:
+        if not self._try_move(key, to, assignments, *args):
+            state = self._get(key).state
+            raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
+
+    def _try_move(self, key: str, to: ItemState, assignments: str, *args: object) -> bool:
+        """One UPDATE (one commit): whether ``key`` was in a state that may become ``to``."""
         sources = _FROM[to]
         sql = (
             f"UPDATE items SET state = ?, updated_at = ?, {assignments}"  # noqa: S608 - ours
@@ -354,9 +377,7 @@ class Journal:
         cursor = self._conn.execute(
             sql, (to.value, _now(), *args, key, *(s.value for s in sources))
         )
-        if cursor.rowcount == 0:
-            state = self._get(key).state
-            raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
+        return cursor.rowcount > 0
 
 
 def _now() -> str:
@@ -369,10 +390,21 @@ def _money(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
+_FIELDS = [f.name for f in fields(JournalItem)]
+_MONEY = frozenset({"estimate_usd", "cost_usd", "prior_cost_usd", "reserved_usd"})
+_CONVERT = [
+    (i, ItemState if name == "state" else Decimal)
+    for i, name in enumerate(_FIELDS)
+    if name == "state" or name in _MONEY
+]
+_FILES = _FIELDS.index("files")
+
+
 def _item(row: sqlite3.Row) -> JournalItem:
-    values = dict(zip(row.keys(), row, strict=True))
-    values["state"] = ItemState(values["state"])
-    values["files"] = tuple(json.loads(values["files"]))
-    for name in ("estimate_usd", "cost_usd", "prior_cost_usd", "reserved_usd"):
-        values[name] = None if values[name] is None else Decimal(values[name])
-    return JournalItem(**values)
+    values = list(row)  # in _SELECT's order: the dataclass's fields
+    for i, convert in _CONVERT:
+        if values[i] is not None:
+            values[i] = convert(values[i])
+    files = values[_FILES]
+    values[_FILES] = () if files == "[]" else tuple(json.loads(files))
+    return JournalItem(*values)

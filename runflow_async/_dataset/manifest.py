@@ -64,24 +64,32 @@ def ready_path(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}{READY_SUFFIX}"
 
 
-def named_by_type(out_dir: Path, guess: str, saved: DownloadedFile) -> str:
-    """The image's name with the suffix of its real type; its ready file renamed to match.
-
-    Blocking: call it in a worker thread.
-    """
+def named_by_type(guess: str, saved: DownloadedFile) -> str:
+    """The image's name: ``guess`` with the suffix of the type ``saved`` really is (no I/O)."""
     suffix = SUFFIX_OF_TYPE.get(saved.content_type or "", Path(guess).suffix)
-    name = Path(guess).with_suffix(suffix).name
-    if name != guess:
-        os.replace(saved.path, ready_path(out_dir, name))
-    return name
+    return Path(guess).with_suffix(suffix).name
 
 
-def publish(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+def publish(
+    out_dir: Path, rows: Sequence[dict[str, Any]], downloaded: Sequence[Path] = ()
+) -> list[str]:
     """Append ``rows`` to the manifest (one write), then rename their images in place.
 
-    Blocking: call it in a worker thread.
+    ``downloaded``: where each row's image was saved, if not at its
+    :func:`ready_path` (a first guess at its name); it is renamed there first,
+    so the row never names a ready file that is not there. Returns the rows as
+    written (one JSON text each), for the journal.
+
+    Blocking, briefly (an append and a rename per image, in the folder that
+    holds the journal, whose commits block as long): the pipeline calls it on
+    the event loop.
     """
-    data = "".join(f"{json.dumps(row, sort_keys=True)}\n" for row in rows).encode()
+    for row, saved in zip(rows, downloaded, strict=False):
+        ready = ready_path(out_dir, row["file_name"])
+        if saved != ready:
+            os.replace(saved, ready)
+    lines = [json.dumps(row, sort_keys=True) for row in rows]
+    data = "".join(f"{line}\n" for line in lines).encode()
     fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         view = memoryview(data)
@@ -91,6 +99,7 @@ def publish(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.close(fd)
     for row in rows:
         os.replace(ready_path(out_dir, row["file_name"]), out_dir / row["file_name"])
+    return lines
 
 
 def reconcile(out_dir: Path, journal: Journal) -> int:

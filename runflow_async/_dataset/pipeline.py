@@ -33,7 +33,6 @@ and created again under a new ``client_ref`` (``rfa-<dataset>-<key>-r<N>``,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -64,7 +63,7 @@ from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.input import DatasetItem
-from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
+from runflow_async._dataset.journal import ItemState, Journal, JournalItem, JournalStateError
 from runflow_async._dataset.manifest import named_by_type, publish, ready_path, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
@@ -85,6 +84,7 @@ __all__ = ["DatasetProgress", "run_dataset"]
 logger = logging.getLogger("runflow_async")
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_READ_AHEAD = 256  # items whose journal entries are read in one go
 
 
 class _JournalHooks(NoHooks):
@@ -166,19 +166,46 @@ class _Runner:
         self._engine = engine
         async with engine, anyio.create_task_group() as records:
             records.start_soon(self._record_all, engine)
-            for index, item in enumerate(self.items):
-                work = self._work(index, item, usd[item.key], engine.stop_reason)
-                if work is not None:
-                    self.progress.in_flight += 1
-                    await engine.put(work)
+            await self._feed(engine, usd)
             await engine.end_input()
 
+    async def _feed(self, engine: Engine, usd: Mapping[str, Decimal]) -> None:
+        """Put every item's work, in input order, up to ``concurrency`` of them queued.
+
+        Items wait in the engine's queue, ahead of the free slots, so a slot that
+        frees starts the next item at once (one put at a time, a slot would wait
+        for this task's turn on a busy loop); the bound keeps memory flat.
+        """
+        queued = anyio.Semaphore(self.concurrency)
+
+        async def put(work: WorkItem) -> None:
+            try:
+                await engine.put(work)  # returns once it has a slot (or was refused)
+            finally:
+                queued.release()
+
+        async with anyio.create_task_group() as puts:  # started in order: queued in order
+            for start in range(0, len(self.items), _READ_AHEAD):
+                # Read in bulk: only an item's own work changes it, after its put.
+                chunk = self.items[start : start + _READ_AHEAD]
+                entries = self.journal.get_many(item.key for item in chunk)
+                for index, item in enumerate(chunk, start):
+                    stopped = engine.stop_reason
+                    work = self._work(index, item, usd[item.key], stopped, entries[item.key])
+                    if work is not None:
+                        self.progress.in_flight += 1
+                        await queued.acquire()
+                        puts.start_soon(put, work)
+
     def _work(
-        self, index: int, item: DatasetItem, estimate: Decimal, stopped: str | None
+        self,
+        index: int,
+        item: DatasetItem,
+        estimate: Decimal,
+        stopped: str | None,
+        entry: JournalItem,
     ) -> WorkItem | None:
-        """The engine's work for ``item``, or ``None`` if there is none now."""
-        entry = self.journal.get(item.key)
-        assert entry is not None  # noqa: S101 - added above
+        """The engine's work for ``item`` (as ``entry`` records it), or ``None`` for none now."""
         if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
             self.progress.done += entry.state is ItemState.SUCCEEDED
             self.progress.failed += entry.state is ItemState.FAILED
@@ -258,12 +285,14 @@ class _Runner:
             # A failed download raises: the run succeeded and stays "created", so
             # the next run re-reads it (fresh URLs) and downloads again.
             cost, reserved = outcome.billed_usd, self._reserved(outcome)
-            rows = await self._download(item, outcome.result, cost, reserved)
+            rows, saved = await self._download(item, outcome.result, cost, reserved)
             # Rows first, then the images' names: never an image without its row.
-            await anyio.to_thread.run_sync(publish, self.out_dir, rows)
-            files = [json.dumps(r, sort_keys=True) for r in rows]
+            # On the loop, like the journal's commits: an append and a rename or
+            # two in the output folder cost less than a worker thread's round trip.
+            files = publish(self.out_dir, rows, saved)
             self.journal.mark_succeeded(item.key, cost_usd=cost, files=files, reserved_usd=reserved)
-            self._listed(item.key)  # a collectable item from an earlier run leaves the list
+            if item.key in self.failures:  # a collectable item from an earlier run
+                self._listed(item.key)  # leaves the list
             self.progress.done += 1
             self.progress.spent_usd += cost if cost is not None else reserved or 0
         elif isinstance(error, NotSubmittedError):
@@ -304,21 +333,24 @@ class _Runner:
         result: GenerationResult,
         cost: Decimal | None,
         reserved: Decimal | None,
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[Path]]:
+        """The item's images downloaded: their manifest rows, and where each was saved."""
         run = result.run
         images = result.images
         parts = max(1, len(images))
         costs, estimates = split_cost(cost, parts), split_cost(reserved, parts)
-        rows = []
+        rows, paths = [], []
         for n, (image, share, estimated) in enumerate(zip(images, costs, estimates, strict=False)):
             ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
-            # The suffix is a first guess: the file is named by its real type.
+            # The suffix is a first guess: the file is named by its real type
+            # (:func:`publish` renames its ready file to match, if need be).
             guess = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
             async with self.downloads:
                 saved = await self._fetch(run, n, image, ready_path(self.out_dir, guess))
-            name = await anyio.to_thread.run_sync(named_by_type, self.out_dir, guess, saved)
+            name = named_by_type(guess, saved)
             rows.append(manifest_row(item, run, image, name, share, saved.sha256, estimated))
-        return rows
+            paths.append(saved.path)
+        return rows, paths
 
     async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> DownloadedFile:
         try:
