@@ -125,6 +125,7 @@ class _Runner:
         self.concurrency = concurrency
         self.max_cost_usd = max_cost_usd
         self.downloads = anyio.CapacityLimiter(download_concurrency)
+        self.download_concurrency = download_concurrency
         self.max_image_bytes = max_image_bytes
         self.progress = DatasetProgress(total=len(items))
         self.failures = FailureList(out_dir, items)
@@ -160,6 +161,9 @@ class _Runner:
             spent_usd=self.journal.summary()["spent_usd"],
             max_concurrency=self.concurrency,
             max_cost_usd=self.max_cost_usd,
+            # Backpressure: outcomes not yet recorded wait, holding their runs'
+            # slots, so no backlog of finished runs grows while downloads lag.
+            outcome_buffer=self.concurrency,
         )
         # The engine outside, its reader inside: the reader has every outcome
         # (and its downloads end) before the engine, and its stream, close.
@@ -193,8 +197,8 @@ class _Runner:
                     stopped = engine.stop_reason
                     work = self._work(index, item, usd[item.key], stopped, entries[item.key])
                     if work is not None:
-                        self.progress.in_flight += 1
                         await queued.acquire()
+                        self.progress.in_flight += 1  # the engine's now: queued or running
                         puts.start_soon(put, work)
 
     def _work(
@@ -231,11 +235,23 @@ class _Runner:
         )
 
     async def _record_all(self, engine: Engine) -> None:
+        # Items being recorded (most waiting for a download) at most: enough to
+        # keep every download busy, few enough that memory does not grow with
+        # the input when downloads are slower than runs.
+        recording = anyio.Semaphore(self.concurrency + self.download_concurrency)
+
+        async def record(item: DatasetItem, outcome: Outcome) -> None:
+            try:
+                await self._record(item, outcome)
+            finally:
+                recording.release()
+
         async with anyio.create_task_group() as tg:
             async for outcome in engine.outcomes:  # ends once every item has its outcome
                 self.progress.in_flight -= 1
                 self._tick()
-                tg.start_soon(self._record, self.items[outcome.index], outcome)
+                await recording.acquire()
+                tg.start_soon(record, self.items[outcome.index], outcome)
 
     async def _with_uploads(self, request: RunRequest, item: DatasetItem) -> RunRequest:
         assert isinstance(request, EditRequest)  # noqa: S101 - only edits get uploads
