@@ -197,3 +197,20 @@ async def test_finished_runs_wait_for_their_downloads_instead_of_piling_up(
     assert emu.counters.runs_created == n
     # Held in slots, in the outcome buffer, being recorded, and one read.
     assert stalled[0] <= 3 * concurrency + downloads + 1 < n
+
+
+def test_lines_of_one_size_share_its_size_object_and_keep_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a red fox\na red fox\na blue bird\n")
+    items = read_generate_file(path, Defaults(image_size=(64, 64), base_seed=5))
+    sizes = {id(item.request.image_size) for item in items}
+    assert len(sizes) == 1  # one object, not one per line (memory at 100,000 lines)
+    assert items[0].request.size == (64, 64)
+    # Keys and seeds as before sharing (a changed key would bill a line again).
+    assert [(i.key, i.request.seed) for i in items] == [
+        ("fdd81db4e5d7a1194361cbdb-0", 1421565411),
+        ("2b4c2abf0d36af320f738a9a-0", 1421565412),
+        ("dc66c0f4c9493453abd1d148-0", 1180992408),
+    ]
+    with pytest.raises(ValueError, match="image_size"):  # still reported, with its line
+        read_generate_file(path, Defaults(image_size=(64, 9999)))
