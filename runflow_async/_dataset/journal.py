@@ -133,7 +133,8 @@ class Journal:
             How many items were new.
         """
         now = _now()
-        rows = [(k, o, kind, _money(e), _P.value, now) for k, o, kind, e in items]
+        # A generator, not a list: 100,000 rows are not held at once.
+        rows = ((k, o, kind, _money(e), _P.value, now) for k, o, kind, e in items)
         before = self._conn.total_changes
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
