@@ -167,7 +167,7 @@ class StatementCounter:
         connect = sqlite3.connect
 
         def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-            conn = connect(*args, **kwargs)
+            conn: sqlite3.Connection = connect(*args, **kwargs)
             conn.set_trace_callback(self)
             return conn
 

@@ -44,7 +44,7 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Statements:
     connect = sqlite3.connect
 
     def counting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)
+        conn: sqlite3.Connection = connect(*args, **kwargs)
         conn.set_trace_callback(seen.sql.append)
         return conn
 

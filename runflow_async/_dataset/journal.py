@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
-from runflow_async._dataset.journal_item import ItemState, JournalItem
+from runflow_async._dataset.journal_item import ItemState, JournalItem, item_from_row
 
 __all__ = [
     "JOURNAL_PATH",
@@ -148,7 +148,7 @@ class Journal:
     def get(self, key: str) -> JournalItem | None:
         """Return the item recorded under ``key``, or ``None``."""
         row = self._conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, JournalItem]:
         """Return the items recorded under ``keys`` (absent keys left out), a few SELECTs."""
@@ -158,7 +158,7 @@ class Journal:
             chunk = wanted[start : start + _GET_MANY]
             sql = f"{_SELECT} WHERE key IN ({', '.join('?' * len(chunk))})"
             for row in self._conn.execute(sql, chunk):
-                item = _item(row)
+                item = item_from_row(row)
                 found[item.key] = item
         return found
 
@@ -168,7 +168,9 @@ class Journal:
         if states is not None:
             args = [ItemState(s).value for s in states]
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        return [_item(row) for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args)]
+        return [
+            item_from_row(row) for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args)
+        ]
 
     def mark_submitting(self, key: str, client_ref: str) -> None:
         """Record, *before* sending it, that a create is starting (write-ahead).
@@ -389,23 +391,3 @@ def _money(value: Decimal | None) -> str | None:
     if value is not None and not Decimal(value).is_finite():
         raise ValueError(f"not an amount of money: {value}")
     return None if value is None else str(value)
-
-
-_FIELDS = [f.name for f in fields(JournalItem)]
-_MONEY = frozenset({"estimate_usd", "cost_usd", "prior_cost_usd", "reserved_usd"})
-_CONVERT = [
-    (i, ItemState if name == "state" else Decimal)
-    for i, name in enumerate(_FIELDS)
-    if name == "state" or name in _MONEY
-]
-_FILES = _FIELDS.index("files")
-
-
-def _item(row: sqlite3.Row) -> JournalItem:
-    values = list(row)  # in _SELECT's order: the dataclass's fields
-    for i, convert in _CONVERT:
-        if values[i] is not None:
-            values[i] = convert(values[i])
-    files = values[_FILES]
-    values[_FILES] = () if files == "[]" else tuple(json.loads(files))
-    return JournalItem(*values)

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -48,7 +48,6 @@ from runflow_async._batch.outcomes import Outcome
 from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import (
     APIError,
-    APIResponseError,
     ClientClosedError,
     CreateOutcomeUnknownError,
     NotSubmittedError,
@@ -57,23 +56,21 @@ from runflow_async._core.errors import (
     RunTimeoutError,
 )
 from runflow_async._core.estimate import estimate_requests
-from runflow_async._core.models import GenerationResult, ImageOutput, Run
+from runflow_async._core.models import Run
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
+from runflow_async._dataset.images import ImageFetcher
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem, JournalStateError
-from runflow_async._dataset.manifest import named_by_type, publish, ready_path, reconcile
+from runflow_async._dataset.manifest import publish, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
-    manifest_row,
-    split_cost,
     summarize,
     write_outputs,
 )
 from runflow_async._dataset.progress import DatasetProgress
-from runflow_async._http.download import DownloadedFile
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
@@ -83,7 +80,6 @@ __all__ = ["DatasetProgress", "run_dataset"]
 
 logger = logging.getLogger("runflow_async")
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _READ_AHEAD = 256  # items whose journal entries are read in one go
 
 
@@ -126,7 +122,7 @@ class _Runner:
         self.max_cost_usd = max_cost_usd
         self.downloads = anyio.CapacityLimiter(download_concurrency)
         self.download_concurrency = download_concurrency
-        self.max_image_bytes = max_image_bytes
+        self.images = ImageFetcher(client, out_dir, self.downloads, max_image_bytes)
         self.progress = DatasetProgress(total=len(items))
         self.failures = FailureList(out_dir, items)
         self._engine: Engine | None = None
@@ -301,7 +297,7 @@ class _Runner:
             # A failed download raises: the run succeeded and stays "created", so
             # the next run re-reads it (fresh URLs) and downloads again.
             cost, reserved = outcome.billed_usd, self._reserved(outcome)
-            rows, saved = await self._download(item, outcome.result, cost, reserved)
+            rows, saved = await self.images.download(item, outcome.result, cost, reserved)
             # Rows first, then the images' names: never an image without its row.
             # On the loop, like the journal's commits: an append and a rename or
             # two in the output folder cost less than a worker thread's round trip.
@@ -342,46 +338,6 @@ class _Runner:
         if outcome.billed_usd is not None or self._engine is None:
             return None
         return as_reserved(outcome.estimated_usd, self._engine.snapshot().billing_factor)
-
-    async def _download(
-        self,
-        item: DatasetItem,
-        result: GenerationResult,
-        cost: Decimal | None,
-        reserved: Decimal | None,
-    ) -> tuple[list[dict[str, Any]], list[Path]]:
-        """The item's images downloaded: their manifest rows, and where each was saved."""
-        run = result.run
-        images = result.images
-        parts = max(1, len(images))
-        costs, estimates = split_cost(cost, parts), split_cost(reserved, parts)
-        rows, paths = [], []
-        for n, (image, share, estimated) in enumerate(zip(images, costs, estimates, strict=False)):
-            ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
-            # The suffix is a first guess: the file is named by its real type
-            # (:func:`publish` renames its ready file to match, if need be).
-            guess = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
-            async with self.downloads:
-                saved = await self._fetch(run, n, image, ready_path(self.out_dir, guess))
-            name = named_by_type(guess, saved)
-            rows.append(manifest_row(item, run, image, name, share, saved.sha256, estimated))
-            paths.append(saved.path)
-        return rows, paths
-
-    async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> DownloadedFile:
-        try:
-            return await self._save(image, dest)
-        except APIError as exc:  # expired, missing, not an image: re-sign once, try again
-            logger.info("run %s image %s: %s; reading the run again", run.id, n, exc)
-            fresh = await self.client.get_run(run.id)
-            if n >= len(fresh.images):  # the re-read shows no images: try on the next run
-                raise APIResponseError(
-                    f"Run {run.id} was read again without image {n}", method="GET", path=run.id
-                ) from None
-            return await self._save(fresh.images[n], dest)
-
-    async def _save(self, image: ImageOutput, dest: Path) -> DownloadedFile:
-        return await self.client.download(image, dest, max_bytes=self.max_image_bytes)
 
 
 def _client_ref(dataset_id: str, key: str, retries: int) -> str:
