@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import pytest
 
 from runflow_async._dataset.input import Defaults, read_generate_file
 from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
-from runflow_async._dataset.manifest import MANIFEST, publish, ready_path
+from runflow_async._dataset.manifest import MANIFEST, publish, ready_path, reconcile
+from runflow_async._dataset.outputs import summarize
 from runflow_async._dataset.pipeline import run_dataset
 from runflow_async._dataset.progress import DatasetProgress
 from runflow_async.emulator import Emulator
@@ -214,3 +216,38 @@ def test_lines_of_one_size_share_its_size_object_and_keep_their_keys(tmp_path: P
     ]
     with pytest.raises(ValueError, match="image_size"):  # still reported, with its line
         read_generate_file(path, Defaults(image_size=(64, 9999)))
+
+
+def test_the_folder_is_reconciled_and_summarised_in_memory_that_does_not_grow(
+    tmp_path: Path,
+) -> None:
+    # 3,000 succeeded items with 2 KB rows: about 6 MB of rows, in the journal
+    # and in the manifest. Reconciling and summarising stream them (the old
+    # code held every row, as text and as dicts: many times that).
+    n = 3000
+    prompts = prompts_file(tmp_path, n)
+    items = read_generate_file(prompts, Defaults())
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = []
+    with Journal.open(out) as journal:
+        journal.add_items((i.key, i.ordinal, "generate", Decimal("0.01")) for i in items)
+        for item in items:
+            row = json.dumps({"file_name": f"{item.key}-0.png", "key": item.key, "pad": "x" * 2000})
+            journal.mark_succeeded(item.key, cost_usd=Decimal("0.01"), files=[row])
+            rows.append(row)
+        (out / MANIFEST).write_text("".join(f"{r}\n" for r in rows))
+        tracemalloc.start()
+        try:
+            assert reconcile(out, journal) == n
+            reconciled = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            summary = summarize(out, journal, items, images=n)
+            summarised = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert (out / MANIFEST).read_text() == "".join(f"{r}\n" for r in rows)
+    assert summary.succeeded == n
+    assert summary.spent_usd == Decimal("0.01") * n
+    assert reconciled < 1_500_000
+    assert summarised < 1_500_000

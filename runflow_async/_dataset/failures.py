@@ -50,7 +50,7 @@ class FailureList:
     def rewrite(self, journal: Journal) -> int:
         """Rewrite the file from the journal (atomically); return how many rows it has."""
         self._rows = {}
-        for entry in journal.items(states=(ItemState.FAILED, ItemState.CREATED)):
+        for entry in journal.iter_items(states=(ItemState.FAILED, ItemState.CREATED)):
             if entry.state is ItemState.FAILED or entry.error_type is not None:
                 self._rows[entry.key] = self._row(entry)
         self._write_all()

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -164,13 +164,20 @@ class Journal:
 
     def items(self, *, states: Iterable[ItemState] | None = None) -> list[JournalItem]:
         """Return the items, in input order, optionally only those in ``states``."""
+        return list(self.iter_items(states=states))
+
+    def iter_items(self, *, states: Iterable[ItemState] | None = None) -> Iterator[JournalItem]:
+        """Yield the items, in input order (optionally only those in ``states``), one at a time.
+
+        For scans of a large journal in little memory; write nothing to the
+        journal until it is exhausted.
+        """
         sql, args = _SELECT, list[str]()
         if states is not None:
             args = [ItemState(s).value for s in states]
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        return [
-            item_from_row(row) for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args)
-        ]
+        for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args):
+            yield item_from_row(row)
 
     def mark_submitting(self, key: str, client_ref: str) -> None:
         """Record, *before* sending it, that a create is starting (write-ahead).
@@ -331,7 +338,7 @@ class Journal:
         counts = dict.fromkeys(ItemState, 0)
         spent = estimated = unknown_usd = Decimal(0)
         unknown = 0
-        for item in self.items():
+        for item in self.iter_items():
             counts[item.state] += 1
             spent += item.spent_usd
             if item.cost_unknown:
