@@ -52,7 +52,7 @@ async def refresh_unknown_costs(
     """
     unknown = [
         entry
-        for entry in journal.items(states=(ItemState.SUCCEEDED,))
+        for entry in journal.iter_items(states=(ItemState.SUCCEEDED,))
         if entry.cost_unknown and entry.run_id is not None
     ]
     found: list[tuple[JournalItem, Decimal]] = []

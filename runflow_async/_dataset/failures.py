@@ -50,11 +50,15 @@ class FailureList:
     def rewrite(self, journal: Journal) -> int:
         """Rewrite the file from the journal (atomically); return how many rows it has."""
         self._rows = {}
-        for entry in journal.items(states=(ItemState.FAILED, ItemState.CREATED)):
+        for entry in journal.iter_items(states=(ItemState.FAILED, ItemState.CREATED)):
             if entry.state is ItemState.FAILED or entry.error_type is not None:
                 self._rows[entry.key] = self._row(entry)
         self._write_all()
         return len(self._rows)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether the file lists the item ``key`` (as this object last wrote it)."""
+        return key in self._rows
 
     def record(self, entry: JournalItem) -> None:
         """``entry`` (as the journal holds it now) changed: list it, or take it off."""

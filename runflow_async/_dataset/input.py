@@ -30,6 +30,7 @@ from runflow_async._core.errors import RequestValidationError, RunflowError
 from runflow_async._core.requests import (
     CUSTOM_SIZE_MAX,
     CUSTOM_SIZE_MIN,
+    CustomImageSize,
     EditRequest,
     GenerateRequest,
     ImagePreset,
@@ -209,6 +210,7 @@ class _Reader:
     problems: list[tuple[int, str]] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
     seeded: Counter[str] = field(default_factory=Counter)
+    sizes: dict[tuple[int, int], CustomImageSize] = field(default_factory=dict)
 
     def _seed(self, fields: dict[str, Any], metadata: Any, paths: list[Path]) -> int:
         """A line's default seed: from ``base_seed`` and the line's own content.
@@ -224,6 +226,16 @@ class _Reader:
         self.seeded[digest] += 1
         assert self.defaults.base_seed is not None  # noqa: S101 - checked by the caller
         return (self.defaults.base_seed + int(digest[:8], 16) + occurrence) % _SEED_MODULUS
+
+    def _size(self, pair: tuple[int, int]) -> CustomImageSize | tuple[int, int]:
+        """One (frozen) size object shared by every line of that size: memory per item.
+
+        A pair out of bounds stays a pair, for the request's validation to report.
+        """
+        if pair not in self.sizes:
+            with contextlib.suppress(ValueError):  # pydantic's ValidationError is one
+                self.sizes[pair] = CustomImageSize(width=pair[0], height=pair[1])
+        return self.sizes.get(pair, pair)
 
     ordinal: int = 0
 
@@ -263,6 +275,8 @@ class _Reader:
                     positions.append(position)
         if "seed" not in fields and self.defaults.base_seed is not None:
             fields["seed"] = self._seed(fields, metadata, paths)
+        if isinstance(fields.get("image_size"), tuple):  # after the seed: it reads the pair
+            fields["image_size"] = self._size(fields["image_size"])
         cls = EditRequest if self.kind == "edit" else GenerateRequest
         try:
             request = cast("GenerateRequest | EditRequest", build_request(cls, fields))

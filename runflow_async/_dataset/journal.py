@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
-from runflow_async._dataset.journal_item import ItemState, JournalItem
+from runflow_async._dataset.journal_item import ItemState, JournalItem, item_from_row
 
 __all__ = [
     "JOURNAL_PATH",
@@ -89,6 +89,7 @@ class JournalStateError(JournalError, KeyError):
 
 
 _SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
+_GET_MANY = 500  # keys per SELECT of get_many (SQLite allows 32,766 parameters)
 
 
 class Journal:
@@ -132,7 +133,8 @@ class Journal:
             How many items were new.
         """
         now = _now()
-        rows = [(k, o, kind, _money(e), _P.value, now) for k, o, kind, e in items]
+        # A generator, not a list: 100,000 rows are not held at once.
+        rows = ((k, o, kind, _money(e), _P.value, now) for k, o, kind, e in items)
         before = self._conn.total_changes
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -146,15 +148,36 @@ class Journal:
     def get(self, key: str) -> JournalItem | None:
         """Return the item recorded under ``key``, or ``None``."""
         row = self._conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, JournalItem]:
+        """Return the items recorded under ``keys`` (absent keys left out), a few SELECTs."""
+        found: dict[str, JournalItem] = {}
+        wanted = list(keys)
+        for start in range(0, len(wanted), _GET_MANY):
+            chunk = wanted[start : start + _GET_MANY]
+            sql = f"{_SELECT} WHERE key IN ({', '.join('?' * len(chunk))})"
+            for row in self._conn.execute(sql, chunk):
+                item = item_from_row(row)
+                found[item.key] = item
+        return found
 
     def items(self, *, states: Iterable[ItemState] | None = None) -> list[JournalItem]:
         """Return the items, in input order, optionally only those in ``states``."""
+        return list(self.iter_items(states=states))
+
+    def iter_items(self, *, states: Iterable[ItemState] | None = None) -> Iterator[JournalItem]:
+        """Yield the items, in input order (optionally only those in ``states``), one at a time.
+
+        For scans of a large journal in little memory; write nothing to the
+        journal until it is exhausted.
+        """
         sql, args = _SELECT, list[str]()
         if states is not None:
             args = [ItemState(s).value for s in states]
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        return [_item(row) for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args)]
+        for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args):
+            yield item_from_row(row)
 
     def mark_submitting(self, key: str, client_ref: str) -> None:
         """Record, *before* sending it, that a create is starting (write-ahead).
@@ -172,10 +195,12 @@ class Journal:
 
     def mark_created(self, key: str, run_id: str) -> None:
         """Record the run a create returned (marking the same run again is a no-op)."""
+        if self._try_move(key, _C, "run_id = ?", run_id):
+            return  # one statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id == run_id:
             return
-        self._move(key, _C, "run_id = ?", run_id)
+        self._move(key, _C, "run_id = ?", run_id)  # refused: raises
 
     def own_run(self, key: str, run_id: str) -> None:
         """Record ``run_id`` as the item's run: :meth:`mark_created`, or :meth:`move_run`.
@@ -183,6 +208,8 @@ class Journal:
         The engine names an item's run a second time only when the first proved
         another create's, so a created item with another run moves to this one.
         """
+        if self._try_move(key, _C, "run_id = ?", run_id):
+            return  # one statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id is not None and item.run_id != run_id:
             self.move_run(key, item.run_id, run_id)
@@ -311,7 +338,7 @@ class Journal:
         counts = dict.fromkeys(ItemState, 0)
         spent = estimated = unknown_usd = Decimal(0)
         unknown = 0
-        for item in self.items():
+        for item in self.iter_items():
             counts[item.state] += 1
             spent += item.spent_usd
             if item.cost_unknown:
@@ -346,6 +373,12 @@ class Journal:
         return item
 
     def _move(self, key: str, to: ItemState, assignments: str, *args: object) -> None:
+        if not self._try_move(key, to, assignments, *args):
+            state = self._get(key).state
+            raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
+
+    def _try_move(self, key: str, to: ItemState, assignments: str, *args: object) -> bool:
+        """One UPDATE (one commit): whether ``key`` was in a state that may become ``to``."""
         sources = _FROM[to]
         sql = (
             f"UPDATE items SET state = ?, updated_at = ?, {assignments}"  # noqa: S608 - ours
@@ -354,9 +387,7 @@ class Journal:
         cursor = self._conn.execute(
             sql, (to.value, _now(), *args, key, *(s.value for s in sources))
         )
-        if cursor.rowcount == 0:
-            state = self._get(key).state
-            raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
+        return cursor.rowcount > 0
 
 
 def _now() -> str:
@@ -367,12 +398,3 @@ def _money(value: Decimal | None) -> str | None:
     if value is not None and not Decimal(value).is_finite():
         raise ValueError(f"not an amount of money: {value}")
     return None if value is None else str(value)
-
-
-def _item(row: sqlite3.Row) -> JournalItem:
-    values = dict(zip(row.keys(), row, strict=True))
-    values["state"] = ItemState(values["state"])
-    values["files"] = tuple(json.loads(values["files"]))
-    for name in ("estimate_usd", "cost_usd", "prior_cost_usd", "reserved_usd"):
-        values[name] = None if values[name] is None else Decimal(values[name])
-    return JournalItem(**values)

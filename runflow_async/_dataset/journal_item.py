@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["ItemState", "JournalItem"]
+__all__ = ["ItemState", "JournalItem", "item_from_row"]
 
 
 class ItemState(StrEnum):
@@ -81,3 +84,24 @@ class JournalItem:
         if self.state in (ItemState.SUCCEEDED, ItemState.FAILED):
             return self.prior_cost_usd + (self.cost_usd or Decimal(0))
         return self.prior_cost_usd
+
+
+_FIELDS = [f.name for f in fields(JournalItem)]
+_MONEY = frozenset({"estimate_usd", "cost_usd", "prior_cost_usd", "reserved_usd"})
+_CONVERT = [
+    (i, ItemState if name == "state" else Decimal)
+    for i, name in enumerate(_FIELDS)
+    if name == "state" or name in _MONEY
+]
+_FILES = _FIELDS.index("files")
+
+
+def item_from_row(row: Sequence[Any]) -> JournalItem:
+    """The item a row of the journal's ``SELECT`` of every field (in field order) holds."""
+    values = list(row)  # in field order
+    for i, convert in _CONVERT:
+        if values[i] is not None:
+            values[i] = convert(values[i])
+    files = values[_FILES]
+    values[_FILES] = () if files == "[]" else tuple(json.loads(files))
+    return JournalItem(*values)

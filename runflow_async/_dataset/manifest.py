@@ -33,14 +33,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Container, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
 from runflow_async._http.download import IMAGE_SUFFIXES as SUFFIX_OF_TYPE
-from runflow_async._http.download import DownloadedFile, write_atomic
+from runflow_async._http.download import TEMP_SUFFIX, DownloadedFile
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -64,24 +65,32 @@ def ready_path(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}{READY_SUFFIX}"
 
 
-def named_by_type(out_dir: Path, guess: str, saved: DownloadedFile) -> str:
-    """The image's name with the suffix of its real type; its ready file renamed to match.
-
-    Blocking: call it in a worker thread.
-    """
+def named_by_type(guess: str, saved: DownloadedFile) -> str:
+    """The image's name: ``guess`` with the suffix of the type ``saved`` really is (no I/O)."""
     suffix = SUFFIX_OF_TYPE.get(saved.content_type or "", Path(guess).suffix)
-    name = Path(guess).with_suffix(suffix).name
-    if name != guess:
-        os.replace(saved.path, ready_path(out_dir, name))
-    return name
+    return Path(guess).with_suffix(suffix).name
 
 
-def publish(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+def publish(
+    out_dir: Path, rows: Sequence[dict[str, Any]], downloaded: Sequence[Path] = ()
+) -> list[str]:
     """Append ``rows`` to the manifest (one write), then rename their images in place.
 
-    Blocking: call it in a worker thread.
+    ``downloaded``: where each row's image was saved, if not at its
+    :func:`ready_path` (a first guess at its name); it is renamed there first,
+    so the row never names a ready file that is not there. Returns the rows as
+    written (one JSON text each), for the journal.
+
+    Blocking, briefly (an append and a rename per image, in the folder that
+    holds the journal, whose commits block as long): the pipeline calls it on
+    the event loop.
     """
-    data = "".join(f"{json.dumps(row, sort_keys=True)}\n" for row in rows).encode()
+    for row, saved in zip(rows, downloaded, strict=False):
+        ready = ready_path(out_dir, row["file_name"])
+        if saved != ready:
+            os.replace(saved, ready)
+    lines = [json.dumps(row, sort_keys=True) for row in rows]
+    data = "".join(f"{line}\n" for line in lines).encode()
     fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         view = memoryview(data)
@@ -91,48 +100,75 @@ def publish(out_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.close(fd)
     for row in rows:
         os.replace(ready_path(out_dir, row["file_name"]), out_dir / row["file_name"])
+    return lines
 
 
 def reconcile(out_dir: Path, journal: Journal) -> int:
-    """Make the folder match the journal (see the module doc); return the manifest's rows."""
-    rows, whole = _read_rows(out_dir / MANIFEST)
-    if whole:  # a torn last line: roll nothing forward, download those items again
-        _roll_forward(out_dir, journal, rows)
-    kept: list[str] = []
-    unfinished: set[str] = set()
-    for entry in journal.items():
-        if entry.state is ItemState.SUCCEEDED:
-            kept.extend(entry.files)
-        else:
-            unfinished.add(entry.key)
+    """Make the folder match the journal (see the module doc); return the manifest's rows.
+
+    Streamed, in memory that does not grow with the folder: only rows of items
+    still "created" (the only ones that may roll forward) are read into memory,
+    and the manifest is rewritten row by row from the journal.
+    """
+    created = {e.key for e in journal.iter_items(states=(ItemState.CREATED,))}
+    if created:  # nothing else can roll forward: no need to read the manifest
+        rows, whole = _read_rows(out_dir / MANIFEST, created)
+        if whole:  # a torn last line: roll nothing forward, download those items again
+            _roll_forward(out_dir, journal, rows)
+    unfinished = {e.key for e in journal.iter_items(states=set(ItemState) - {ItemState.SUCCEEDED})}
     with os.scandir(out_dir) as found:
         for file in found:
             if _owner(file.name) in unfinished and file.is_file(follow_symlinks=False):
                 os.unlink(file.path)  # before its row goes: never an image without a row
-    write_atomic(out_dir / MANIFEST, "".join(f"{line}\n" for line in kept).encode())
+    kept = (
+        line for entry in journal.iter_items(states=(ItemState.SUCCEEDED,)) for line in entry.files
+    )
+    count = _write_lines(out_dir / MANIFEST, kept)
     for ready in out_dir.glob(f".*{READY_SUFFIX}"):
         ready.unlink(missing_ok=True)
-    return len(kept)
+    return count
 
 
-def _read_rows(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """The manifest's rows, and whether every line of it was whole."""
+def _write_lines(dest: Path, lines: Iterable[str]) -> int:
+    """Write ``lines`` to a temporary file beside ``dest``, then rename it over ``dest``.
+
+    The file gets the mode a plain ``open()`` would (``0o666`` less the umask).
+    A temporary file a kill leaves is removed by the next run (``folder_lock``).
+    """
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    count = 0
     try:
-        text = path.read_text(encoding="utf-8")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(f"{line}\n")
+                count += 1
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _read_rows(path: Path, keys: Container[str]) -> tuple[list[dict[str, Any]], bool]:
+    """The manifest's rows of items in ``keys``, and whether every line of it was whole."""
+    rows: list[dict[str, Any]] = []
+    whole = True
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:  # line by line: the file is never held whole
+                whole = whole and line.endswith("\n")
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    whole = False
+                    continue
+                if isinstance(row, dict) and str(row.get("key")) in keys:
+                    rows.append(row)
     except FileNotFoundError:
         return [], True
     except (OSError, UnicodeDecodeError):
         return [], False
-    rows: list[dict[str, Any]] = []
-    whole = text == "" or text.endswith("\n")
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            whole = False
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
     return rows, whole
 
 

@@ -169,7 +169,7 @@ def unfinished(
         return list(items), Decimal(0)
     finished = (ItemState.SUCCEEDED,) if retry_failed else (ItemState.SUCCEEDED, ItemState.FAILED)
     with Journal.open(out_dir) as journal:
-        done = {e.key for e in journal.items(states=finished)}
+        done = {e.key for e in journal.iter_items(states=finished)}
         spent: Decimal = journal.summary()["spent_usd"]
     return [i for i in items if i.key not in done], spent
 
@@ -192,42 +192,56 @@ def summarize(
     images: int,
     interrupted: bool = False,
 ) -> DatasetSummary:
-    """Summarise the items of this input as the journal records them."""
+    """Summarise the items of this input as the journal records them.
+
+    One pass over the journal, keeping counts only (not every item's rows).
+    """
     keys = {i.key for i in items}
-    states = [e for e in journal.items() if e.key in keys]
+    states: Counter[ItemState] = Counter()
+    failures: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    spent = unknown_usd = Decimal(0)
+    unknown = 0
+    for entry in journal.iter_items():
+        if entry.key not in keys:
+            continue
+        states[entry.state] += 1
+        spent += entry.spent_usd
+        if entry.state is ItemState.FAILED:
+            failures[entry.error_type or "error"] += 1
+        elif (reason := _reason(entry, interrupted=interrupted)) is not None:
+            reasons[reason] += 1
+        if entry.cost_unknown:
+            unknown += 1
+            unknown_usd += entry.spent_usd - entry.prior_cost_usd
+    finished = states[ItemState.SUCCEEDED] + states[ItemState.FAILED]
     return DatasetSummary(
         out_dir=out_dir,
         total=len(items),
-        succeeded=sum(e.state is ItemState.SUCCEEDED for e in states),
-        failed=sum(e.state is ItemState.FAILED for e in states),
-        pending=sum(e.state not in (ItemState.SUCCEEDED, ItemState.FAILED) for e in states),
+        succeeded=states[ItemState.SUCCEEDED],
+        failed=states[ItemState.FAILED],
+        pending=sum(states.values()) - finished,
         images=images,
-        spent_usd=sum((e.spent_usd for e in states), Decimal(0)),
+        spent_usd=spent,
         interrupted=interrupted,
-        reasons=_reasons(states, interrupted=interrupted),
-        failures=dict(
-            Counter(e.error_type or "error" for e in states if e.state is ItemState.FAILED)
-        ),
-        unknown_cost_runs=sum(e.cost_unknown for e in states),
-        unknown_cost_usd=sum(
-            (e.spent_usd - e.prior_cost_usd for e in states if e.cost_unknown), Decimal(0)
-        ),
+        reasons=dict(reasons),
+        failures=dict(failures),
+        unknown_cost_runs=unknown,
+        unknown_cost_usd=unknown_usd,
     )
 
 
-def _reasons(states: Sequence[JournalItem], *, interrupted: bool) -> dict[str, int]:
-    """Why each unfinished item is not finished, counted."""
-    counts: Counter[str] = Counter()
-    for entry in states:
-        if entry.state is ItemState.NOT_SUBMITTED:
-            counts[(entry.error or "not submitted").split(":")[0]] += 1
-        elif entry.state is ItemState.SUBMITTING:
-            counts["interrupted" if interrupted else "outcome unknown"] += 1
-        elif entry.state is ItemState.CREATED:
-            counts["interrupted" if interrupted else "to collect"] += 1
-        elif entry.state is ItemState.PENDING:
-            counts["interrupted" if interrupted else "not started"] += 1
-    return dict(counts)
+def _reason(entry: JournalItem, *, interrupted: bool) -> str | None:
+    """Why an unfinished item is not finished (``None``: it is finished)."""
+    if entry.state is ItemState.NOT_SUBMITTED:
+        return (entry.error or "not submitted").split(":")[0]
+    if entry.state is ItemState.SUBMITTING:
+        return "interrupted" if interrupted else "outcome unknown"
+    if entry.state is ItemState.CREATED:
+        return "interrupted" if interrupted else "to collect"
+    if entry.state is ItemState.PENDING:
+        return "interrupted" if interrupted else "not started"
+    return None
 
 
 def interrupted_summary(out_dir: Path, items: Sequence[DatasetItem]) -> DatasetSummary:

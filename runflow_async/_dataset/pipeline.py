@@ -33,13 +33,12 @@ and created again under a new ``client_ref`` (``rfa-<dataset>-<key>-r<N>``,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -49,7 +48,6 @@ from runflow_async._batch.outcomes import Outcome
 from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import (
     APIError,
-    APIResponseError,
     ClientClosedError,
     CreateOutcomeUnknownError,
     NotSubmittedError,
@@ -58,23 +56,21 @@ from runflow_async._core.errors import (
     RunTimeoutError,
 )
 from runflow_async._core.estimate import estimate_requests
-from runflow_async._core.models import GenerationResult, ImageOutput, Run
+from runflow_async._core.models import Run
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
+from runflow_async._dataset.images import ImageFetcher
 from runflow_async._dataset.input import DatasetItem
-from runflow_async._dataset.journal import ItemState, Journal, JournalStateError
-from runflow_async._dataset.manifest import named_by_type, publish, ready_path, reconcile
+from runflow_async._dataset.journal import ItemState, Journal, JournalItem, JournalStateError
+from runflow_async._dataset.manifest import publish, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
-    manifest_row,
-    split_cost,
     summarize,
     write_outputs,
 )
 from runflow_async._dataset.progress import DatasetProgress
-from runflow_async._http.download import DownloadedFile
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
@@ -84,7 +80,7 @@ __all__ = ["DatasetProgress", "run_dataset"]
 
 logger = logging.getLogger("runflow_async")
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_READ_AHEAD = 256  # items whose journal entries are read in one go
 
 
 class _JournalHooks(NoHooks):
@@ -125,7 +121,8 @@ class _Runner:
         self.concurrency = concurrency
         self.max_cost_usd = max_cost_usd
         self.downloads = anyio.CapacityLimiter(download_concurrency)
-        self.max_image_bytes = max_image_bytes
+        self.download_concurrency = download_concurrency
+        self.images = ImageFetcher(client, out_dir, self.downloads, max_image_bytes)
         self.progress = DatasetProgress(total=len(items))
         self.failures = FailureList(out_dir, items)
         self._engine: Engine | None = None
@@ -160,25 +157,55 @@ class _Runner:
             spent_usd=self.journal.summary()["spent_usd"],
             max_concurrency=self.concurrency,
             max_cost_usd=self.max_cost_usd,
+            # Backpressure: outcomes not yet recorded wait, holding their runs'
+            # slots, so no backlog of finished runs grows while downloads lag.
+            outcome_buffer=self.concurrency,
         )
         # The engine outside, its reader inside: the reader has every outcome
         # (and its downloads end) before the engine, and its stream, close.
         self._engine = engine
         async with engine, anyio.create_task_group() as records:
             records.start_soon(self._record_all, engine)
-            for index, item in enumerate(self.items):
-                work = self._work(index, item, usd[item.key], engine.stop_reason)
-                if work is not None:
-                    self.progress.in_flight += 1
-                    await engine.put(work)
+            await self._feed(engine, usd)
             await engine.end_input()
 
+    async def _feed(self, engine: Engine, usd: Mapping[str, Decimal]) -> None:
+        """Put every item's work, in input order, up to ``concurrency`` of them queued.
+
+        Items wait in the engine's queue, ahead of the free slots, so a slot that
+        frees starts the next item at once (one put at a time, a slot would wait
+        for this task's turn on a busy loop); the bound keeps memory flat.
+        """
+        queued = anyio.Semaphore(self.concurrency)
+
+        async def put(work: WorkItem) -> None:
+            try:
+                await engine.put(work)  # returns once it has a slot (or was refused)
+            finally:
+                queued.release()
+
+        async with anyio.create_task_group() as puts:  # started in order: queued in order
+            for start in range(0, len(self.items), _READ_AHEAD):
+                # Read in bulk: only an item's own work changes it, after its put.
+                chunk = self.items[start : start + _READ_AHEAD]
+                entries = self.journal.get_many(item.key for item in chunk)
+                for index, item in enumerate(chunk, start):
+                    stopped = engine.stop_reason
+                    work = self._work(index, item, usd[item.key], stopped, entries[item.key])
+                    if work is not None:
+                        await queued.acquire()
+                        self.progress.in_flight += 1  # the engine's now: queued or running
+                        puts.start_soon(put, work)
+
     def _work(
-        self, index: int, item: DatasetItem, estimate: Decimal, stopped: str | None
+        self,
+        index: int,
+        item: DatasetItem,
+        estimate: Decimal,
+        stopped: str | None,
+        entry: JournalItem,
     ) -> WorkItem | None:
-        """The engine's work for ``item``, or ``None`` if there is none now."""
-        entry = self.journal.get(item.key)
-        assert entry is not None  # noqa: S101 - added above
+        """The engine's work for ``item`` (as ``entry`` records it), or ``None`` for none now."""
         if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
             self.progress.done += entry.state is ItemState.SUCCEEDED
             self.progress.failed += entry.state is ItemState.FAILED
@@ -204,11 +231,23 @@ class _Runner:
         )
 
     async def _record_all(self, engine: Engine) -> None:
+        # Items being recorded (most waiting for a download) at most: enough to
+        # keep every download busy, few enough that memory does not grow with
+        # the input when downloads are slower than runs.
+        recording = anyio.Semaphore(self.concurrency + self.download_concurrency)
+
+        async def record(item: DatasetItem, outcome: Outcome) -> None:
+            try:
+                await self._record(item, outcome)
+            finally:
+                recording.release()
+
         async with anyio.create_task_group() as tg:
             async for outcome in engine.outcomes:  # ends once every item has its outcome
                 self.progress.in_flight -= 1
                 self._tick()
-                tg.start_soon(self._record, self.items[outcome.index], outcome)
+                await recording.acquire()
+                tg.start_soon(record, self.items[outcome.index], outcome)
 
     async def _with_uploads(self, request: RunRequest, item: DatasetItem) -> RunRequest:
         assert isinstance(request, EditRequest)  # noqa: S101 - only edits get uploads
@@ -258,12 +297,14 @@ class _Runner:
             # A failed download raises: the run succeeded and stays "created", so
             # the next run re-reads it (fresh URLs) and downloads again.
             cost, reserved = outcome.billed_usd, self._reserved(outcome)
-            rows = await self._download(item, outcome.result, cost, reserved)
+            rows, saved = await self.images.download(item, outcome.result, cost, reserved)
             # Rows first, then the images' names: never an image without its row.
-            await anyio.to_thread.run_sync(publish, self.out_dir, rows)
-            files = [json.dumps(r, sort_keys=True) for r in rows]
+            # On the loop, like the journal's commits: an append and a rename or
+            # two in the output folder cost less than a worker thread's round trip.
+            files = publish(self.out_dir, rows, saved)
             self.journal.mark_succeeded(item.key, cost_usd=cost, files=files, reserved_usd=reserved)
-            self._listed(item.key)  # a collectable item from an earlier run leaves the list
+            if item.key in self.failures:  # a collectable item from an earlier run
+                self._listed(item.key)  # leaves the list
             self.progress.done += 1
             self.progress.spent_usd += cost if cost is not None else reserved or 0
         elif isinstance(error, NotSubmittedError):
@@ -297,43 +338,6 @@ class _Runner:
         if outcome.billed_usd is not None or self._engine is None:
             return None
         return as_reserved(outcome.estimated_usd, self._engine.snapshot().billing_factor)
-
-    async def _download(
-        self,
-        item: DatasetItem,
-        result: GenerationResult,
-        cost: Decimal | None,
-        reserved: Decimal | None,
-    ) -> list[dict[str, Any]]:
-        run = result.run
-        images = result.images
-        parts = max(1, len(images))
-        costs, estimates = split_cost(cost, parts), split_cost(reserved, parts)
-        rows = []
-        for n, (image, share, estimated) in enumerate(zip(images, costs, estimates, strict=False)):
-            ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
-            # The suffix is a first guess: the file is named by its real type.
-            guess = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"
-            async with self.downloads:
-                saved = await self._fetch(run, n, image, ready_path(self.out_dir, guess))
-            name = await anyio.to_thread.run_sync(named_by_type, self.out_dir, guess, saved)
-            rows.append(manifest_row(item, run, image, name, share, saved.sha256, estimated))
-        return rows
-
-    async def _fetch(self, run: Run, n: int, image: ImageOutput, dest: Path) -> DownloadedFile:
-        try:
-            return await self._save(image, dest)
-        except APIError as exc:  # expired, missing, not an image: re-sign once, try again
-            logger.info("run %s image %s: %s; reading the run again", run.id, n, exc)
-            fresh = await self.client.get_run(run.id)
-            if n >= len(fresh.images):  # the re-read shows no images: try on the next run
-                raise APIResponseError(
-                    f"Run {run.id} was read again without image {n}", method="GET", path=run.id
-                ) from None
-            return await self._save(fresh.images[n], dest)
-
-    async def _save(self, image: ImageOutput, dest: Path) -> DownloadedFile:
-        return await self.client.download(image, dest, max_bytes=self.max_image_bytes)
 
 
 def _client_ref(dataset_id: str, key: str, retries: int) -> str:
