@@ -104,7 +104,7 @@ class FaultRates:
             status line after the request was handled (``Fault.malformed``): the run a
             create makes exists, the client cannot parse the answer.
         rate_oversized: Fraction of status reads answered ``200`` with a JSON body of
-            ``oversized_bytes`` (``Fault.oversized``; chunked every other time).
+            ``oversized_bytes`` (``Fault.oversized``; about half of them chunked, by the draw).
         oversized_bytes: Size of those bodies (default 17 MiB: just over the
             client's default 16 MiB response cap).
         applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
