@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tracemalloc
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,31 @@ def test_the_folder_is_reconciled_and_summarised_in_memory_that_does_not_grow(
     assert summary.spent_usd == Decimal("0.01") * n
     assert reconciled < 1_500_000
     assert summarised < 1_500_000
+
+
+def test_a_manifest_rewrite_that_fails_leaves_the_old_one_and_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    from runflow_async._dataset.manifest import _write_lines
+
+    (tmp_path / MANIFEST).write_text("old\n")
+
+    def rows() -> Iterator[str]:
+        yield "new"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write_lines(tmp_path / MANIFEST, rows())
+    assert (tmp_path / MANIFEST).read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
+
+
+def test_a_created_item_without_a_manifest_is_left_to_collect(tmp_path: Path) -> None:
+    with _journal(tmp_path, "a", "b") as journal:
+        journal.mark_submitting("a", "ref-a")
+        journal.mark_created("a", "run-a")
+        assert reconcile(tmp_path, journal) == 0  # no manifest yet: nothing rolls forward
+        assert journal.get("a").state is ItemState.CREATED  # type: ignore[union-attr]
+        summary = summarize(tmp_path, journal, [], images=0)
+    assert summary.total == 0  # items of another input are not counted
+    assert (tmp_path / MANIFEST).read_text() == ""
