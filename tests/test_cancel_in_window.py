@@ -122,17 +122,23 @@ def rerun_request(outcome: Outcome) -> GenerateRequest:
     return request
 
 
+async def cancelled_in_the_429_wait(emu: Emulator, client: RunflowClient) -> tuple[Any, Any]:
+    """Submit one item, cancel its batch once a create was answered 429; the future, batch."""
+    with anyio.CancelScope() as scope:
+        async with client.batch() as batch:
+            future = batch.submit(requests(1)[0])
+            await wait_until(lambda: emu.counters.faults_injected.get("status_429", 0) >= 1)
+            await anyio.sleep(0.01)
+            scope.cancel()
+    return future, batch
+
+
 async def test_cancelled_while_throttled_before_any_run_it_is_not_submitted() -> None:
     # A 429 proves nothing was made: cancelled while it waits to retry, the
     # item was never created, and says so.
     async with emulator() as emu, client_for(emu.url) as client:
         emu.faults.next("create", Fault.status(429, retry_after=LONG))
-        with anyio.CancelScope() as scope:
-            async with client.batch() as batch:
-                future = batch.submit(requests(1)[0])
-                await wait_until(lambda: emu.counters.faults_injected.get("status_429", 0) >= 1)
-                await anyio.sleep(0.01)
-                scope.cancel()
+        future, batch = await cancelled_in_the_429_wait(emu, client)
         outcome = future.outcome
         created = emu.counters.runs_created
     assert outcome is not None
@@ -192,12 +198,7 @@ async def test_cancelled_in_a_429_wait_after_an_ambiguous_attempt_it_stays_unkno
     async with emulator(list_lag=LONG) as emu, client_for(emu.url, window=10.0) as client:
         emu.faults.next("create", Fault.lost_response())
         emu.faults.next("create", Fault.status(429, retry_after=LONG))
-        with anyio.CancelScope() as scope:
-            async with client.batch() as batch:
-                future = batch.submit(requests(1)[0])
-                await wait_until(lambda: emu.counters.faults_injected.get("status_429", 0) >= 1)
-                await anyio.sleep(0.01)
-                scope.cancel()
+        future, batch = await cancelled_in_the_429_wait(emu, client)
         outcome = future.outcome
         committed = batch._engine.snapshot().committed_usd
         (run,) = emu.runs()

@@ -21,12 +21,12 @@ catches up with whatever a kill left. The file honours the umask.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
+from runflow_async._dataset.manifest import append_whole
 from runflow_async._http.download import write_atomic
 
 __all__ = ["FAILURES", "FailureList"]
@@ -75,7 +75,7 @@ class FailureList:
         if listed:
             self._write_all()
         else:
-            _append(self._path, f"{row}\n".encode())
+            append_whole(self._path, f"{row}\n".encode())
 
     def _write_all(self) -> None:
         write_atomic(self._path, "".join(f"{row}\n" for row in self._rows.values()).encode())
@@ -94,14 +94,3 @@ class FailureList:
             },
             sort_keys=True,
         )
-
-
-def _append(path: Path, data: bytes) -> None:
-    """Append ``data`` in one ``write`` (created ``0o666`` less the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)

@@ -47,6 +47,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MANIFEST",
     "READY_SUFFIX",
+    "append_whole",
     "named_by_type",
     "publish",
     "ready_path",
@@ -91,13 +92,7 @@ def publish(
             os.replace(saved, ready)
     lines = [json.dumps(row, sort_keys=True) for row in rows]
     data = "".join(f"{line}\n" for line in lines).encode()
-    fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+    append_whole(out_dir / MANIFEST, data)
     for row in rows:
         os.replace(ready_path(out_dir, row["file_name"]), out_dir / row["file_name"])
     return lines
@@ -238,3 +233,18 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` with one ``O_APPEND`` file (created ``0o666`` less the umask).
+
+    The whole of ``data`` is written before the file is closed, so a reader
+    sees each appended block of lines whole or (after a kill) cut at its end.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
