@@ -4,9 +4,12 @@ The emulator runs in a separate process (so it does not share the client's
 CPU). Both contenders create the same number of runs at the same concurrency
 over loopback; the baseline is what a user writes by hand (aiohttp +
 ``asyncio.Semaphore`` + ``gather``, no validation, no idempotency, no retries).
-Prints one JSON line per contender, plus one with the ratios.
+Prints one JSON line per contender, plus one with the ratios. With
+``--repeat N`` the pair is measured N times, interleaved (baseline, then the
+SDK, N times over), and the lines give medians: the ratio line is the median
+of the N per-pair ratios (a shared machine's load moves both of a pair alike).
 
-    python benchmarks/bench_create_overhead.py --runs 2000 --concurrency 50
+    python benchmarks/bench_create_overhead.py --runs 2000 --concurrency 50 --repeat 5
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -74,7 +78,15 @@ async def measure(
     }
 
 
-async def main(runs: int, concurrency: int) -> list[dict[str, Any]]:
+def medians(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's figures over its repeats: the median of each."""
+    line: dict[str, Any] = {"contender": name, "runs": rows[0]["runs"], "repeat": len(rows)}
+    for key in ("wall_s", "creates_per_s", "client_cpu_ms_per_create"):
+        line[key] = round(statistics.median(r[key] for r in rows), 4)
+    return line
+
+
+async def main(runs: int, concurrency: int, repeat: int = 1) -> list[dict[str, Any]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -119,21 +131,32 @@ async def main(runs: int, concurrency: int) -> list[dict[str, Any]]:
 
         await baseline(min(runs, 200))  # warm up both paths and the emulator
         await sdk(min(runs, 200))
-        results = [
-            await measure("baseline_raw_aiohttp", url, runs, baseline),
-            await measure("runflow_async_submit", url, runs, sdk),
-        ]
+        pairs = []
+        for _ in range(repeat):
+            pairs.append(
+                (
+                    await measure("baseline_raw_aiohttp", url, runs, baseline),
+                    await measure("runflow_async_submit", url, runs, sdk),
+                )
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
-    base, ours = results
+    if repeat == 1:
+        results = list(pairs[0])
+    else:
+        results = [
+            medians("baseline_raw_aiohttp", [base for base, _ in pairs]),
+            medians("runflow_async_submit", [ours for _, ours in pairs]),
+        ]
+    key = "client_cpu_ms_per_create"
     results.append(
         {
             "contender": "ratio_sdk_over_baseline",
-            "wall": round(ours["wall_s"] / base["wall_s"], 3),
-            "client_cpu_per_create": round(
-                ours["client_cpu_ms_per_create"] / base["client_cpu_ms_per_create"], 3
-            ),
+            "repeat": repeat,
+            "wall": round(statistics.median(o["wall_s"] / b["wall_s"] for b, o in pairs), 3),
+            "client_cpu_per_create": round(statistics.median(o[key] / b[key] for b, o in pairs), 3),
+            "client_cpu_per_create_each": [round(o[key] / b[key], 3) for b, o in pairs],
         }
     )
     return results
@@ -143,6 +166,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved pairs (medians)")
     args = parser.parse_args()
-    for line in asyncio.run(main(args.runs, args.concurrency)):
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    for line in asyncio.run(main(args.runs, args.concurrency, args.repeat)):
         print(json.dumps(line))

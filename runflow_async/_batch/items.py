@@ -160,7 +160,9 @@ class ItemLife(CreateLife):
         if final is not None:
             return final
         schedule = self._stats.schedule(self._poll, elapsed=clock.now() - started)
-        return await poll_run(self._transport, run.id, schedule=schedule)
+        final = await poll_run(self._transport, run.id, schedule=schedule)
+        self._stats.add(final)  # per-run polling learns the durations it times reads by
+        return final
 
     def _settle(self, index: int, request: RunRequest, est: Decimal, final: Run) -> Outcome:
         if final.succeeded:

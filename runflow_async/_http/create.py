@@ -50,7 +50,7 @@ from runflow_async._core.errors import (
 from runflow_async._core.filters import term
 from runflow_async._core.models import Run, RunPage, run_id_problem
 from runflow_async._http.retry import CallKind, CreateGate, RetryHook, not_created, with_retries
-from runflow_async._http.transport import Response, Transport
+from runflow_async._http.transport import Response, Transport, dump_json
 from runflow_async._http.visibility import LookupFailed, search
 
 __all__ = [
@@ -90,6 +90,7 @@ def client_ref_query(client_ref: str) -> str:
     return term("client_ref", client_ref)
 
 
+@functools.lru_cache(maxsize=64)
 def _model_path(model: str) -> str:
     return "/v1/models/" + "/".join(quote(part, safe="") for part in model.split("/")) + "/runs"
 
@@ -279,7 +280,10 @@ async def create_run(
     def unknown(reason: str) -> APIError:
         return _unknown(reason, client_ref, idempotency_key, path)
 
-    attempt = functools.partial(_attempt, transport, path, body, headers, state, lookup, unknown)
+    payload = dump_json(body)  # serialised once: every attempt sends the same bytes
+    attempt = functools.partial(
+        _attempt, transport, path, client_ref, (payload, headers), state, lookup, unknown
+    )
     run = await with_retries(
         attempt,
         kind=CallKind.CREATE,
@@ -300,20 +304,22 @@ async def create_run(
 async def _attempt(
     transport: Transport,
     path: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
+    client_ref: str,
+    request: tuple[bytes, dict[str, str]],
     state: CreateProgress,
     lookup: Callable[[float, float], Awaitable[Run | None]],
     unknown: Callable[[str], APIError],
 ) -> Run:
-    """One attempt of :func:`create_run`: its run, found again if its answer cannot be trusted."""
-    client_ref: str = body["client_ref"]
+    """One attempt of :func:`create_run`: its run, found again if its answer cannot be trusted.
+
+    ``request`` is the serialised body and the headers, the same on every attempt.
+    """
     sent_at = transport.clock.now()
     try:
         # A create that was sent is always read to the end, even if the caller
         # is cancelled meanwhile: its run id must never be lost (it is billed).
         with anyio.CancelScope(shield=True):
-            response = await _send(transport, path, body, headers, state)
+            response = await _send(transport, path, request, state)
         run = parse_created(transport, response, path=path)
     except (APIResponseError, _CutOff2xx) as exc:
         # A 2xx means the run exists: recover it, never send again.
@@ -356,13 +362,13 @@ async def _look_for_own(
 async def _send(
     transport: Transport,
     path: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
+    request: tuple[bytes, dict[str, str]],
     progress: CreateProgress,
 ) -> Response:
     """Send one attempt; ``progress`` learns whether it may have made a run."""
+    body, headers = request
     try:
-        response = await transport.send("POST", path, json_body=body, headers=headers)
+        response = await transport.send("POST", path, body=body, headers=headers)
     except APIError as exc:
         if not not_created(exc):
             progress.maybe_created = True

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pydantic
+from multidict import CIMultiDict
 
 from runflow_async._core.clock import Clock
 from runflow_async._core.config import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, Timeouts
@@ -35,7 +36,14 @@ from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retrie
 from runflow_async._http.visibility import Visibility
 from runflow_async._version import __version__
 
-__all__ = ["Response", "Transport", "is_plain_id", "keyless_session", "parse_response"]
+__all__ = [
+    "Response",
+    "Transport",
+    "dump_json",
+    "is_plain_id",
+    "keyless_session",
+    "parse_response",
+]
 
 logger = logging.getLogger("runflow_async")
 
@@ -77,15 +85,36 @@ async def keyless_session(session: aiohttp.ClientSession) -> AsyncIterator[aioht
 
 
 class _Secret:
-    """Holds the API key so that no repr, str or traceback local shows it."""
+    """Holds the API key so that no repr, str or traceback local shows it.
 
-    __slots__ = ("_value",)
+    It also holds the request headers that carry it, built once per client
+    (they do not vary between requests): :meth:`headers` hands them out
+    without any frame of ours keeping them as a local.
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_headers", "_json_headers", "_value")
+
+    def __init__(self, value: str, base: Mapping[str, str]) -> None:
         self._value = value
+        self._headers = CIMultiDict({**base, "Authorization": f"Bearer {value}"})
+        self._json_headers = CIMultiDict(self._headers)
+        self._json_headers["Content-Type"] = "application/json"
 
     def reveal(self) -> str:
         return self._value
+
+    def headers(self, extra: Mapping[str, str] | None, *, json: bool) -> CIMultiDict[str]:
+        """The API headers (with ``Content-Type`` for a JSON body), plus ``extra``.
+
+        The shared objects are handed out as they are when there is nothing
+        to add; aiohttp copies request headers before it changes them.
+        """
+        headers = self._json_headers if json else self._headers
+        if not extra:
+            return headers
+        merged = headers.copy()
+        merged.update(extra)
+        return merged
 
     def __repr__(self) -> str:
         return "<redacted>"
@@ -125,7 +154,6 @@ class Transport:
     ) -> None:
         self.base_url = base_url
         self.clock = clock or Clock(retry.time_scale)
-        self._api_key = _Secret(api_key)
         self.retry = retry
         self.on_retry = on_retry
         self._max_connections = max_connections
@@ -136,9 +164,10 @@ class Transport:
         self.timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        base = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if organization_id:
-            self._headers["X-Organization-Id"] = organization_id
+            base["X-Organization-Id"] = organization_id
+        self._api_key = _Secret(api_key, base)
         self.retrying = Retrying(retry, self.clock, on_retry)
         self.visibility = Visibility(retry)
         self.owners = RunOwners()
@@ -201,15 +230,6 @@ class Transport:
             first_error=first,
         )
 
-    def _request_headers(self, extra: Mapping[str, str] | None, *, json: bool) -> dict[str, str]:
-        # Built where it is passed, so that no frame of ours holds it as a local.
-        headers = {**self._headers, "Authorization": f"Bearer {self._api_key.reveal()}"}
-        if json:
-            headers["Content-Type"] = "application/json"
-        if extra:
-            headers.update(extra)
-        return headers
-
     async def _exchange(
         self,
         session: aiohttp.ClientSession,
@@ -217,15 +237,16 @@ class Transport:
         path: str,
         *,
         params: Mapping[str, str] | None,
-        data: str | None,
+        data: bytes | None,
         headers: Mapping[str, str] | None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         async with session.request(
             method,
             self.base_url + path,
             params=params,
-            data=None if data is None else data.encode(),
-            headers=self._request_headers(headers, json=data is not None),
+            data=data,
+            # Passed where it is built: no frame of ours holds the key as a local.
+            headers=self._api_key.headers(headers, json=data is not None),
             timeout=self.timeout,
             allow_redirects=False,
         ) as resp:
@@ -262,8 +283,13 @@ class Transport:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
     ) -> Response:
         """Send one attempt and map any failure onto the error tree.
+
+        The JSON body is ``json_body`` serialised here, or ``body`` when the
+        caller serialised it already (a create sends the same bytes on every
+        attempt).
 
         Raises:
             APIConnectionError: No response (``sent`` says whether it may have arrived).
@@ -272,10 +298,11 @@ class Transport:
             APIResponseError: A 2xx whose body is not JSON.
         """
         session = self.session()
-        body_bytes = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        if json_body is not None:
+            body = dump_json(json_body)
         try:
-            status, resp_headers, body = await self._exchange(
-                session, method, path, params=params, data=body_bytes, headers=headers
+            status, resp_headers, answer = await self._exchange(
+                session, method, path, params=params, data=body, headers=headers
             )
         except APIError:
             raise  # ours already (a cut-off body; APITimeoutError is also a TimeoutError)
@@ -285,12 +312,26 @@ class Transport:
             error = None
         if error is not None:
             raise error  # outside the except: no __context__ that holds the key
-        request_id = next((resp_headers[h] for h in _REQUEST_ID_HEADERS if h in resp_headers), None)
+        request_id = _request_id(resp_headers)
         if 200 <= status < 300:
-            return Response(status, _parse_json(body, status, request_id, method, path), request_id)
+            data = _parse_json(answer, status, request_id, method, path)
+            return Response(status, data, request_id)
         raise status_error(
-            status, body, resp_headers, method=method, path=path, request_id=request_id
+            status, answer, resp_headers, method=method, path=path, request_id=request_id
         )
+
+
+def dump_json(value: Any) -> bytes:
+    """``value`` as the compact JSON bytes a request body carries."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    for name in _REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            return value
+    return None
 
 
 def _too_big(status: int, limit: int, method: str, path: str) -> APIResponseError:
