@@ -255,11 +255,11 @@ class _Walk:
         if not items:
             return
         stamps = [_created(item) for item in items]
+        self._forms.observe(max(stamps), self._transport.clock.now())
         if any(a < b for a, b in itertools.pairwise(stamps)) or (
             self._last is not None and stamps[0] > self._last
         ):
             raise _FormBroken("the API did not list runs newest first")
-        self._forms.observe(stamps[0], self._transport.clock.now())
         bound = self._sent_bound
         if bound is not None and stamps[-1] < bound:
             raise _FormBroken("the API listed runs created before the created_at bound")
