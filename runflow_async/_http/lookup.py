@@ -1,7 +1,7 @@
 """Looking a create's run up by its ``client_ref``, on any server that lists runs.
 
 The ``client_ref:`` filter is our inference from the documented grammar, so
-a server may refuse it (a 4xx) or ignore it (its answer lists runs with other
+a server may refuse it (a 400 or 422) or ignore it (its answer lists runs with other
 ``client_ref`` values). Then a lookup falls back to documented listing, never
 to sending the create again:
 
@@ -49,6 +49,7 @@ __all__ = ["MARGIN", "PAGE_LIMIT", "LookupRefused", "find"]
 
 PAGE_LIMIT = 500
 """The documented maximum ``limit`` of ``GET /v1/runs``."""
+_FORM_REFUSALS = frozenset({400, 422})  # a query the server will not answer
 MARGIN = 1.0
 """Seconds taken off the send time in the bound (timestamp precision, clock jitter)."""
 
@@ -99,8 +100,11 @@ async def _page(transport: Transport, params: dict[str, str]) -> Any:
     try:
         response = await transport.request("GET", "/v1/runs", params=params)
     except APIStatusError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+        if exc.status in _FORM_REFUSALS:
             raise _FormBroken(f"the API refused it ({exc.status})") from exc
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+            # Not about the filter (401, 403, 404...): no form can do better.
+            raise LookupRefused(f"the API refused it ({exc.status})") from exc
         raise LookupFailed(str(exc)) from exc
     except APIError as exc:
         raise LookupFailed(str(exc)) from exc
@@ -138,7 +142,8 @@ async def _shared_walk(transport: Transport, forms: LookupForms, want: _Want) ->
         if not want.done and want in forms.queue:
             forms.queue.remove(want)
     if want.error is not None:
-        raise type(want.error)(str(want.error)) from want.error
+        # Each lookup raises its own copy; the API's error stays the cause.
+        raise type(want.error)(str(want.error)) from (want.error.__cause__ or want.error)
     return want.found
 
 
