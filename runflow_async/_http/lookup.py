@@ -175,18 +175,23 @@ async def _walk(transport: Transport, forms: LookupForms, wants: list[_Want]) ->
     earliest = min(w.sent_at for w in wants)
     while True:
         usable = [form for form in forms.usable() if form != "client_ref"]
+        if forms.offset is None and "newest" not in usable:
+            usable = []  # only a walk of the newest runs could teach the server's time
         if not usable:
-            reasons = "; ".join(f"{form}: {why}" for form, why in forms.refused.items())
-            raise LookupRefused(f"no form of lookup works on this server ({reasons})")
-        form = usable[0]
-        if forms.offset is None:  # only a walk of the newest runs can teach it
-            if "newest" not in usable:
-                raise LookupRefused(f"no run was ever listed to learn the server's time ({form})")
-            form = "newest"
+            raise LookupRefused(_no_form(forms))
+        form = "newest" if forms.offset is None else usable[0]
         try:
             return await _Walk(transport, forms, refs, earliest, form).run()
         except _FormBroken as exc:
             forms.refuse(form, str(exc))
+
+
+def _no_form(forms: LookupForms) -> str:
+    """Why no form of lookup is left, form by form."""
+    reasons = [f"{form}: {why}" for form, why in forms.refused.items()]
+    if "created_at" not in forms.refused:
+        reasons.append("created_at: no run was ever listed to learn the server's time")
+    return f"no form of lookup works on this server ({'; '.join(reasons)})"
 
 
 def _created(item: dict[str, Any]) -> float:
