@@ -125,6 +125,7 @@ class SoakSettings:
     credit_fraction: Decimal | None = Decimal("0.75")
     budget_fraction: Decimal = Decimal("0.80")
     timeout: float = 900.0
+    list_filters: Literal["all", "no-id", "none"] = "all"
     mix: ChaosMix = field(default_factory=ChaosMix)
 
 
@@ -275,6 +276,7 @@ def report(
         "concurrency": settings.concurrency,
         "time_scale": settings.time_scale,
         "seed": settings.seed,
+        "list_filters": settings.list_filters,
         "fault_mix": asdict(settings.mix),
         "submitted": pulled,
         "succeeded": len(ok),
@@ -342,6 +344,7 @@ def missed_targets(result: Mapping[str, Any]) -> list[str]:
 async def main_async(settings: SoakSettings) -> dict[str, Any]:
     credit, cap = prices(settings)
     flags = ["--seed", str(settings.seed), "--time-scale", str(settings.time_scale)]
+    flags += ["--list-filters", settings.list_filters]
     flags += [*settings.mix.flags(), *([] if credit is None else ["--credit-usd", str(credit)])]
     async with emulator_process(*flags) as url:
         return await soak(url, settings, credit, cap)
@@ -360,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--credit-fraction", type=Decimal, default=Decimal("0.75"), help="0: unlimited credit"
     )
     parser.add_argument("--budget-fraction", type=Decimal, default=Decimal("0.80"))
+    parser.add_argument(
+        "--list-filters",
+        choices=["all", "no-id", "none"],
+        default="all",
+        help="which list filters the emulator accepts (no-id: only the documented ones)",
+    )
     args = parser.parse_args(argv)
     settings = SoakSettings(
         credit_fraction=args.credit_fraction or None,
@@ -371,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         time_scale=args.time_scale,
         seed=args.seed,
         timeout=args.timeout,
+        list_filters=args.list_filters,
     )
     result = asyncio.run(main_async(settings))
     print(json.dumps(result), flush=True)

@@ -150,7 +150,9 @@ async def test_lookup_that_ignores_the_filter_never_resubmits(inline_server: Sta
     async with make_client(url) as client:
         with pytest.raises(CreateOutcomeUnknownError, match="ignored the client_ref filter") as e:
             await client.submit(REQUEST)
-    assert calls == ["POST", "GET"]
+    # The fallback (the newest runs) is tried once: a run without created_at contradicts it.
+    assert calls == ["POST", "GET", "GET"]
+    assert "newest: a listed run has no usable created_at" in str(e.value)
     assert e.value.client_ref.startswith("rfa-")
     assert e.value.idempotency_key
 
@@ -162,9 +164,9 @@ async def test_lookup_that_fails_never_resubmits(inline_server: Start) -> None:
     )
     url = await inline_server(handler)
     async with make_client(url) as client:
-        with pytest.raises(CreateOutcomeUnknownError, match="lookup failed"):
+        with pytest.raises(CreateOutcomeUnknownError, match="refused it \\(400\\)"):
             await client.submit(REQUEST)
-    assert calls == ["POST", "GET"]
+    assert calls == ["POST", "GET", "GET"]  # by client_ref, then the newest runs: both refused
 
 
 async def test_unreadable_2xx_create_is_recovered_by_lookup(inline_server: Start) -> None:

@@ -289,10 +289,11 @@ async def test_an_uncertain_create_is_reconciled_on_the_next_run(tmp_path: Path)
     inp = prompts_file(tmp_path, 4)
     out = tmp_path / "out"
     async with Emulator(api_keys=frozenset({API_KEY}), time_scale=SCALE) as emu:
-        # The run is stored but its answer is lost, and the lookup fails too:
-        # the item must stay "submitting", never be created a second time.
+        # The run is stored but its answer is lost, and the lookup fails too (by
+        # client_ref, then by the newest runs): the item must stay "submitting",
+        # never be created a second time.
         emu.faults.next("create", Fault.lost_response(502))
-        emu.faults.next("list_runs", Fault.status(400))
+        emu.faults.next("list_runs", Fault.status(400), times=2)
         first = await run_cli(cli_args(inp, out, emu.url, "--concurrency", "1"))
         assert journal_counts(out).get("submitting") == 1
         assert emu.counters.runs_created == 4  # the lost one exists on the server

@@ -104,21 +104,25 @@ async def test_runs_stored_3s_late_are_adopted_never_made_twice(mode: str) -> No
     assert all(o.ok for o in outcomes)
 
 
-async def test_a_server_that_ignores_the_filter_ends_unknown_and_is_never_resent() -> None:
+async def test_a_server_that_ignores_the_filter_is_read_newest_first_and_never_resent() -> None:
     # The list lags 2 s: a lookup soon after the lost answer sees nothing at all
     # (not even other runs), which proves nothing. Looking on, the list shows
-    # another item's run under our filter: absence can never be established.
+    # another item's run under our filter: the filter is ignored, so the lookup
+    # reads the newest runs instead and finds the run there (issue 12).
     async with (
         emulator(list_lag=2.0, list_ignores_filter=True, honour_idempotency_key=False) as emu,
         client_for(emu.url) as client,
     ):
         await client.submit(requests(1)[0])
         emu.faults.next("create", Fault.lost_response(None))
-        with pytest.raises(CreateOutcomeUnknownError, match="ignored the client_ref filter"):
-            await client.submit(requests(2)[1])
+        run = await client.submit(requests(2)[1])
         counters = emu.counters
+        stored = emu.runs()
+        forms = client._transport.visibility.forms
     assert counters.requests_by_route["create"] == 2
     assert counters.runs_created == 2
+    assert (run.id, run.client_ref) == (stored[1]["id"], stored[1]["client_ref"])
+    assert set(forms.refused) >= {"client_ref"}
 
 
 async def test_an_ambiguous_create_resent_and_refused_402_stays_unknown_in_a_batch() -> None:

@@ -22,7 +22,8 @@ carries one ``Idempotency-Key`` and one ``client_ref`` on every attempt.
 Runflow documents ``Idempotency-Key`` only on batches and never says that the
 list filter matches ``client_ref``, so neither is trusted alone: a lookup whose
 answer contains runs with another ``client_ref`` (the filter was ignored) or is
-refused (a 4xx), or whose last try fails, ends in
+refused (a 4xx) falls back to documented listing (:mod:`._http.lookup`); one
+that no form of listing can make, or whose last try fails, ends in
 :class:`CreateOutcomeUnknownError` rather than a blind resend.
 """
 
@@ -44,11 +45,11 @@ from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
-    APIStatusError,
     CreateOutcomeUnknownError,
 )
 from runflow_async._core.filters import term
-from runflow_async._core.models import Run, RunPage, run_id_problem
+from runflow_async._core.models import Run, run_id_problem
+from runflow_async._http.lookup import LookupRefused, find
 from runflow_async._http.retry import CallKind, CreateGate, RetryHook, not_created, with_retries
 from runflow_async._http.transport import Response, Transport, dump_json
 from runflow_async._http.visibility import LookupFailed, search
@@ -118,37 +119,6 @@ class _CutOff2xx(Exception):
     """A create was answered 2xx but its body was cut off: the run exists."""
 
 
-class _FilterIgnored(Exception):
-    """A lookup's answer shows the server does not filter by ``client_ref``."""
-
-
-async def _lookup(transport: Transport, client_ref: str) -> Run | None:
-    """One lookup by ``client_ref``: the newest run carrying it, or ``None``.
-
-    Raises:
-        LookupFailed: It failed in a way a later lookup may not (a 5xx, the network).
-        _FilterIgnored: The answer holds other runs, or the filter was refused (4xx).
-    """
-    params = {"q": client_ref_query(client_ref), "limit": "20", "sort_by": "created_at:desc"}
-    try:
-        response = await transport.request("GET", "/v1/runs", params=params)
-        page = RunPage.model_validate(response.data)
-    except APIStatusError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-            raise _FilterIgnored(f"the lookup failed: the API refused it ({exc.status})") from exc
-        raise LookupFailed(str(exc)) from exc
-    except (APIError, pydantic.ValidationError) as exc:
-        raise LookupFailed(str(exc)) from exc
-    if any(run.client_ref != client_ref for run in page.items):
-        raise _FilterIgnored("the API ignored the client_ref filter")
-    # client_refs we generate are unique per logical create; if a caller reused
-    # one, the newest run with it is the best candidate (and no second bill).
-    found = page.items[0] if page.items else None
-    if found is not None and run_id_problem(found.id) is not None:
-        raise _FilterIgnored("the run it lists has an id that is not usable")
-    return found
-
-
 async def find_by_client_ref(
     transport: Transport, client_ref: str, *, idempotency_key: str
 ) -> Run | None:
@@ -160,8 +130,8 @@ async def find_by_client_ref(
         CreateOutcomeUnknownError: The lookup failed or the server ignored the filter.
     """
     try:
-        return await _lookup(transport, client_ref)
-    except (LookupFailed, _FilterIgnored) as exc:
+        return await find(transport, client_ref, None)
+    except (LookupFailed, LookupRefused) as exc:
         raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
 
 
@@ -208,7 +178,7 @@ async def look_for(
     """
     try:
         found = await search(
-            lambda: _lookup(transport, client_ref),
+            lambda: find(transport, client_ref, sent_at if learn else None),
             clock=transport.clock,
             visibility=transport.visibility,
             sent_at=sent_at,
@@ -216,7 +186,7 @@ async def look_for(
             interval=transport.retry.lookup_interval,
             learn=learn,
         )
-    except (LookupFailed, _FilterIgnored) as exc:
+    except (LookupFailed, LookupRefused) as exc:
         raise _unknown(_why(exc), client_ref, idempotency_key, "/v1/runs") from _origin(exc)
     if found is not None:
         logger.info("Adopted run %s after an ambiguous create.", found.id)

@@ -21,7 +21,8 @@ async def reclaim(transport: Transport, client_ref: str, idempotency_key: str, w
     ``wrong`` was read with another ``client_ref`` (:func:`not_ours`): the
     answer to the create named a run that is not its own. The create reached
     the server, so its run is looked up over a whole visibility window
-    (counted from now: it was sent before), never created again.
+    (counted from now: it was sent before, at a time not known, so nothing is
+    learned and only the ``client_ref`` filter can find it), never created again.
 
     Raises:
         CreateOutcomeUnknownError: Not found, or absence cannot be established.
@@ -34,7 +35,7 @@ async def reclaim(transport: Transport, client_ref: str, idempotency_key: str, w
         wrong.client_ref,
     )
     now = transport.clock.now()
-    found = await look_for(transport, client_ref, idempotency_key, now, now)
+    found = await look_for(transport, client_ref, idempotency_key, now, now, learn=False)
     if found is None:
         raise CreateOutcomeUnknownError(
             f"A create with client_ref {client_ref} may have been billed (it was answered "

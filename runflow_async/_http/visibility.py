@@ -19,20 +19,28 @@ server's true delay (lookups are spaced; the poller asks only about ended runs
 once verified, so its sightings include the run's duration), which only makes
 the window safer. The assumption: a run that has not appeared within twice
 the longest delay ever observed, and at least ``visibility_floor``, was not
-made. Where that cannot be checked (the filter is ignored or refused, the
-lookups fail at the end) the create ends unknown instead.
+made. Where that cannot be checked (no form of listing works, the lookups
+fail at the end) the create ends unknown instead.
+
+How a run can be looked up at all is learned too (:class:`LookupForms`, kept
+here per client, used by :mod:`._http.lookup`): by the ``client_ref:`` filter,
+else by the documented ``created_at>=`` filter, else by the newest runs
+first; each form is dropped once the server refuses or contradicts it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from runflow_async._core.clock import Clock
 from runflow_async._core.config import RetryPolicy
 
-__all__ = ["LookupFailed", "Visibility", "search"]
+if TYPE_CHECKING:
+    import anyio
+
+__all__ = ["FORMS", "LookupFailed", "LookupForms", "Visibility", "search"]
 
 logger = logging.getLogger("runflow_async")
 
@@ -44,6 +52,52 @@ class LookupFailed(Exception):
     """One lookup could not be made (a transient failure); a later one may be."""
 
 
+FORMS = ("client_ref", "created_at", "newest")
+"""The ways to look a run up, in order of preference (:mod:`._http.lookup`)."""
+
+
+class LookupForms:
+    """What one client learned of how the server lets it look runs up.
+
+    Attributes:
+        refused: Each form the server refused or contradicted, with why.
+        offset: A lower bound of the server's time (Unix seconds) minus the
+            client's clock (:meth:`observe`), ``None`` before any run was listed.
+        queue: Lookups waiting for the next shared page walk.
+        walking: Whether a walk is under way (its end is ``walked``).
+        walked: Set when the walk under way ends.
+    """
+
+    __slots__ = ("offset", "queue", "refused", "walked", "walking")
+
+    def __init__(self) -> None:
+        self.refused: dict[str, str] = {}
+        self.offset: float | None = None
+        self.queue: list[object] = []
+        self.walking = False
+        self.walked: anyio.Event | None = None
+
+    def usable(self) -> list[str]:
+        """The forms not yet refused, the preferred one first."""
+        return [form for form in FORMS if form not in self.refused]
+
+    def refuse(self, form: str, why: str) -> None:
+        """The server refused or contradicted ``form``: it is not tried again."""
+        if form not in self.refused:
+            logger.warning("Lookups by %s do not work on this server (%s).", form, why)
+            self.refused[form] = why
+
+    def observe(self, created_at: float, now: float) -> None:
+        """A run created at ``created_at`` (Unix seconds) was listed by ``now`` (clock seconds).
+
+        It was created before the answer came, so ``created_at - now`` is at
+        most the true offset: the largest seen is the best safe bound.
+        """
+        seen = created_at - now
+        if self.offset is None or seen > self.offset:
+            self.offset = seen
+
+
 class Visibility:
     """The learned visibility window of one client (module doc).
 
@@ -51,9 +105,10 @@ class Visibility:
         policy: Gives ``visibility_floor`` and ``visibility_cap``.
     """
 
-    __slots__ = ("_cap", "_floor", "_sent", "largest")
+    __slots__ = ("_cap", "_floor", "_sent", "forms", "largest")
 
     def __init__(self, policy: RetryPolicy) -> None:
+        self.forms = LookupForms()
         self._floor = policy.visibility_floor
         self._cap = policy.visibility_cap
         self._sent: dict[str, float] = {}
