@@ -32,7 +32,7 @@ from runflow_async._core.errors import (
     WebhookVerificationError,
 )
 from runflow_async._core.models import CallbackPayload
-from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, verify_signature
+from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, SignatureVerifier
 
 __all__ = ["CallbackReceiver", "CallbackWatch", "ReceiverCounters"]
 
@@ -147,7 +147,7 @@ class CallbackReceiver:
             raise ConfigurationError("max_body_bytes and buffer_size must be at least 1.")
         if not (body_timeout > 0 and math.isfinite(body_timeout)):
             raise ConfigurationError(f"body_timeout must be a positive number: {body_timeout!r}.")
-        self._secrets = keys
+        self._verifier = SignatureVerifier(keys)  # the HMAC keys prepared once
         self._host = host
         self._port = port
         self._path = path
@@ -273,18 +273,27 @@ class CallbackReceiver:
         if not watches:
             del self._watches[watch.run_id]
 
-    async def _read_bounded(self, request: web.Request) -> bytes | None:
+    async def _read_body(self, request: web.Request) -> bytes | None:
         # None when over the limit, which is found out without reading past it.
         limit = self._max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return None
-        body = bytearray()
-        while len(body) <= limit:
-            chunk = await request.content.read(min(_CHUNK, limit + 1 - len(body)))
-            if not chunk:
-                return bytes(body)
-            body += chunk
-        return None
+        content = request.content
+        if content.is_eof():
+            # The whole body came with the headers (a callback is small): it is
+            # in memory already, so there is nothing to wait for and no deadline
+            # to arm. aiohttp stops reading past its buffer's high-water mark,
+            # so an unfinished large body never gets here.
+            raw = content.read_nowait(-1)
+            return raw if len(raw) <= limit else None
+        with anyio.fail_after(self._body_timeout):
+            body = bytearray()
+            while len(body) <= limit:
+                chunk = await content.read(min(_CHUNK, limit + 1 - len(body)))
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+            return None
 
     async def _handle(self, request: web.Request) -> web.Response:
         self._counts["received"] += 1
@@ -292,8 +301,7 @@ class CallbackReceiver:
         if self._closed:
             return web.Response(status=503, text="receiver closed")
         try:
-            with anyio.fail_after(self._body_timeout):
-                raw = await self._read_bounded(request)
+            raw = await self._read_body(request)
         except TimeoutError:
             return await self._cut_off(request, request_id)
         except (ConnectionError, HttpProcessingError):  # dropped mid-body, or bad chunking
@@ -301,7 +309,7 @@ class CallbackReceiver:
         if raw is None:
             return self._refuse_unread("rejected_oversized", 413, "body too large", request_id)
         try:
-            verify_signature(raw, request.headers.get(SIGNATURE_HEADER), self._secrets)
+            self._verifier.verify(raw, request.headers.get(SIGNATURE_HEADER))
         except WebhookVerificationError as exc:
             why = f"invalid signature ({exc.reason})"
             return self._reject("rejected_signature", 401, why, request_id)

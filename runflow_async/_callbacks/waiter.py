@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import pydantic
 
 from runflow_async._callbacks.receiver import CallbackReceiver
+from runflow_async._callbacks.watch import CallbackWatch
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, ClientClosedError
 from runflow_async._core.models import CallbackPayload, Run, RunStatus
@@ -94,6 +95,41 @@ class CallbackWaiter:
         except ClientClosedError:
             logger.info("The callback receiver is closed; polling run %s.", run_id)
             return await self._fallback(run_id)
+        schedule = fallback(self._policy)
+        try:
+            # Until the first fallback read is due only the callback can come:
+            # one timer, no tasks. Most runs end here.
+            payload = await self._first_window(watch, next(schedule))
+            if payload is None:
+                outcome = await self._race(watch, run_id, schedule)
+                if isinstance(outcome, Run):
+                    return outcome
+                payload = outcome
+        finally:
+            watch.cancel()
+        if on_noticed is not None:
+            on_noticed()
+        try:
+            run = await self._complete(run_id, payload)
+        except APIError as exc:  # after the HTTP layer's retries
+            logger.info("Reading run %s after its callback failed (%s).", run_id, exc)
+            run = None
+        return run if run is not None else await self._fallback(run_id)
+
+    async def _first_window(self, watch: CallbackWatch, after: float) -> CallbackPayload | None:
+        """The callback if it comes within ``after`` emulated seconds, else ``None`` then."""
+        real = self._transport.clock.real(after)
+        due = anyio.current_time() + real
+        try:
+            return await watch._within(real)
+        except ClientClosedError:  # the receiver stopped: the fallback schedule goes on
+            await anyio.sleep(max(0.0, due - anyio.current_time()))
+            return None
+
+    async def _race(
+        self, watch: CallbackWatch, run_id: str, schedule: Iterator[float]
+    ) -> Run | CallbackPayload:
+        """The callback or the fallback reads (the first is due now), whichever ends first."""
         polled: Run | None = None
         payload: CallbackPayload | None = None
         refused: APIError | None = None
@@ -109,30 +145,20 @@ class CallbackWaiter:
         async def by_fallback() -> None:
             nonlocal polled, refused
             try:
-                polled = await self._fallback(run_id)
+                polled = await self._read_from_now(run_id, schedule)
             except APIError as exc:  # raised below as itself, not in an ExceptionGroup
                 refused = exc
             tg.cancel_scope.cancel()
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(by_callback)
-                tg.start_soon(by_fallback)
-        finally:
-            watch.cancel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(by_callback)
+            tg.start_soon(by_fallback)
         if refused is not None:
             raise refused
         if polled is not None:
             return polled
         assert payload is not None  # noqa: S101 - the group ends only once one is set
-        if on_noticed is not None:
-            on_noticed()
-        try:
-            run = await self._complete(run_id, payload)
-        except APIError as exc:  # after the HTTP layer's retries
-            logger.info("Reading run %s after its callback failed (%s).", run_id, exc)
-            run = None
-        return run if run is not None else await self._fallback(run_id)
+        return payload
 
     async def _complete(self, run_id: str, payload: CallbackPayload) -> Run | None:
         status = payload.run_status
@@ -156,6 +182,10 @@ class CallbackWaiter:
     async def _fallback(self, run_id: str) -> Run:
         schedule = fallback(self._policy)
         await self._transport.clock.sleep(next(schedule))
+        return await self._read_from_now(run_id, schedule)
+
+    async def _read_from_now(self, run_id: str, schedule: Iterator[float]) -> Run:
+        """Read the run now, then by the rest of ``schedule``, until it is terminal."""
         if self._poller is not None:
             final = await self._poller.wait(run_id)
             if final is not None:

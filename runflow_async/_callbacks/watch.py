@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 __all__ = ["CallbackWatch"]
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class CallbackWatch:
     """Interest in one run's callback, from :meth:`CallbackReceiver.watch`.
 
@@ -23,10 +28,13 @@ class CallbackWatch:
         run_id: The run being watched.
     """
 
+    __slots__ = ("_done", "_outcome", "_receiver", "_waiters", "run_id")
+
     def __init__(self, run_id: str, receiver: CallbackReceiver) -> None:
         self.run_id = run_id
         self._receiver = receiver
-        self._event = asyncio.Event()
+        self._done = False
+        self._waiters: list[asyncio.Future[None]] = []
         self._outcome: CallbackPayload | BaseException | None = None
 
     async def wait(self) -> CallbackPayload:
@@ -39,24 +47,56 @@ class CallbackWatch:
             asyncio.CancelledError: The watch was cancelled with :meth:`cancel`.
             ClientClosedError: The receiver closed before the callback came.
         """
-        await self._event.wait()
+        if not self._done:
+            await self._park(None)
+        return self._result()
+
+    async def _within(self, seconds: float) -> CallbackPayload | None:
+        """Like :meth:`wait`, but ``None`` if still unsettled after ``seconds`` real seconds.
+
+        One timer on the loop, no task and no cancel scope: a batch waits this
+        way for every run's callback until its first fallback read is due.
+        """
+        if not self._done:
+            await self._park(seconds)
+            if not self._done:
+                return None
+        return self._result()
+
+    async def _park(self, seconds: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None if seconds is None else loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not self._done:  # timed out or cancelled: settling empties the list
+                self._waiters.remove(waiter)
+
+    def _result(self) -> CallbackPayload:
         if isinstance(self._outcome, CallbackPayload):
             return self._outcome
         raise self._outcome or asyncio.CancelledError()
 
     def done(self) -> bool:
         """Return whether the watch has settled (delivered, cancelled or closed)."""
-        return self._event.is_set()
+        return self._done
 
     def cancel(self) -> None:
         """Stop watching and free the slot; a no-op once settled.
 
         A later delivery for the run is buffered as if nobody had watched it.
         """
-        if not self.done():
+        if not self._done:
             self._receiver._forget(self)
             self._settle(None)
 
     def _settle(self, outcome: CallbackPayload | BaseException | None) -> None:
         self._outcome = outcome
-        self._event.set()
+        self._done = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _wake(waiter)
