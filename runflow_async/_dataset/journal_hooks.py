@@ -6,11 +6,10 @@ from collections.abc import Sequence
 
 from runflow_async._batch.hooks import NoHooks
 from runflow_async._core.models import Run
-from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import Journal
 
-__all__ = ["JournalHooks", "client_ref_of", "kind_of"]
+__all__ = ["JournalHooks", "client_ref_of"]
 
 
 class JournalHooks(NoHooks):
@@ -35,8 +34,3 @@ def client_ref_of(dataset_id: str, key: str, retries: int) -> str:
     """An item's ``client_ref``: ``rfa-<dataset>-<key>``, ``-r<N>`` after ``N`` retries."""
     ref = f"rfa-{dataset_id}-{key}"
     return f"{ref}-r{retries}" if retries else ref
-
-
-def kind_of(request: RunRequest) -> str:
-    """The journal's ``kind`` of ``request``."""
-    return "edit" if isinstance(request, EditRequest) else "generate"

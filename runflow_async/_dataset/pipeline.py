@@ -69,7 +69,7 @@ from runflow_async._dataset.journal import (
     JournalItem,
     JournalStateError,
 )
-from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of, kind_of
+from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
 from runflow_async._dataset.manifest import publish, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
@@ -129,10 +129,12 @@ class _Runner:
         # Reuse the estimates the user confirmed (local inputs measured); estimate
         # only what the caller did not (finished items, or a caller without one).
         missing = [i for i in self.items if i.key not in known]
-        extra = estimate_requests([i.request for i in missing], policy=self.client.pricing)
-        usd = {**{i.key: e.usd for i, e in zip(missing, extra.items, strict=True)}, **known}
+        usd: Mapping[str, Decimal] = known
+        if missing:
+            extra = estimate_requests((i.request for i in missing), policy=self.client.pricing)
+            usd = {**{i.key: e.usd for i, e in zip(missing, extra.items, strict=True)}, **known}
         self.journal.add_items(
-            (item.key, item.ordinal, kind_of(item.request), usd[item.key]) for item in self.items
+            (item.key, item.ordinal, item.kind, usd[item.key]) for item in self.items
         )
         if self.retry_failed:
             keys = {item.key for item in self.items}
@@ -221,7 +223,7 @@ class _Runner:
         # One client_ref per run of an item: the journal keeps the first one (a
         # retry of a failed run starts a new one, numbered by the retry count).
         client_ref = entry.client_ref or client_ref_of(self.dataset_id, item.key, entry.retries)
-        request = item.request.model_copy(update={"client_ref": client_ref})
+        request = item.request_with(client_ref=client_ref)  # validated when read: not again
         created = entry.run_id if entry.state is ItemState.CREATED else None
         uploads = isinstance(request, EditRequest) and bool(item.local_images)
         return WorkItem(
