@@ -8,6 +8,7 @@ slots, and what :func:`publish` leaves on disk.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tracemalloc
 from collections.abc import Iterator
@@ -295,3 +296,28 @@ def test_a_created_item_without_a_manifest_is_left_to_collect(tmp_path: Path) ->
         summary = summarize(tmp_path, journal, [], images=0)
     assert summary.total == 0  # items of another input are not counted
     assert (tmp_path / MANIFEST).read_text() == ""
+
+
+async def test_a_run_opens_the_manifest_once_not_once_an_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 20
+    items = read_generate_file(prompts_file(tmp_path, n), Defaults(image_size=(64, 64)))
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001, seed=4) as emu,
+        make_client(emu.url) as client,
+    ):
+        monkeypatch.setattr(os, "open", counting)
+        summary = await run_dataset(client, tmp_path / "out", items, concurrency=4)
+        monkeypatch.undo()
+    assert summary.succeeded == n
+    assert len(manifest(tmp_path / "out")) == n  # every row appended, whole
+    appends = [p for p in opened if Path(p).name == MANIFEST]
+    assert len(appends) == 1  # was one per item

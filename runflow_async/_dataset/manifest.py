@@ -49,6 +49,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MANIFEST",
     "READY_SUFFIX",
+    "Appender",
     "append_whole",
     "named_by_type",
     "publish",
@@ -75,14 +76,38 @@ def named_by_type(guess: str, saved: DownloadedFile) -> str:
     return Path(guess).with_suffix(suffix).name
 
 
+class Appender:
+    """``metadata.jsonl`` held open (``O_APPEND``) for a run's appends: one ``open`` a run.
+
+    Each :meth:`append` is still whole (one ``write`` loop, unbuffered: a kill
+    loses no finished write). Open it after the run's first :func:`reconcile`
+    and close it before the last (they replace the file).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self._fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def append(self, data: bytes) -> None:
+        """Append ``data`` whole."""
+        _write_all(self._fd, data)
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._fd)
+
+
 def publish(
-    out_dir: Path, rows: Sequence[dict[str, Any]], downloaded: Sequence[Path] = ()
+    out_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    downloaded: Sequence[Path] = (),
+    manifest: Appender | None = None,
 ) -> list[str]:
     """Append ``rows`` to the manifest (one write), then rename their images in place.
 
     ``downloaded``: where each row's image was saved, if not at its
     :func:`ready_path` (a first guess at its name); it is renamed there first,
-    so the row never names a ready file that is not there. Returns the rows as
+    so the row never names a ready file that is not there. ``manifest``: the
+    run's open manifest (else it is opened for this append). Returns the rows as
     written (one JSON text each), for the journal.
 
     Blocking, briefly (an append and a rename per image, in the folder that
@@ -95,7 +120,10 @@ def publish(
             os.replace(saved, ready)
     lines = [json.dumps(row, sort_keys=True) for row in rows]
     data = "".join(f"{line}\n" for line in lines).encode()
-    append_whole(out_dir / MANIFEST, data)
+    if manifest is None:
+        append_whole(out_dir / MANIFEST, data)
+    else:
+        manifest.append(data)
     for row in rows:
         os.replace(ready_path(out_dir, row["file_name"]), out_dir / row["file_name"])
     return lines
@@ -257,8 +285,12 @@ def append_whole(path: Path, data: bytes) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -70,7 +70,7 @@ from runflow_async._dataset.journal import (
     JournalStateError,
 )
 from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
-from runflow_async._dataset.manifest import publish, reconcile
+from runflow_async._dataset.manifest import Appender, publish, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     summarize,
@@ -117,6 +117,7 @@ class _Runner:
         self.progress = DatasetProgress(total=len(items))
         self.failures = FailureList(out_dir, items)
         self._engine: Engine | None = None
+        self.manifest: Appender | None = None
         self.on_progress = on_progress
         self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
         journal.set_meta("dataset_id", self.dataset_id)
@@ -159,14 +160,18 @@ class _Runner:
         self._engine = engine
         # Group commit: the later marks wait for the next write-ahead commit (or
         # the timer), and are all committed when the block ends, however it ends.
-        with self.journal.grouped():
-            async with anyio.create_task_group() as timer:
-                timer.start_soon(self._commit_on_time)
-                async with engine, anyio.create_task_group() as records:
-                    records.start_soon(self._record_all, engine)
-                    await self._feed(engine, usd)
-                    await engine.end_input()
-                timer.cancel_scope.cancel()
+        self.manifest = Appender(self.out_dir)  # closed before the folder is reconciled again
+        try:
+            with self.journal.grouped():
+                async with anyio.create_task_group() as timer:
+                    timer.start_soon(self._commit_on_time)
+                    async with engine, anyio.create_task_group() as records:
+                        records.start_soon(self._record_all, engine)
+                        await self._feed(engine, usd)
+                        await engine.end_input()
+                    timer.cancel_scope.cancel()
+        finally:
+            self.manifest.close()
 
     async def _commit_on_time(self) -> None:
         """Commit marks buffered ``GROUP_SECONDS`` (real time) when no write-ahead mark did."""
@@ -306,7 +311,7 @@ class _Runner:
             # Rows first, then the images' names: never an image without its row.
             # On the loop, like the journal's commits: an append and a rename or
             # two in the output folder cost less than a worker thread's round trip.
-            files = publish(self.out_dir, rows, saved)
+            files = publish(self.out_dir, rows, saved, self.manifest)
             self.journal.mark_succeeded(item.key, cost_usd=cost, files=files, reserved_usd=reserved)
             if item.key in self.failures:  # a collectable item from an earlier run
                 self._listed(item.key)  # leaves the list
