@@ -37,8 +37,9 @@ def test_the_benchmark_runs_both_contenders_and_audits_their_folders(tmp_path: P
         assert result["peak_rss_mb"] > 10  # the child's, in MB
     cli = line["cli"]
     assert cli["summary"]["succeeded"] == n
-    # Each item: its add, then submitting, created and succeeded (one commit each).
-    assert 3 <= cli["journal_commits_per_item"] <= 3.2
+    # Each item: its submitting mark committed before its create; created and
+    # succeeded wait for the next one (group commit; they were one commit each).
+    assert 1 <= cli["journal_commits_per_item"] < 2
     assert 4 <= cli["journal_writes_per_item"] <= 4.2
     assert set(line["targets"]) == {"images_per_s_ratio", "cpu_per_image_ratio", "peak_rss_mb"}
 

@@ -8,6 +8,7 @@ slots, and what :func:`publish` leaves on disk.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tracemalloc
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ def test_get_many_reads_hundreds_of_items_in_a_few_statements(
         assert found["k0001"] == journal.get("k0001")
 
 
-async def test_an_item_costs_three_updates_and_five_statements(
+async def test_an_item_costs_three_updates_and_about_one_commit(
     tmp_path: Path, statements: Statements
 ) -> None:
     n = 40
@@ -116,8 +117,23 @@ async def test_an_item_costs_three_updates_and_five_statements(
     hot = [s for s in statements.sql if s.lstrip().startswith("UPDATE items SET state")]
     assert len(hot) == 3 * n
     assert statements.writes() == 4 * n + 2  # + the schema version, the dataset id
+    # Group commit: each write-ahead mark is committed before its create (the
+    # very next statement), the later marks only inside a transaction, with it.
+    in_transaction, autocommitted = False, []
+    for i, sql in enumerate(statements.sql):
+        if sql.startswith("BEGIN"):
+            in_transaction = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            in_transaction = False
+        elif sql.startswith("UPDATE items SET state = 'submitting'"):
+            assert statements.sql[i + 1] == "COMMIT"
+        elif sql.startswith("UPDATE items") and not in_transaction:
+            autocommitted.append(sql)
+    assert autocommitted == []
+    commits = statements.sql.count("COMMIT")
+    assert commits < 2 * n  # was 3 a item: each of its marks alone
     # The rest is reading: the entries in bulk, scans at the start and the end.
-    assert len(statements.sql) <= 5 * n + 40
+    assert len(statements.sql) - 2 * commits <= 5 * n + 40
 
 
 async def test_items_wait_queued_ahead_of_the_free_slots(tmp_path: Path) -> None:
@@ -280,3 +296,28 @@ def test_a_created_item_without_a_manifest_is_left_to_collect(tmp_path: Path) ->
         summary = summarize(tmp_path, journal, [], images=0)
     assert summary.total == 0  # items of another input are not counted
     assert (tmp_path / MANIFEST).read_text() == ""
+
+
+async def test_a_run_opens_the_manifest_once_not_once_an_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 20
+    items = read_generate_file(prompts_file(tmp_path, n), Defaults(image_size=(64, 64)))
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001, seed=4) as emu,
+        make_client(emu.url) as client,
+    ):
+        monkeypatch.setattr(os, "open", counting)
+        summary = await run_dataset(client, tmp_path / "out", items, concurrency=4)
+        monkeypatch.undo()
+    assert summary.succeeded == n
+    assert len(manifest(tmp_path / "out")) == n  # every row appended, whole
+    appends = [p for p in opened if Path(p).name == MANIFEST]
+    assert len(appends) == 1  # was one per item

@@ -299,12 +299,22 @@ def run_command(args: argparse.Namespace) -> int:
         _err("nothing submitted")
         return 1
     try:
-        confirmed = {i.key: e.usd for i, e in zip(todo, estimate.items, strict=True)}
+        confirmed = _reservations(todo, estimate)
+        del estimate, todo  # not kept for the run: the journal and the summary have what counts
         with _log_to_folder(args.out):
             return asyncio.run(_run(args, items, api_key, confirmed))
     except RunflowError as exc:
         _err(str(exc))
         return 1
+
+
+def _reservations(items: list[DatasetItem], estimate: Estimate) -> dict[str, Decimal]:
+    """Each item's confirmed estimate, by key; equal amounts share one ``Decimal``."""
+    shared: dict[Decimal, Decimal] = {}
+    return {
+        item.key: shared.setdefault(each.usd, each.usd)
+        for item, each in zip(items, estimate.items, strict=True)
+    }
 
 
 def _sniff(path: Path) -> str:

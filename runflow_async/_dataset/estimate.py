@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import aiohttp
 
@@ -25,22 +25,26 @@ async def estimate_items(items: Sequence[DatasetItem], policy: PricingPolicy) ->
     remote = [
         url
         for item in items
-        if isinstance(item.request, EditRequest)
-        for pos, url in enumerate(item.request.image_urls)
+        if item.edit
+        for pos, url in enumerate(item.value("image_urls"))
         if pos not in item.local_positions
     ]
     sizes: dict[str, Size | None] = {}
     if remote:
         async with aiohttp.ClientSession() as session:
             sizes.update(await probe_input_sizes(session, remote))
-    requests: list[RunRequest] = []
-    for item in items:
-        request = item.request
-        if isinstance(request, EditRequest) and item.local_images:
-            urls = list(request.image_urls)
-            for pos, path in zip(item.local_positions, item.local_images, strict=True):
-                urls[pos] = path.resolve().as_uri()
-                sizes[urls[pos]] = image_size_from_path(path)
-            request = request.model_copy(update={"image_urls": urls})
-        requests.append(request)
-    return estimate_requests(requests, policy=policy, input_sizes=sizes)
+    for item in items:  # every size known before the estimate reads any
+        for path in item.local_images:
+            sizes[path.resolve().as_uri()] = image_size_from_path(path)
+
+    def requests() -> Iterator[RunRequest]:  # one at a time: items keep no request
+        for item in items:
+            request = item.request
+            if isinstance(request, EditRequest) and item.local_images:
+                urls = list(request.image_urls)
+                for pos, path in zip(item.local_positions, item.local_images, strict=True):
+                    urls[pos] = path.resolve().as_uri()
+                request = request.model_copy(update={"image_urls": urls})
+            yield request
+
+    return estimate_requests(requests(), policy=policy, input_sizes=sizes)

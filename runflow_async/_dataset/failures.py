@@ -86,7 +86,7 @@ class FailureList:
             {
                 "key": entry.key,
                 "line": item.line if item else None,
-                "prompt": item.request.prompt if item else None,
+                "prompt": item.value("prompt") if item else None,
                 "run_id": entry.run_id,
                 "error_type": entry.error_type,
                 "error": entry.error,

@@ -55,7 +55,7 @@ class ImageFetcher:
         costs, estimates = split_cost(cost, parts), split_cost(reserved, parts)
         rows, paths = [], []
         for n, (image, share, estimated) in enumerate(zip(images, costs, estimates, strict=False)):
-            ext = _EXTENSIONS.get(image.content_type or "", item.request.output_format or "png")
+            ext = _EXTENSIONS.get(image.content_type or "", item.value("output_format") or "png")
             # The suffix is a first guess: the file is named by its real type
             # (:func:`publish` renames its ready file to match, if need be).
             guess = f"{item.key}-{n}.{'jpg' if ext == 'jpeg' else ext}"

@@ -36,6 +36,7 @@ from runflow_async._core.requests import (
     ImagePreset,
     build_request,
 )
+from runflow_async._dataset.item import DatasetItem
 from runflow_async._dataset.local_files import MAX_LOCAL_IMAGE_BYTES, local_file
 
 __all__ = [
@@ -97,33 +98,6 @@ class Defaults:
     num_images: int | None = None
     output_format: str | None = None
     base_seed: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetItem:
-    """One valid line of an input file.
-
-    Attributes:
-        ordinal: 0-based position among the items of the file.
-        line: 1-based line number in the file (a CSV row's last line).
-        key: Stable id of the item (see the module docstring).
-        request: The validated request; ``client_ref`` and ``metadata`` are not set.
-            A local edit image is the placeholder ``https://local.invalid/<position>``.
-        metadata: The line's free ``metadata`` object (may be empty).
-        local_images: Edit only: the local image files, absolute, in order.
-        local_positions: Edit only: the ``image_urls`` position of each local image.
-        image_inputs: Edit only: the line's ``image_urls`` as given (paths, URLs),
-            which the manifest records.
-    """
-
-    ordinal: int
-    line: int
-    key: str
-    request: GenerateRequest | EditRequest
-    metadata: dict[str, Any]
-    local_images: tuple[Path, ...] = ()
-    local_positions: tuple[int, ...] = ()
-    image_inputs: tuple[str, ...] = ()
 
 
 def parse_size(text: str) -> str | tuple[int, int]:
@@ -211,6 +185,8 @@ class _Reader:
     seen: Counter[str] = field(default_factory=Counter)
     seeded: Counter[str] = field(default_factory=Counter)
     sizes: dict[tuple[int, int], CustomImageSize] = field(default_factory=dict)
+    # One tuple of field names for every line that sets the same fields: memory per item.
+    names: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
 
     def _seed(self, fields: dict[str, Any], metadata: Any, paths: list[Path]) -> int:
         """A line's default seed: from ``base_seed`` and the line's own content.
@@ -285,6 +261,19 @@ class _Reader:
         if problems:
             self.problems += [(line, reason) for reason in problems]
             return
+        self.items.append(self._item(ordinal, line, request, metadata, paths, positions, given))
+
+    def _item(
+        self,
+        ordinal: int,
+        line: int,
+        request: GenerateRequest | EditRequest,
+        metadata: dict[str, Any],
+        paths: list[Path],
+        positions: list[int],
+        given: tuple[str, ...],
+    ) -> DatasetItem:
+        """The lean item of a validated line, under its key (see the module docstring)."""
         payload = request.input_payload()
         for position, local in zip(positions, paths, strict=True):
             payload["image_urls"][position] = str(local)
@@ -294,10 +283,22 @@ class _Reader:
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
         key = f"{digest}-{self.seen[digest]}"
         self.seen[digest] += 1
-        item = DatasetItem(
-            ordinal, line, key, request, metadata, tuple(paths), tuple(positions), given
+        names = tuple(sorted(request.model_fields_set))
+        names = self.names.setdefault(names, names)
+        values = tuple(getattr(request, name) for name in names)
+        edit = self.kind == "edit"
+        return DatasetItem(
+            ordinal,
+            line,
+            key,
+            edit,
+            names,
+            values,
+            tuple(paths),
+            tuple(positions),
+            given,
+            metadata or None,
         )
-        self.items.append(item)
 
     def finish(self) -> list[DatasetItem]:
         if not self.items and not self.problems:

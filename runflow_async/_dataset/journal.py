@@ -6,9 +6,37 @@ and when the item ends. So after any crash, even ``kill -9``, a re-run knows
 which runs exist (collect them), which creates may exist (look them up by
 ``client_ref``) and which were never sent (submit them).
 
-Each method is one short transaction on one connection. WAL with
-``synchronous=NORMAL`` loses nothing when the *process* dies (a power cut may
-lose the last commits, which a re-run reconciles by ``client_ref``). Money is
+Each method is one short transaction on one connection, except inside
+:meth:`Journal.grouped` (the pipeline's hot path: group commit). There the
+write-ahead mark stays committed *before* its create is sent (``mark_submitting``
+commits at once, and with it everything buffered: the never-billed-twice
+guard), but the later marks (``mark_created``/``own_run``/``move_run``,
+``mark_succeeded``, ``mark_failed``, ``mark_not_submitted``, ``note_error``,
+``record_cost``) wait in one open transaction, committed with the next
+write-ahead mark, when ``GROUP_ENTRIES`` marks wait, when the oldest has waited
+``GROUP_SECONDS`` (real time: :meth:`Journal.commit_due`, called on a timer),
+and always when the block ends (a clean exit, an error, a cancellation or
+Ctrl-C), before the summary. Readers on the same connection (the pipeline's
+own) see the buffered marks at once; other processes (``status``) see them
+within ``GROUP_SECONDS``. What a ``kill -9`` can then lose, and how the next
+run recovers it:
+
+* the run id of a create (the item stays "submitting"): looked up by
+  ``client_ref`` over the visibility window, never sent again blindly;
+* a success (the item stays "submitting" or "created", its manifest rows and
+  images possibly already in the folder): the manifest's reconcile rolls it
+  forward when its rows are whole and every image is on disk with their
+  SHA-256 (the run id taken from the rows when the journal lost it too), so
+  the folder holds each item exactly once; otherwise the rows and images are
+  rolled back and the run is read again by id (or found by ``client_ref``)
+  and its images fetched again;
+* a failure, a "not submitted", a late cost: the item is still "submitting"
+  or "created" and its run is read (or looked up) again.
+
+Nothing is billed twice: no create is sent without its committed write-ahead
+mark. WAL with ``synchronous=NORMAL`` loses nothing committed when the
+*process* dies (a power cut may lose the last commits, which a re-run
+reconciles by ``client_ref``). Money is
 stored as decimal text, so sums are exact. Use a journal from one thread. The
 file (and SQLite's ``-wal``/``-shm`` beside it) is private, ``0600``, whatever
 the umask: it names every run of the folder.
@@ -44,19 +72,23 @@ counts at its estimate.) A failed run is not billed: an unknown cost is $0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import fields
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from runflow_async._dataset.journal_commit import GROUP_ENTRIES, GROUP_SECONDS
 from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
-from runflow_async._dataset.journal_item import ItemState, JournalItem, item_from_row
+from runflow_async._dataset.journal_item import ItemState, JournalItem, summarize_items
+from runflow_async._dataset.journal_read import JournalReads, JournalStateError
 
 __all__ = [
+    "GROUP_ENTRIES",
+    "GROUP_SECONDS",
     "JOURNAL_PATH",
     "SCHEMA_VERSION",
     "ItemState",
@@ -81,18 +113,7 @@ _FROM: dict[ItemState, tuple[ItemState, ...]] = {
 }
 
 
-class JournalStateError(JournalError, KeyError):
-    """No such item, or the item's state does not allow the change."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-_SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
-_GET_MANY = 500  # keys per SELECT of get_many (SQLite allows 32,766 parameters)
-
-
-class Journal:
+class Journal(JournalReads):
     """The journal of one output folder (``DIR/.runflow/journal.sqlite3``).
 
     Open with :meth:`open`; close with :meth:`close` or a ``with`` block.
@@ -102,8 +123,7 @@ class Journal:
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self.path = path
+        super().__init__(conn, path)
 
     @classmethod
     def open(cls, out_dir: Path) -> Journal:
@@ -117,7 +137,9 @@ class Journal:
         return cls(connect(path), path)
 
     def close(self) -> None:
-        """Close the journal (idempotent)."""
+        """Close the journal (idempotent); buffered marks are committed first."""
+        with contextlib.suppress(sqlite3.ProgrammingError):  # closed already
+            self.commit()
         self._conn.close()
 
     def __enter__(self) -> Journal:
@@ -136,6 +158,7 @@ class Journal:
         # A generator, not a list: 100,000 rows are not held at once.
         rows = ((k, o, kind, _money(e), _P.value, now) for k, o, kind, e in items)
         before = self._conn.total_changes
+        self.commit()
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
@@ -144,40 +167,6 @@ class Journal:
                 rows,
             )
         return self._conn.total_changes - before
-
-    def get(self, key: str) -> JournalItem | None:
-        """Return the item recorded under ``key``, or ``None``."""
-        row = self._conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
-        return None if row is None else item_from_row(row)
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, JournalItem]:
-        """Return the items recorded under ``keys`` (absent keys left out), a few SELECTs."""
-        found: dict[str, JournalItem] = {}
-        wanted = list(keys)
-        for start in range(0, len(wanted), _GET_MANY):
-            chunk = wanted[start : start + _GET_MANY]
-            sql = f"{_SELECT} WHERE key IN ({', '.join('?' * len(chunk))})"
-            for row in self._conn.execute(sql, chunk):
-                item = item_from_row(row)
-                found[item.key] = item
-        return found
-
-    def items(self, *, states: Iterable[ItemState] | None = None) -> list[JournalItem]:
-        """Return the items, in input order, optionally only those in ``states``."""
-        return list(self.iter_items(states=states))
-
-    def iter_items(self, *, states: Iterable[ItemState] | None = None) -> Iterator[JournalItem]:
-        """Yield the items, in input order (optionally only those in ``states``), one at a time.
-
-        For scans of a large journal in little memory; write nothing to the
-        journal until it is exhausted.
-        """
-        sql, args = _SELECT, list[str]()
-        if states is not None:
-            args = [ItemState(s).value for s in states]
-            sql += f" WHERE state IN ({', '.join('?' * len(args))})"
-        for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args):
-            yield item_from_row(row)
 
     def mark_submitting(self, key: str, client_ref: str) -> None:
         """Record, *before* sending it, that a create is starting (write-ahead).
@@ -191,6 +180,7 @@ class Journal:
             "client_ref = coalesce(client_ref, ?), attempts = attempts + 1,"
             " error_type = NULL, error = NULL",
             client_ref,
+            defer=False,  # committed (with every buffered mark) before the create is sent
         )
 
     def mark_created(self, key: str, run_id: str) -> None:
@@ -223,7 +213,7 @@ class Journal:
         creates they made one run): the item's own run, found by its
         ``client_ref``, replaces it. Only that run may be replaced.
         """
-        cursor = self._conn.execute(
+        cursor = self._execute(
             "UPDATE items SET run_id = ?, updated_at = ? WHERE key = ? AND state = ?"
             " AND run_id = ?",
             (run_id, _now(), key, _C.value, wrong_run_id),
@@ -264,7 +254,7 @@ class Journal:
         ``files`` replace the item's (rows that name the cost). Returns whether
         it changed anything (``False``: the cost was known, or not succeeded).
         """
-        cursor = self._conn.execute(
+        cursor = self._execute(
             "UPDATE items SET cost_usd = ?, files = ?, reserved_usd = NULL, updated_at = ?"
             " WHERE key = ? AND state = ? AND cost_usd IS NULL",
             (_money(cost_usd), json.dumps(list(files)), _now(), key, _OK.value),
@@ -287,7 +277,7 @@ class Journal:
         Returns:
             Whether the item was submitting or created (otherwise nothing changed).
         """
-        cursor = self._conn.execute(
+        cursor = self._execute(
             "UPDATE items SET error_type = ?, error = ?, updated_at = ?"
             " WHERE key = ? AND state IN (?, ?)",
             (error_type, error, _now(), key, _S.value, _C.value),
@@ -307,6 +297,13 @@ class Journal:
         and a create sent with it would be answered with that run again. Without
         a run, the ``client_ref`` is kept (an earlier create may yet be found by it).
         """
+        self.commit()
+        try:
+            self._reset(key)
+        finally:
+            self._buffered = 0  # the block committed (or rolled back) its one change
+
+    def _reset(self, key: str) -> None:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             item = self._get(key)
@@ -335,57 +332,35 @@ class Journal:
             that may still be billed: pending, submitting, created and not
             submitted).
         """
-        counts = dict.fromkeys(ItemState, 0)
-        spent = estimated = unknown_usd = Decimal(0)
-        unknown = 0
-        for item in self.iter_items():
-            counts[item.state] += 1
-            spent += item.spent_usd
-            if item.cost_unknown:
-                unknown += 1
-                unknown_usd += item.spent_usd - item.prior_cost_usd
-            elif item.state not in (_OK, _F):
-                estimated += item.estimate_usd or 0
-        total = sum(counts.values())
-        counts_out = {state.value: n for state, n in counts.items()}
-        return {
-            "total": total,
-            "counts": counts_out,
-            "spent_usd": spent,
-            "unknown_cost_runs": unknown,
-            "unknown_cost_usd": unknown_usd,
-            "estimated_usd": estimated,
-        }
+        return summarize_items(self.iter_items())
 
     def set_meta(self, name: str, value: str) -> None:
         """Store a named value (e.g. the input file, the dataset id)."""
-        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+        self._execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value), defer=False)
 
     def get_meta(self, name: str) -> str | None:
         """Return a value stored with :meth:`set_meta`, or ``None``."""
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
-    def _get(self, key: str) -> JournalItem:
-        item = self.get(key)
-        if item is None:
-            raise JournalStateError(f"no item {key!r} in the journal")
-        return item
-
-    def _move(self, key: str, to: ItemState, assignments: str, *args: object) -> None:
-        if not self._try_move(key, to, assignments, *args):
+    def _move(
+        self, key: str, to: ItemState, assignments: str, *args: object, defer: bool = True
+    ) -> None:
+        if not self._try_move(key, to, assignments, *args, defer=defer):
             state = self._get(key).state
             raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
 
-    def _try_move(self, key: str, to: ItemState, assignments: str, *args: object) -> bool:
-        """One UPDATE (one commit): whether ``key`` was in a state that may become ``to``."""
+    def _try_move(
+        self, key: str, to: ItemState, assignments: str, *args: object, defer: bool = True
+    ) -> bool:
+        """One UPDATE: whether ``key`` was in a state that may become ``to``."""
         sources = _FROM[to]
         sql = (
             f"UPDATE items SET state = ?, updated_at = ?, {assignments}"  # noqa: S608 - ours
             f" WHERE key = ? AND state IN ({', '.join('?' * len(sources))})"
         )
-        cursor = self._conn.execute(
-            sql, (to.value, _now(), *args, key, *(s.value for s in sources))
+        cursor = self._execute(
+            sql, (to.value, _now(), *args, key, *(s.value for s in sources)), defer=defer
         )
         return cursor.rowcount > 0
 

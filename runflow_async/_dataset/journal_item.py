@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ItemState", "JournalItem", "item_from_row"]
+__all__ = ["ItemState", "JournalItem", "item_from_row", "summarize_items"]
 
 
 class ItemState(StrEnum):
@@ -105,3 +105,29 @@ def item_from_row(row: Sequence[Any]) -> JournalItem:
     files = values[_FILES]
     values[_FILES] = () if files == "[]" else tuple(json.loads(files))
     return JournalItem(*values)
+
+
+def summarize_items(items: Iterable[JournalItem]) -> dict[str, Any]:
+    """Count ``items`` per state and add up the money (see :meth:`Journal.summary`)."""
+    finished = (ItemState.SUCCEEDED, ItemState.FAILED)
+    counts = dict.fromkeys(ItemState, 0)
+    spent = estimated = unknown_usd = Decimal(0)
+    unknown = 0
+    for item in items:
+        counts[item.state] += 1
+        spent += item.spent_usd
+        if item.cost_unknown:
+            unknown += 1
+            unknown_usd += item.spent_usd - item.prior_cost_usd
+        elif item.state not in finished:
+            estimated += item.estimate_usd or 0
+    total = sum(counts.values())
+    counts_out = {state.value: n for state, n in counts.items()}
+    return {
+        "total": total,
+        "counts": counts_out,
+        "spent_usd": spent,
+        "unknown_cost_runs": unknown,
+        "unknown_cost_usd": unknown_usd,
+        "estimated_usd": estimated,
+    }

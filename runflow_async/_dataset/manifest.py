@@ -19,7 +19,9 @@ beside it.
 :func:`reconcile` runs under the folder lock when a run starts and when it
 ends. Rows that reached the manifest but not the journal (a kill between 2
 and 4) are rolled forward when every image they name is on disk with the
-sha256 the row records: the renames are finished and the journal told.
+sha256 the row records: the renames are finished and the journal told. (An
+item the journal still holds as "submitting", its run id lost with the group
+commit's buffer, is rolled forward alike, with the run its rows name.)
 Anything else not recorded as succeeded is rolled back, images first (so
 the invariant holds meanwhile): the item's images and ready files are
 removed, and the manifest is rewritten from the journal, one row per image
@@ -47,6 +49,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MANIFEST",
     "READY_SUFFIX",
+    "Appender",
     "append_whole",
     "named_by_type",
     "publish",
@@ -59,6 +62,7 @@ READY_SUFFIX = ".rfa-ready"
 """Ends the name of a downloaded image waiting for its row (``.NAME.rfa-ready``)."""
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".webp", ".gif"})
 """The suffixes of the images the pipeline names."""
+_MAY_ROLL_FORWARD = (ItemState.CREATED, ItemState.SUBMITTING)
 
 
 def ready_path(out_dir: Path, name: str) -> Path:
@@ -72,14 +76,38 @@ def named_by_type(guess: str, saved: DownloadedFile) -> str:
     return Path(guess).with_suffix(suffix).name
 
 
+class Appender:
+    """``metadata.jsonl`` held open (``O_APPEND``) for a run's appends: one ``open`` a run.
+
+    Each :meth:`append` is still whole (one ``write`` loop, unbuffered: a kill
+    loses no finished write). Open it after the run's first :func:`reconcile`
+    and close it before the last (they replace the file).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self._fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def append(self, data: bytes) -> None:
+        """Append ``data`` whole."""
+        _write_all(self._fd, data)
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._fd)
+
+
 def publish(
-    out_dir: Path, rows: Sequence[dict[str, Any]], downloaded: Sequence[Path] = ()
+    out_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    downloaded: Sequence[Path] = (),
+    manifest: Appender | None = None,
 ) -> list[str]:
     """Append ``rows`` to the manifest (one write), then rename their images in place.
 
     ``downloaded``: where each row's image was saved, if not at its
     :func:`ready_path` (a first guess at its name); it is renamed there first,
-    so the row never names a ready file that is not there. Returns the rows as
+    so the row never names a ready file that is not there. ``manifest``: the
+    run's open manifest (else it is opened for this append). Returns the rows as
     written (one JSON text each), for the journal.
 
     Blocking, briefly (an append and a rename per image, in the folder that
@@ -92,7 +120,10 @@ def publish(
             os.replace(saved, ready)
     lines = [json.dumps(row, sort_keys=True) for row in rows]
     data = "".join(f"{line}\n" for line in lines).encode()
-    append_whole(out_dir / MANIFEST, data)
+    if manifest is None:
+        append_whole(out_dir / MANIFEST, data)
+    else:
+        manifest.append(data)
     for row in rows:
         os.replace(ready_path(out_dir, row["file_name"]), out_dir / row["file_name"])
     return lines
@@ -102,10 +133,11 @@ def reconcile(out_dir: Path, journal: Journal) -> int:
     """Make the folder match the journal (see the module doc); return the manifest's rows.
 
     Streamed, in memory that does not grow with the folder: only rows of items
-    still "created" (the only ones that may roll forward) are read into memory,
+    still "created" or "submitting" (the only ones that may roll forward: the
+    journal's group commit may have lost the run id too) are read into memory,
     and the manifest is rewritten row by row from the journal.
     """
-    created = {e.key for e in journal.iter_items(states=(ItemState.CREATED,))}
+    created = {e.key for e in journal.iter_items(states=_MAY_ROLL_FORWARD)}
     if created:  # nothing else can roll forward: no need to read the manifest
         rows, whole = _read_rows(out_dir / MANIFEST, created)
         if whole:  # a torn last line: roll nothing forward, download those items again
@@ -180,6 +212,8 @@ def _roll_forward(out_dir: Path, journal: Journal, rows: Iterable[dict[str, Any]
             if ready.exists():
                 os.replace(ready, out_dir / row["file_name"])
         files = [json.dumps(row, sort_keys=True) for row in item_rows]
+        if entry.state is ItemState.SUBMITTING:  # its run id was lost too: the rows name it
+            journal.mark_created(key, str(item_rows[0]["run_id"]))
         journal.mark_succeeded(
             key,
             cost_usd=_total(row.get("cost_usd") for row in item_rows),
@@ -197,14 +231,22 @@ def _total(amounts: Iterable[object]) -> Decimal | None:
 
 
 def _publishable(out_dir: Path, entry: JournalItem, rows: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``rows`` are the whole publication of ``entry``'s run, every image on disk."""
-    if entry.state is not ItemState.CREATED or entry.run_id is None:
+    """Whether ``rows`` are the whole publication of ``entry``'s run, every image on disk.
+
+    A "submitting" item (its run id lost with a buffered mark) takes the run
+    its rows name, if they all name one.
+    """
+    if entry.state is ItemState.CREATED and entry.run_id is not None:
+        run_id: object = entry.run_id
+    elif entry.state is ItemState.SUBMITTING and entry.client_ref is not None:
+        run_id = rows[0].get("run_id")
+    else:
         return False
     names = [row.get("file_name") for row in rows]
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names) or not isinstance(run_id, str) or not run_id:
         return False
     for row, name in zip(rows, names, strict=True):
-        if row.get("run_id") != entry.run_id or not isinstance(name, str):
+        if row.get("run_id") != run_id or not isinstance(name, str):
             return False
         if _owner(name) != entry.key:
             return False
@@ -243,8 +285,12 @@ def append_whole(path: Path, data: bytes) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

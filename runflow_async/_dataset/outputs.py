@@ -136,7 +136,8 @@ def manifest_row(
     ``estimated``: the image's share of what a run of unknown cost counts as
     (``cost_usd`` is then ``null``: not reported, which is not $0).
     """
-    params = item.request.input_payload()
+    request = item.request
+    params = request.input_payload()
     prompt = params.pop("prompt")
     if item.image_inputs:  # as the line gave them: local paths, not their upload placeholders
         params["image_urls"] = list(item.image_inputs)
@@ -146,7 +147,7 @@ def manifest_row(
         "prompt": prompt,
         "seed": seed,
         "run_id": run.id,
-        "model": item.request.model,
+        "model": request.model,
         "width": image.width,
         "height": image.height,
         "cost_usd": None if cost is None else str(cost),

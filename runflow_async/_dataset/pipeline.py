@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runflow_async._batch.engine import Engine
-from runflow_async._batch.hooks import NoHooks, WorkItem
+from runflow_async._batch.hooks import WorkItem
 from runflow_async._batch.outcomes import Outcome
 from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import (
@@ -56,15 +56,21 @@ from runflow_async._core.errors import (
     RunTimeoutError,
 )
 from runflow_async._core.estimate import estimate_requests
-from runflow_async._core.models import Run
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
 from runflow_async._dataset.images import ImageFetcher
 from runflow_async._dataset.input import DatasetItem
-from runflow_async._dataset.journal import ItemState, Journal, JournalItem, JournalStateError
-from runflow_async._dataset.manifest import publish, reconcile
+from runflow_async._dataset.journal import (
+    GROUP_SECONDS,
+    ItemState,
+    Journal,
+    JournalItem,
+    JournalStateError,
+)
+from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
+from runflow_async._dataset.manifest import Appender, publish, reconcile
 from runflow_async._dataset.outputs import (
     DatasetSummary,
     summarize,
@@ -81,21 +87,6 @@ __all__ = ["DatasetProgress", "run_dataset"]
 logger = logging.getLogger("runflow_async")
 
 _READ_AHEAD = 256  # items whose journal entries are read in one go
-
-
-class _JournalHooks(NoHooks):
-    """Write-ahead: the journal learns each client_ref before its create, each run at once."""
-
-    def __init__(self, journal: Journal, items: Sequence[DatasetItem]) -> None:
-        self._journal = journal
-        self._items = items
-
-    def on_submitting(self, index: int, client_ref: str, /) -> None:
-        self._journal.mark_submitting(self._items[index].key, client_ref)
-
-    def on_created(self, index: int, run: Run, /) -> None:
-        # Told again with its own run if the first proved another item's.
-        self._journal.own_run(self._items[index].key, run.id)
 
 
 class _Runner:
@@ -126,6 +117,7 @@ class _Runner:
         self.progress = DatasetProgress(total=len(items))
         self.failures = FailureList(out_dir, items)
         self._engine: Engine | None = None
+        self.manifest: Appender | None = None
         self.on_progress = on_progress
         self.dataset_id = journal.get_meta("dataset_id") or uuid.uuid4().hex[:12]
         journal.set_meta("dataset_id", self.dataset_id)
@@ -138,10 +130,12 @@ class _Runner:
         # Reuse the estimates the user confirmed (local inputs measured); estimate
         # only what the caller did not (finished items, or a caller without one).
         missing = [i for i in self.items if i.key not in known]
-        extra = estimate_requests([i.request for i in missing], policy=self.client.pricing)
-        usd = {**{i.key: e.usd for i, e in zip(missing, extra.items, strict=True)}, **known}
+        usd: Mapping[str, Decimal] = known
+        if missing:
+            extra = estimate_requests((i.request for i in missing), policy=self.client.pricing)
+            usd = {**{i.key: e.usd for i, e in zip(missing, extra.items, strict=True)}, **known}
         self.journal.add_items(
-            (item.key, item.ordinal, _kind(item.request), usd[item.key]) for item in self.items
+            (item.key, item.ordinal, item.kind, usd[item.key]) for item in self.items
         )
         if self.retry_failed:
             keys = {item.key for item in self.items}
@@ -152,7 +146,7 @@ class _Runner:
         if await refresh_unknown_costs(self.client, self.journal, self.downloads):
             reconcile(self.out_dir, self.journal)  # their rows now show the costs
         engine = self.client.engine(
-            hooks=_JournalHooks(self.journal, self.items),
+            hooks=JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
             spent_usd=self.journal.summary()["spent_usd"],
             max_concurrency=self.concurrency,
@@ -164,10 +158,26 @@ class _Runner:
         # The engine outside, its reader inside: the reader has every outcome
         # (and its downloads end) before the engine, and its stream, close.
         self._engine = engine
-        async with engine, anyio.create_task_group() as records:
-            records.start_soon(self._record_all, engine)
-            await self._feed(engine, usd)
-            await engine.end_input()
+        # Group commit: the later marks wait for the next write-ahead commit (or
+        # the timer), and are all committed when the block ends, however it ends.
+        self.manifest = Appender(self.out_dir)  # closed before the folder is reconciled again
+        try:
+            with self.journal.grouped():
+                async with anyio.create_task_group() as timer:
+                    timer.start_soon(self._commit_on_time)
+                    async with engine, anyio.create_task_group() as records:
+                        records.start_soon(self._record_all, engine)
+                        await self._feed(engine, usd)
+                        await engine.end_input()
+                    timer.cancel_scope.cancel()
+        finally:
+            self.manifest.close()
+
+    async def _commit_on_time(self) -> None:
+        """Commit marks buffered ``GROUP_SECONDS`` (real time) when no write-ahead mark did."""
+        while True:
+            await anyio.sleep(GROUP_SECONDS)
+            self.journal.commit_due()
 
     async def _feed(self, engine: Engine, usd: Mapping[str, Decimal]) -> None:
         """Put every item's work, in input order, up to ``concurrency`` of them queued.
@@ -217,8 +227,8 @@ class _Runner:
             return None
         # One client_ref per run of an item: the journal keeps the first one (a
         # retry of a failed run starts a new one, numbered by the retry count).
-        client_ref = entry.client_ref or _client_ref(self.dataset_id, item.key, entry.retries)
-        request = item.request.model_copy(update={"client_ref": client_ref})
+        client_ref = entry.client_ref or client_ref_of(self.dataset_id, item.key, entry.retries)
+        request = item.request_with(client_ref=client_ref)  # validated when read: not again
         created = entry.run_id if entry.state is ItemState.CREATED else None
         uploads = isinstance(request, EditRequest) and bool(item.local_images)
         return WorkItem(
@@ -301,7 +311,7 @@ class _Runner:
             # Rows first, then the images' names: never an image without its row.
             # On the loop, like the journal's commits: an append and a rename or
             # two in the output folder cost less than a worker thread's round trip.
-            files = publish(self.out_dir, rows, saved)
+            files = publish(self.out_dir, rows, saved, self.manifest)
             self.journal.mark_succeeded(item.key, cost_usd=cost, files=files, reserved_usd=reserved)
             if item.key in self.failures:  # a collectable item from an earlier run
                 self._listed(item.key)  # leaves the list
@@ -338,15 +348,6 @@ class _Runner:
         if outcome.billed_usd is not None or self._engine is None:
             return None
         return as_reserved(outcome.estimated_usd, self._engine.snapshot().billing_factor)
-
-
-def _client_ref(dataset_id: str, key: str, retries: int) -> str:
-    ref = f"rfa-{dataset_id}-{key}"
-    return f"{ref}-r{retries}" if retries else ref
-
-
-def _kind(request: RunRequest) -> str:
-    return "edit" if isinstance(request, EditRequest) else "generate"
 
 
 async def run_dataset(
