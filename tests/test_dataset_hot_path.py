@@ -138,7 +138,9 @@ async def test_an_item_costs_three_updates_and_about_one_commit(
 
 async def test_items_wait_queued_ahead_of_the_free_slots(tmp_path: Path) -> None:
     # A slot that frees starts the next item at once: up to `concurrency` more
-    # items are handed to the engine than run, never more.
+    # items are handed to the engine than run. The emulator's runs
+    # stand still (one emulated second is 1,000 real ones) until the test moves
+    # its clock, so the feed has filled before any run ends: no race with it.
     n, concurrency = 40, 4
     items = read_generate_file(prompts_file(tmp_path, n), Defaults(image_size=(64, 64)))
     seen: list[int] = []
@@ -147,16 +149,40 @@ async def test_items_wait_queued_ahead_of_the_free_slots(tmp_path: Path) -> None
         seen.append(p.in_flight)
 
     async with (
-        Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001, seed=4) as emu,
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=1000.0, seed=4) as emu,
         make_client(emu.url) as client,
     ):
-        summary = await run_dataset(
-            client, tmp_path / "out", items, concurrency=concurrency, on_progress=progress
-        )
-    assert summary.succeeded == n
-    # One put at a time, waiting for its slot, kept it at `concurrency` + 1.
-    assert max(seen) >= concurrency + 2
-    assert max(seen) <= 2 * concurrency
+        done = anyio.Event()
+
+        async def run() -> None:
+            try:
+                assert (
+                    await run_dataset(
+                        client,
+                        tmp_path / "out",
+                        items,
+                        concurrency=concurrency,
+                        on_progress=progress,
+                    )
+                ).succeeded == n
+            finally:
+                done.set()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                while emu.counters.runs_created < concurrency:  # noqa: ASYNC110 (no event for it)
+                    await anyio.sleep(0.001)
+                while not done.is_set():  # every run made so far ends, then the next ones
+                    emu.advance(1000.0)
+                    await anyio.sleep(0.001)
+    assert emu.counters.runs_created == n
+    # The first outcome found every slot busy and `concurrency` more queued (less
+    # itself): one put at a time, waiting for its slot, kept it at `concurrency` + 1.
+    assert seen[0] >= concurrency + 2
+    # Never more than queued + running + the engine's outcome buffer (runs that
+    # ended together wait there for the reader): memory does not grow with n.
+    assert max(seen) <= 3 * concurrency
 
 
 def test_publish_renames_an_image_saved_under_a_guessed_name(tmp_path: Path) -> None:
