@@ -8,9 +8,12 @@ with its transport. Deadlines the caller gives (``timeout=``) stay real seconds.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+
 import anyio
 
-__all__ = ["Clock"]
+__all__ = ["Clock", "shielded"]
 
 
 class Clock:
@@ -35,9 +38,34 @@ class Clock:
         return seconds * self.scale
 
     def now(self) -> float:
-        """The event loop's time in emulated seconds (only differences mean anything)."""
-        return anyio.current_time() / self.scale if self.scale else anyio.current_time()
+        """The event loop's time in emulated seconds (only differences mean anything).
+
+        Read from the running loop directly: the client runs on asyncio only
+        (aiohttp does), where this is what ``anyio.current_time()`` returns,
+        without its per-call backend lookup.
+        """
+        now = asyncio.get_running_loop().time()
+        return now / self.scale if self.scale else now
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` emulated seconds (still a checkpoint when it is 0)."""
-        await anyio.sleep(max(0.0, seconds) * self.scale)
+        """Sleep ``seconds`` emulated seconds (still a checkpoint when it is 0).
+
+        ``asyncio.sleep`` is what ``anyio.sleep`` awaits on asyncio; anyio's
+        cancel scopes cancel it alike.
+        """
+        await asyncio.sleep(max(0.0, seconds) * self.scale)
+
+
+@functools.cache
+def _scope_type() -> type[anyio.CancelScope]:
+    return type(anyio.CancelScope())
+
+
+def shielded() -> anyio.CancelScope:
+    """A cancel scope shielded from outside cancellation, as ``anyio.CancelScope(shield=True)``.
+
+    Built from the running backend's class (asyncio's: aiohttp runs on
+    nothing else) rather than through ``anyio.CancelScope``, which looks the
+    backend up on every call.
+    """
+    return _scope_type()(shield=True)

@@ -37,10 +37,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-import anyio
 import pydantic
 
-from runflow_async._core.clock import Clock
+from runflow_async._core.clock import Clock, shielded
 from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
@@ -288,7 +287,7 @@ async def _attempt(
     try:
         # A create that was sent is always read to the end, even if the caller
         # is cancelled meanwhile: its run id must never be lost (it is billed).
-        with anyio.CancelScope(shield=True):
+        with shielded():
             response = await _send(transport, path, request, state)
         run = parse_created(transport, response, path=path)
     except (APIResponseError, _CutOff2xx) as exc:

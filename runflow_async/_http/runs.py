@@ -43,6 +43,7 @@ __all__ = [
     "fetch_run",
     "growing",
     "poll_run",
+    "read_status",
     "wait_for_run",
 ]
 
@@ -133,7 +134,7 @@ async def poll_run(
     for gap in schedule:
         await transport.clock.sleep(gap)
         try:
-            run = await _read(transport, path, state)
+            run = await read_status(transport, path, state)
         except APIError as exc:
             transient = exc.retryable or isinstance(exc, APIResponseError | NotFoundError)
             bad = 0 if exc.retryable else bad + 1
@@ -161,8 +162,11 @@ async def poll_run(
     raise AssertionError("a poll schedule never ends")  # pragma: no cover
 
 
-async def _read(transport: Transport, path: str, state: PollState) -> Run | None:
-    """One read: the run if it is terminal (or not a run we can read lightly), else ``None``."""
+async def read_status(transport: Transport, path: str, state: PollState) -> Run | None:
+    """One poll of ``path``: the run if it is terminal, else ``None`` (no model built).
+
+    What every single-run poll loop sends per read (:func:`poll_run`).
+    """
     response = await transport.request("GET", path)
     state.reads += 1
     data = response.data

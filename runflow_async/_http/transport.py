@@ -321,9 +321,12 @@ class Transport:
         )
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: dumps builds one per call
+
+
 def dump_json(value: Any) -> bytes:
     """``value`` as the compact JSON bytes a request body carries."""
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:
