@@ -22,7 +22,8 @@ verified on first use, each falling to the next when the server refuses it
    finish (with ``allow_fallback``; else the last list step keeps trying).
 
 Steps 2 and 3 need each run's ``created_at``: a run given without one (a
-resumed run) is read once to learn it, then scanned like the others; a run
+resumed run) is read once to learn it, then scanned like the others (the
+``list`` strategy reads no run on its own: it keeps waiting for the list); a run
 older than the pages a tick may pay for reach is handed back to be read one by
 one.
 """
@@ -213,7 +214,7 @@ class ListPoller:
                 watched[run_id] = created
             elif live:
                 unknown.append(run_id)
-        if unknown:  # no created_at (a resumed run): one read each tells it
+        if unknown and self._allow_fallback:  # no created_at (a resumed run): one read tells it
             await self._learn_created(unknown[: self._chunk_size], watched)
         if not watched:
             return
