@@ -20,6 +20,8 @@ delay. One JSON line per contender.
     python benchmarks/bench_batch.py --runs 2000 --concurrency 200
     python benchmarks/bench_batch.py --contenders baseline,sdk_callback   # callbacks
     python benchmarks/bench_batch.py --map-items 1000000 --concurrency 100   # memory of map
+    python benchmarks/bench_batch.py --contenders baseline,sdk_auto --list-filters none \
+        --background-runs 0.5 --repeat 3   # the status chain, medians of 3 rounds
 """
 
 from __future__ import annotations
@@ -233,9 +235,24 @@ async def measure(url: str, name: str, runs: int, concurrency: int) -> dict[str,
             statistics.median(delays) / median_duration, 4
         ),
         "client_cpu_ms_per_run": round(client["client_cpu_s"] * 1000 / runs, 4),
+        "client_cpu_ms_per_request": round(client["client_cpu_s"] * 1000 / max(1, requests), 4),
         "peak_rss_mb": client["peak_rss_mb"],
         "wall_s": round(client["wall_s"], 2),
     }
+
+
+def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each number over one contender's rounds (``repeats``: how many)."""
+    first = rounds[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            median = statistics.median(r[key] for r in rounds)
+            out[key] = int(median) if isinstance(value, int) else round(median, 4)
+        else:
+            out[key] = value
+    out["repeats"] = len(rounds)
+    return out
 
 
 async def orchestrate(args: argparse.Namespace) -> None:
@@ -254,10 +271,17 @@ async def orchestrate(args: argparse.Namespace) -> None:
             line = await measure_map(url, args.map_items, args.concurrency)
             print(json.dumps(line), flush=True)
             return
-        results = []
-        for name in args.contenders.split(","):
-            results.append(await measure(url, name, args.runs, args.concurrency))
-            print(json.dumps(results[-1]), flush=True)
+        names = args.contenders.split(",")
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for rep in range(args.repeat):
+            # Interleaved, in turn reversed: machine drift falls on every contender alike.
+            for name in names if rep % 2 == 0 else names[::-1]:
+                rounds[name].append(await measure(url, name, args.runs, args.concurrency))
+                if args.repeat > 1:
+                    print(json.dumps({"round": rep + 1, **rounds[name][-1]}), flush=True)
+        results = [medians(rounds[name]) for name in names]
+        for r in results:
+            print(json.dumps(r), flush=True)
         base = next((r for r in results if r["contender"] == "baseline"), None)
         if base is not None:
             for r in results:
@@ -268,6 +292,11 @@ async def orchestrate(args: argparse.Namespace) -> None:
                             {
                                 "contender": r["contender"] + "_vs_baseline",
                                 "client_cpu_per_run_ratio": round(ratio, 3),
+                                "client_cpu_per_request_ratio": round(
+                                    r["client_cpu_ms_per_request"]
+                                    / base["client_cpu_ms_per_request"],
+                                    3,
+                                ),
                                 "makespan_ratio": round(r["makespan_s"] / base["makespan_s"], 3),
                                 "requests_per_run_ratio": round(
                                     r["requests_per_run"] / base["requests_per_run"], 3
@@ -322,6 +351,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="share of the organisation's runs made by another client",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every contender, interleaved; medians are reported",
     )
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

@@ -21,8 +21,11 @@ verified on first use, each falling to the next when the server refuses it
 4. per-run polling that learns run durations and polls first near the expected
    finish (with ``allow_fallback``; else the last list step keeps trying).
 
-Steps 2 and 3 need each run's ``created_at``; a run without one, or older than
-the pages a tick may pay for reach, is handed back to be read one by one.
+Steps 2 and 3 need each run's ``created_at``: a run given without one (a
+resumed run) is read once to learn it, then scanned like the others (the
+``list`` strategy reads no run on its own: it keeps waiting for the list); a run
+older than the pages a tick may pay for reach is handed back to be read one by
+one.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import anyio
 import pydantic
 
 from runflow_async._core.config import PollPolicy
-from runflow_async._core.errors import APIError, APIStatusError
+from runflow_async._core.errors import APIError, APIStatusError, ConfigurationError
 from runflow_async._core.filters import TERMINAL_FILTER, any_of
 from runflow_async._core.models import TERMINAL_STATUSES, Run
+from runflow_async._http.runs import fetch_run
 from runflow_async._http.transport import Transport
 from runflow_async._waiting.durations import DurationStats
 from runflow_async._waiting.scan import ChainBroken, Scan, list_items, refusal
@@ -210,7 +214,8 @@ class ListPoller:
                 watched[run_id] = created
             elif live:
                 unknown.append(run_id)
-        self._hand_back(unknown)  # no created_at: out of any page's reach
+        if unknown and self._allow_fallback:  # no created_at (a resumed run): one read tells it
+            await self._learn_created(unknown[: self._chunk_size], watched)
         if not watched:
             return
         result = await scan.walk(watched)
@@ -222,8 +227,35 @@ class ListPoller:
         for item in result.finished:
             self._resolve(item)
         reach = result.reach
-        if reach is not None:  # the budget stopped short: the older runs are read one by one
+        if reach is not None:  # too far back to pay for: the older runs are read one by one
             self._hand_back([i for i, c in watched.items() if c <= reach and i not in result.seen])
+
+    async def _learn_created(self, run_ids: list[str], watched: dict[str, datetime]) -> None:
+        """Read each run once: a finished one is reported, the others join ``watched``.
+
+        A run whose read fails (or shows no ``created_at``) is handed back, to
+        be polled (and its error told) one by one.
+        """
+
+        async def learn(run_id: str) -> None:
+            try:
+                run = await fetch_run(self._transport, run_id)
+            except (APIError, ConfigurationError) as exc:
+                logger.info("Reading run %s failed (%s); it is polled on its own.", run_id, exc)
+                self._hand_back([run_id])
+                return
+            if run.is_terminal:
+                self._deliver(run)
+            elif run.created_at is None:
+                self._hand_back([run_id])
+            else:
+                for watch in self._watches.get(run_id, ()):
+                    watch.created_at = run.created_at
+                watched[run_id] = run.created_at
+
+        async with anyio.create_task_group() as tg:
+            for run_id in run_ids:
+                tg.start_soon(learn, run_id)
 
     def _check_listed(
         self, watched: dict[str, datetime], seen: set[str], reach: datetime | None, now: float
@@ -286,7 +318,9 @@ class ListPoller:
         return False
 
     def _resolve(self, item: dict[str, Any]) -> None:
-        run = Run.model_validate(item)
+        self._deliver(Run.model_validate(item))
+
+    def _deliver(self, run: Run) -> None:
         self._stats.add(run)
         for watch in self._watches.get(run.id, ()):
             watch.run = run

@@ -5,10 +5,16 @@ asks instead for what any Runflow server documents: the newest runs first
 (``sort_by=created_at:desc``, ``limit`` 500, the ``next_pq`` cursor), either
 under the documented filters (step 2: ``status_code:`` terminal statuses AND
 ``created_at>=`` the earliest watched create, less a margin) or with no filter
-at all (step 3). A walk stops once it has paged back past the oldest run still
-watched, or when the budget of pages is spent: a tick never pays more pages
-than its runs in flight are worth (:attr:`Scan.runs_per_page`), and the runs
-older than where the pages reached are handed to per-run polling.
+at all (step 3). A walk stops as soon as every watched run is accounted for
+(listed, or older than where the pages reached): once all are listed, once a
+page reaches past the oldest, or once too few of them are left further back to
+pay for another page (:meth:`Scan.worth_another_page`); those older runs are
+handed to per-run polling.
+
+Pages ask for the documented ``fields`` projection (:data:`FIELDS`, what
+settling a run reads). The first page tells whether the server honoured it;
+one that ignores it is asked without it from then on, and one that refuses it
+is asked again without it once, before the step is judged broken.
 
 Most listed runs may belong to other clients of the organisation: an item is
 checked against the watched ids (a dict lookup) and its status before anything
@@ -22,6 +28,7 @@ chain to its next step.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,13 +39,36 @@ from runflow_async._core.filters import TERMINAL_FILTER
 from runflow_async._core.models import TERMINAL_STATUSES
 from runflow_async._http.transport import Transport
 
-__all__ = ["ChainBroken", "Scan", "ScanResult", "list_items", "refusal"]
+__all__ = ["FIELDS", "ChainBroken", "Scan", "ScanResult", "list_items", "refusal"]
+
+logger = logging.getLogger("runflow_async")
 
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 PAGE_LIMIT = 500
 """The documented maximum ``limit`` of ``GET /v1/runs``."""
 MARGIN = timedelta(seconds=1)
 """Subtracted from the earliest create in step 2's ``created_at>=`` bound (timestamp precision)."""
+FIELDS = (
+    "id",
+    "status_code",
+    "client_ref",
+    "created_at",
+    "completed_at",
+    "cost",
+    "output",
+    "failure_code",
+    "failure_message",
+    "failure_stage_code",
+)
+"""The documented ``fields`` projection a scan asks for: what settling a run reads.
+
+The status and ``created_at`` (the walk), ``client_ref`` (the run is the
+create's own), ``completed_at`` (learned durations), ``cost`` (the budget),
+``output`` (the images) and the ``failure_*`` reason. Every name is a field of
+the documented run object, so a server that honours projections has no reason
+to refuse it; one that refuses it anyway, or ignores it, is served without.
+"""
+_KEPT = frozenset(FIELDS)
 
 
 class ChainBroken(Exception):
@@ -88,7 +118,8 @@ class Scan:
     Args:
         transport: The HTTP layer (reads are retried there).
         documented: Step 2 (the documented filters) rather than step 3 (none).
-        runs_per_page: Runs in flight that justify one page per tick.
+        runs_per_page: How many of our runs in flight further back make
+            another page worth reading in a tick (fewer are read one by one).
     """
 
     def __init__(self, transport: Transport, *, documented: bool, runs_per_page: int = 4) -> None:
@@ -96,47 +127,75 @@ class Scan:
         self.documented = documented
         self.runs_per_page = runs_per_page
         self.verified = False
+        self.projection: bool | None = None
+        """Whether the server honours :data:`FIELDS` (``None``: not yet known)."""
 
-    def budget(self, in_flight: int) -> int:
-        """Pages one tick may read for ``in_flight`` runs (at least one)."""
-        return max(1, -(-in_flight // self.runs_per_page))
+    def worth_another_page(self, further_back: int) -> bool:
+        """Whether ``further_back`` of the watched runs, not yet listed, pay for another page.
+
+        A page costs a request and the parsing of up to 500 runs, every tick; a
+        run read on its own costs a request every few ticks. So a page is read
+        for at least :attr:`runs_per_page` of our runs; fewer are read one by one.
+        """
+        return further_back >= self.runs_per_page
 
     def _params(self, oldest: datetime) -> dict[str, str]:
         params = {"limit": str(PAGE_LIMIT), "sort_by": "created_at:desc"}
+        if self.projection is not False:
+            params["fields"] = ",".join(FIELDS)
         if self.documented:
             bound = (oldest - MARGIN).isoformat(timespec="microseconds")
             params["q"] = f"({TERMINAL_FILTER}) AND created_at>={bound}"
         return params
 
     async def walk(self, watched: Mapping[str, datetime]) -> ScanResult:
-        """Page back from the newest run to the oldest of ``watched`` (id -> ``created_at``)."""
+        """Page back from the newest run to the oldest of ``watched`` (id -> ``created_at``).
+
+        It stops at the first of: every watched run listed, no further page, a
+        page that reaches past the oldest watched run, or too few watched runs
+        left further back to pay for another page (:attr:`ScanResult.reach`).
+        """
         oldest = min(watched.values())
         bound = oldest - MARGIN
-        budget = self.budget(len(watched))
         params = self._params(oldest)
         result = ScanResult()
         while True:
-            try:
-                response = await self._transport.request("GET", "/v1/runs", params=params)
-            except APIStatusError as exc:
-                broken = refusal(exc)
-                if broken is None:
-                    raise
-                raise broken from exc
-            data = response.data
+            data = await self._page(params)
             items = list_items(data)
             result.pages += 1
             self._read_page(items, watched, result, bound)
             cursor = data.get("next_pq")
             if not items or not isinstance(cursor, str) or not cursor:
                 return result
+            if len(result.seen) == len(watched):
+                return result
             last = _created(items[-1])
             if last < oldest:
                 return result
-            if result.pages >= budget:
+            seen = result.seen
+            further = sum(1 for i, c in watched.items() if c <= last and i not in seen)
+            if not self.worth_another_page(further):
                 result.reach = last
                 return result
             params = {**params, "pq": cursor}
+            if self.projection is False:
+                params.pop("fields", None)
+
+    async def _page(self, params: dict[str, str]) -> Any:
+        """One page's JSON; a refused projection is asked once more without it."""
+        try:
+            response = await self._transport.request("GET", "/v1/runs", params=params)
+        except APIStatusError as exc:
+            broken = refusal(exc)
+            if broken is None:
+                raise
+            if self.projection is not None or "fields" not in params:
+                raise broken from exc
+            # Maybe the projection it refuses, not the step: judged by one more request.
+            self.projection = False
+            logger.info("The run list refused a fields projection; listing full runs.")
+            return await self._page({k: v for k, v in params.items() if k != "fields"})
+        return response.data
 
     def _read_page(
         self,
@@ -147,6 +206,9 @@ class Scan:
     ) -> None:
         if not self.verified and items:
             self._verify(items, bound)
+        if self.projection is None and items:
+            # Honoured: no item carries a field it was not asked for. Ignored: stop asking.
+            self.projection = all(_KEPT.issuperset(item) for item in items)
         documented = self.documented
         for item in items:
             status = item.get("status_code")
