@@ -6,20 +6,24 @@ and when the item ends. So after any crash, even ``kill -9``, a re-run knows
 which runs exist (collect them), which creates may exist (look them up by
 ``client_ref``) and which were never sent (submit them).
 
-Each method is one short transaction on one connection, except inside
+Each method is one short write on one connection, except inside
 :meth:`Journal.grouped` (the pipeline's hot path: group commit). There the
 write-ahead mark stays committed *before* its create is sent (``mark_submitting``
-commits at once, and with it everything buffered: the never-billed-twice
-guard), but the later marks (``mark_created``/``own_run``/``move_run``,
-``mark_succeeded``, ``mark_failed``, ``mark_not_submitted``, ``note_error``,
-``record_cost``) wait in one open transaction, committed with the next
-write-ahead mark, when ``GROUP_ENTRIES`` marks wait, when the oldest has waited
-``GROUP_SECONDS`` (real time: :meth:`Journal.commit_due`, called on a timer),
-and always when the block ends (a clean exit, an error, a cancellation or
-Ctrl-C), before the summary. Readers on the same connection (the pipeline's
-own) see the buffered marks at once; other processes (``status``) see them
-within ``GROUP_SECONDS``. What a ``kill -9`` can then lose, and how the next
-run recovers it:
+commits at once, and with it everything waiting: the never-billed-twice
+guard), but the later marks (``mark_created``/``own_run``, ``mark_succeeded``,
+``mark_failed``, ``mark_not_submitted``) wait in Python: merged per item,
+checked at the call against the state the journal knows the item has (an
+invalid transition is refused then, not when written), and written in ONE
+autocommitted statement (:mod:`~runflow_async._dataset.journal_commit`) with
+the next write-ahead mark, when ``GROUP_ENTRIES`` items wait, when the oldest
+has waited ``GROUP_SECONDS`` (real time: :meth:`Journal.commit_due`, called on
+a timer), and always when the block ends (a clean exit, an error, a
+cancellation or Ctrl-C), before the summary. ``move_run``, ``note_error``,
+``record_cost`` (off the hot path) write at once, after whatever waits. Reads
+of an item (``get``, ``get_many``) merge its waiting marks; scans
+(``iter_items``, ``summary``) write them first; other processes (``status``)
+see them within ``GROUP_SECONDS``. What a ``kill -9`` can then lose, and how
+the next run recovers it:
 
 * the run id of a create (the item stays "submitting"): looked up by
   ``client_ref`` over the visibility window, never sent again blindly;
