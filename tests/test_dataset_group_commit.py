@@ -24,7 +24,13 @@ import pytest
 
 from runflow_async._dataset import journal_commit
 from runflow_async._dataset.input import Defaults, read_generate_file
-from runflow_async._dataset.journal import GROUP_ENTRIES, ItemState, Journal, JournalError
+from runflow_async._dataset.journal import (
+    GROUP_ENTRIES,
+    ItemState,
+    Journal,
+    JournalError,
+    JournalStateError,
+)
 from runflow_async._dataset.manifest import MANIFEST, reconcile
 from runflow_async._dataset.pipeline import run_dataset
 from runflow_async._dataset.progress import DatasetProgress
@@ -95,10 +101,9 @@ def test_marks_sqlite_rolled_back_are_an_error_not_a_silent_loss(tmp_path: Path)
         other.close()
         with journal.grouped():
             journal.mark_failed("k0", error_type="X", error="fine")
-            with pytest.raises(sqlite3.IntegrityError):
-                journal.mark_failed("k1", error_type="X", error="boom")
-            with pytest.raises(JournalError, match="1 change"):
-                journal.commit()
+            journal.mark_failed("k1", error_type="X", error="boom")  # waits, in Python
+            with pytest.raises(JournalError, match="2 change"):
+                journal.commit()  # one statement: both rolled back
         assert committed(journal, "k0") is ItemState.PENDING  # lost, and said so
 
 
@@ -182,3 +187,46 @@ async def test_each_kill_window_of_the_buffer_is_recovered_exactly_once(
         entry = journal.get(items[0].key)
     assert entry is not None
     assert (entry.state, entry.run_id) == (ItemState.SUCCEEDED, rows[0]["run_id"])
+
+
+def test_waiting_marks_are_checked_at_the_call_and_merged_into_reads(tmp_path: Path) -> None:
+    with _journal(tmp_path, 3) as journal, journal.grouped():
+        journal.mark_submitting("k0", "ref-0")
+        journal.mark_created("k0", "run-0")
+        journal.mark_succeeded("k0", cost_usd=None, files=["row"], reserved_usd=Decimal(2))
+        with pytest.raises(JournalStateError, match="is succeeded; it cannot become created"):
+            journal.mark_created("k0", "run-1")  # refused now, not when written
+        journal.mark_not_submitted("k1", reason="budget")
+        journal.mark_submitting("k1", "ref-1")  # merged with its waiting mark, then written
+        journal.mark_failed("k2", error_type="X", error="x")
+        item = journal.get_many(["k0", "k2"])["k0"]
+        assert (item.state, item.run_id, item.files) == (ItemState.SUCCEEDED, "run-0", ("row",))
+        assert (item.cost_usd, item.reserved_usd, item.attempts) == (None, Decimal(2), 1)
+        assert committed(journal, "k0") is ItemState.SUCCEEDED
+        assert journal.get("k1").attempts == 1  # type: ignore[union-attr]
+        assert committed(journal, "k2") is ItemState.PENDING  # waits
+        assert journal.get("k2").state is ItemState.FAILED  # type: ignore[union-attr]
+        assert [i.state for i in journal.items()] == [  # a scan writes them first
+            ItemState.SUCCEEDED,
+            ItemState.SUBMITTING,
+            ItemState.FAILED,
+        ]
+        assert committed(journal, "k2") is ItemState.FAILED
+
+
+def test_an_item_changed_under_the_journal_is_an_error(tmp_path: Path) -> None:
+    with _journal(tmp_path, 2) as journal, journal.grouped():
+        journal.mark_submitting("k0", "ref-0")
+        journal.mark_created("k0", "run-0")  # checked against "submitting", as it knew
+        with sqlite3.connect(journal.path) as other:
+            other.execute("UPDATE items SET state = 'failed' WHERE key = 'k0'")
+        other.close()
+        with pytest.raises(JournalError, match="changed under the journal"):
+            journal.commit()
+        with sqlite3.connect(journal.path) as other:
+            other.execute("UPDATE items SET state = 'failed' WHERE key = 'k1'")
+        other.close()
+        with pytest.raises(JournalStateError, match="'k1' is failed; it cannot become submitting"):
+            journal.mark_submitting("k1", "ref-1")  # unknown to it: its statement checks
+        with pytest.raises(JournalStateError, match="run run-x cannot be replaced"):
+            journal.move_run("k1", "run-x", "run-y")

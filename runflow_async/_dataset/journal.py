@@ -6,20 +6,24 @@ and when the item ends. So after any crash, even ``kill -9``, a re-run knows
 which runs exist (collect them), which creates may exist (look them up by
 ``client_ref``) and which were never sent (submit them).
 
-Each method is one short transaction on one connection, except inside
+Each method is one short write on one connection, except inside
 :meth:`Journal.grouped` (the pipeline's hot path: group commit). There the
 write-ahead mark stays committed *before* its create is sent (``mark_submitting``
-commits at once, and with it everything buffered: the never-billed-twice
-guard), but the later marks (``mark_created``/``own_run``/``move_run``,
-``mark_succeeded``, ``mark_failed``, ``mark_not_submitted``, ``note_error``,
-``record_cost``) wait in one open transaction, committed with the next
-write-ahead mark, when ``GROUP_ENTRIES`` marks wait, when the oldest has waited
-``GROUP_SECONDS`` (real time: :meth:`Journal.commit_due`, called on a timer),
-and always when the block ends (a clean exit, an error, a cancellation or
-Ctrl-C), before the summary. Readers on the same connection (the pipeline's
-own) see the buffered marks at once; other processes (``status``) see them
-within ``GROUP_SECONDS``. What a ``kill -9`` can then lose, and how the next
-run recovers it:
+commits at once, and with it everything waiting: the never-billed-twice
+guard), but the later marks (``mark_created``/``own_run``, ``mark_succeeded``,
+``mark_failed``, ``mark_not_submitted``) wait in Python: merged per item,
+checked at the call against the state the journal knows the item has (an
+invalid transition is refused then, not when written), and written in ONE
+autocommitted statement (:mod:`~runflow_async._dataset.journal_commit`) with
+the next write-ahead mark, when ``GROUP_ENTRIES`` items wait, when the oldest
+has waited ``GROUP_SECONDS`` (real time: :meth:`Journal.commit_due`, called on
+a timer), and always when the block ends (a clean exit, an error, a
+cancellation or Ctrl-C), before the summary. ``move_run``, ``note_error``,
+``record_cost`` (off the hot path) write at once, after whatever waits. Reads
+of an item (``get``, ``get_many``) merge its waiting marks; scans
+(``iter_items``, ``summary``) write them first; other processes (``status``)
+see them within ``GROUP_SECONDS``. What a ``kill -9`` can then lose, and how
+the next run recovers it:
 
 * the run id of a create (the item stays "submitting"): looked up by
   ``client_ref`` over the visibility window, never sent again blindly;
@@ -81,7 +85,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from runflow_async._dataset.journal_commit import GROUP_ENTRIES, GROUP_SECONDS
+from runflow_async._dataset.journal_commit import GROUP_ENTRIES, GROUP_SECONDS, Pending
 from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
 from runflow_async._dataset.journal_item import ItemState, JournalItem, summarize_items
 from runflow_async._dataset.journal_read import JournalReads, JournalStateError
@@ -177,20 +181,20 @@ class Journal(JournalReads):
         self._move(
             key,
             _S,
-            "client_ref = coalesce(client_ref, ?), attempts = attempts + 1,"
-            " error_type = NULL, error = NULL",
-            client_ref,
-            defer=False,  # committed (with every buffered mark) before the create is sent
+            {"error_type": None, "error": None},
+            ref=client_ref,
+            inc=1,
+            now=True,  # committed (with every waiting mark) before the create is sent
         )
 
     def mark_created(self, key: str, run_id: str) -> None:
         """Record the run a create returned (marking the same run again is a no-op)."""
-        if self._try_move(key, _C, "run_id = ?", run_id):
-            return  # one statement on the hot path: the item was not created yet
+        if self._try_move(key, _C, {"run_id": run_id}):
+            return  # no statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id == run_id:
             return
-        self._move(key, _C, "run_id = ?", run_id)  # refused: raises
+        self._move(key, _C, {"run_id": run_id})  # refused: raises
 
     def own_run(self, key: str, run_id: str) -> None:
         """Record ``run_id`` as the item's run: :meth:`mark_created`, or :meth:`move_run`.
@@ -198,8 +202,8 @@ class Journal(JournalReads):
         The engine names an item's run a second time only when the first proved
         another create's, so a created item with another run moves to this one.
         """
-        if self._try_move(key, _C, "run_id = ?", run_id):
-            return  # one statement on the hot path: the item was not created yet
+        if self._try_move(key, _C, {"run_id": run_id}):
+            return  # no statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id is not None and item.run_id != run_id:
             self.move_run(key, item.run_id, run_id)
@@ -242,10 +246,13 @@ class Journal(JournalReads):
         self._move(
             key,
             _OK,
-            "cost_usd = ?, files = ?, reserved_usd = ?, error_type = NULL, error = NULL",
-            _money(cost_usd),
-            json.dumps(list(files)),
-            _money(reserved),
+            {
+                "cost_usd": _money(cost_usd),
+                "files": json.dumps(list(files)),
+                "reserved_usd": _money(reserved),
+                "error_type": None,
+                "error": None,
+            },
         )
 
     def record_cost(self, key: str, *, cost_usd: Decimal, files: Sequence[str]) -> bool:
@@ -266,7 +273,7 @@ class Journal(JournalReads):
     ) -> None:
         """Record that the item finished without images."""
         self._move(
-            key, _F, "error_type = ?, error = ?, cost_usd = ?", error_type, error, _money(cost_usd)
+            key, _F, {"error_type": error_type, "error": error, "cost_usd": _money(cost_usd)}
         )
 
     def note_error(self, key: str, *, error_type: str, error: str) -> bool:
@@ -286,7 +293,7 @@ class Journal(JournalReads):
 
     def mark_not_submitted(self, key: str, *, reason: str) -> None:
         """Record that no run was created for the item; a re-run submits it (client_ref kept)."""
-        self._move(key, _N, "error_type = NULL, error = ?", reason)
+        self._move(key, _N, {"error_type": None, "error": reason})
 
     def reset_for_retry(self, key: str) -> None:
         """Send a failed or not-submitted item back to pending.
@@ -298,10 +305,8 @@ class Journal(JournalReads):
         a run, the ``client_ref`` is kept (an earlier create may yet be found by it).
         """
         self.commit()
-        try:
-            self._reset(key)
-        finally:
-            self._buffered = 0  # the block committed (or rolled back) its one change
+        self._known.pop(key, None)
+        self._reset(key)
 
     def _reset(self, key: str) -> None:
         with self._conn:
@@ -309,16 +314,15 @@ class Journal(JournalReads):
             item = self._get(key)
             prior = item.prior_cost_usd + (item.cost_usd or 0)
             ref = item.client_ref if item.run_id is None else None
-            self._move(
-                key,
-                _P,
-                "client_ref = ?, run_id = NULL, cost_usd = NULL, reserved_usd = NULL,"
-                " prior_cost_usd = ?,"
-                " error_type = NULL, error = NULL, files = '[]', retries = retries + ?",
-                ref,
-                str(prior),
-                int(item.run_id is not None),
+            cursor = self._conn.execute(
+                "UPDATE items SET state = ?, updated_at = ?, client_ref = ?, run_id = NULL,"
+                " cost_usd = NULL, reserved_usd = NULL, prior_cost_usd = ?, error_type = NULL,"
+                " error = NULL, files = '[]', retries = retries + ?"
+                " WHERE key = ? AND state IN (?, ?)",
+                (_P.value, _now(), ref, str(prior), int(item.run_id is not None), key, _F, _N),
             )
+            if cursor.rowcount == 0:
+                raise JournalStateError(f"item {key!r} is {item.state}; it cannot become {_P}")
 
     def summary(self) -> dict[str, Any]:
         """Count the items per state and add up the money.
@@ -336,7 +340,7 @@ class Journal(JournalReads):
 
     def set_meta(self, name: str, value: str) -> None:
         """Store a named value (e.g. the input file, the dataset id)."""
-        self._execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value), defer=False)
+        self._execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 
     def get_meta(self, name: str) -> str | None:
         """Return a value stored with :meth:`set_meta`, or ``None``."""
@@ -344,25 +348,46 @@ class Journal(JournalReads):
         return None if row is None else str(row[0])
 
     def _move(
-        self, key: str, to: ItemState, assignments: str, *args: object, defer: bool = True
+        self,
+        key: str,
+        to: ItemState,
+        sets: dict[str, object],
+        *,
+        ref: str | None = None,
+        inc: int = 0,
+        now: bool = False,
     ) -> None:
-        if not self._try_move(key, to, assignments, *args, defer=defer):
-            state = self._get(key).state
-            raise JournalStateError(f"item {key!r} is {state}; it cannot become {to}")
+        if not self._try_move(key, to, sets, ref=ref, inc=inc, now=now):
+            raise JournalStateError(f"item {key!r} is {self._state(key)}; it cannot become {to}")
 
     def _try_move(
-        self, key: str, to: ItemState, assignments: str, *args: object, defer: bool = True
+        self,
+        key: str,
+        to: ItemState,
+        sets: dict[str, object],
+        *,
+        ref: str | None = None,
+        inc: int = 0,
+        now: bool = False,
     ) -> bool:
-        """One UPDATE: whether ``key`` was in a state that may become ``to``."""
+        """Whether ``key`` is in a state that may become ``to``; if so the change waits.
+
+        Checked in Python against the state the journal knows (read once if it
+        knows none). A write-ahead mark (``now``) of an item it knows nothing of
+        is checked by its statement instead, which names the allowed states.
+        """
         sources = _FROM[to]
-        sql = (
-            f"UPDATE items SET state = ?, updated_at = ?, {assignments}"  # noqa: S608 - ours
-            f" WHERE key = ? AND state IN ({', '.join('?' * len(sources))})"
-        )
-        cursor = self._execute(
-            sql, (to.value, _now(), *args, key, *(s.value for s in sources)), defer=defer
-        )
-        return cursor.rowcount > 0
+        known = self._pending[key].state if key in self._pending else self._known.get(key)
+        if known is None and not now:
+            known = self._get(key).state.value  # off the hot path: one SELECT
+        if known is None:
+            where = f",{','.join(sources)},"
+        elif known in sources:
+            where = f",{known},"
+        else:
+            return False
+        self._stage(key, Pending(where, to.value, sets, ref, inc), now=now)
+        return True
 
 
 def _now() -> str:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
+from decimal import Decimal
+from typing import Any
 
-from runflow_async._dataset.journal_commit import GroupCommit
-from runflow_async._dataset.journal_file import JournalError
+from runflow_async._dataset.journal_commit import GroupCommit, JournalStateError
 from runflow_async._dataset.journal_item import ItemState, JournalItem, item_from_row
 
 __all__ = ["JournalReads", "JournalStateError"]
-
-
-class JournalStateError(JournalError, KeyError):
-    """No such item, or the item's state does not allow the change."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 _SELECT = f"SELECT {', '.join(f.name for f in fields(JournalItem))} FROM items"  # noqa: S608
@@ -24,12 +19,12 @@ _GET_MANY = 500  # keys per SELECT of get_many (SQLite allows 32,766 parameters)
 
 
 class JournalReads(GroupCommit):
-    """The journal's reads (they see its buffered marks: one connection)."""
+    """The journal's reads (they see its waiting marks: merged, or written first)."""
 
     def get(self, key: str) -> JournalItem | None:
         """Return the item recorded under ``key``, or ``None``."""
         row = self._conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
-        return None if row is None else item_from_row(row)
+        return None if row is None else self._merged(item_from_row(row))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, JournalItem]:
         """Return the items recorded under ``keys`` (absent keys left out), a few SELECTs."""
@@ -39,7 +34,7 @@ class JournalReads(GroupCommit):
             chunk = wanted[start : start + _GET_MANY]
             sql = f"{_SELECT} WHERE key IN ({', '.join('?' * len(chunk))})"
             for row in self._conn.execute(sql, chunk):
-                item = item_from_row(row)
+                item = self._merged(item_from_row(row))
                 found[item.key] = item
         return found
 
@@ -53,12 +48,42 @@ class JournalReads(GroupCommit):
         For scans of a large journal in little memory; write nothing to the
         journal until it is exhausted.
         """
+        self.commit()  # a scan sees every mark: the waiting ones are written first
         sql, args = _SELECT, list[str]()
         if states is not None:
             args = [ItemState(s).value for s in states]
             sql += f" WHERE state IN ({', '.join('?' * len(args))})"
         for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args):
             yield item_from_row(row)
+
+    def _merged(self, item: JournalItem) -> JournalItem:
+        """``item`` as its waiting changes (if any) leave it."""
+        p = self._pending.get(item.key)
+        if p is None:
+            return item
+        sets: dict[str, Any] = {}
+        for name, value in p.sets.items():
+            if name == "files":
+                sets[name] = tuple(json.loads(str(value)))
+            elif name in ("cost_usd", "reserved_usd"):
+                sets[name] = None if value is None else Decimal(str(value))
+            else:
+                sets[name] = value
+        return replace(
+            item,
+            state=ItemState(p.state),
+            client_ref=item.client_ref or p.ref,
+            attempts=item.attempts + p.inc,
+            **sets,
+        )
+
+    def _state(self, key: str) -> str:
+        """``key``'s state as the journal knows it (waiting changes included)."""
+        p = self._pending.get(key)
+        if p is not None:
+            return p.state
+        known = self._known.get(key)
+        return known if known is not None else self._get(key).state.value
 
     def _get(self, key: str) -> JournalItem:
         item = self.get(key)
