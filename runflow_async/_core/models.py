@@ -26,6 +26,7 @@ __all__ = [
     "RunOutput",
     "RunPage",
     "RunStatus",
+    "listed_created_at",
     "parse_error_body",
     "run_id_problem",
 ]
@@ -339,3 +340,17 @@ def parse_error_body(data: Any) -> tuple[str | None, str | None, list[Any]]:
 
 def _first_text(*values: Any) -> str | None:
     return next((value for value in values if isinstance(value, str) and value), None)
+
+
+def listed_created_at(item: Any) -> datetime | None:
+    """A listed run's ``created_at`` (a dict from a list page), or ``None`` if not usable.
+
+    Usable means an ISO 8601 string with a time zone: list walks compare it with
+    bounds in the server's time.
+    """
+    value = item.get("created_at") if isinstance(item, dict) else None
+    try:
+        created = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return created if created is not None and created.tzinfo is not None else None

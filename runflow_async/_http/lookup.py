@@ -41,7 +41,7 @@ import pydantic
 
 from runflow_async._core.errors import APIError, APIStatusError
 from runflow_async._core.filters import term
-from runflow_async._core.models import Run, RunPage, run_id_problem
+from runflow_async._core.models import Run, RunPage, listed_created_at, run_id_problem
 from runflow_async._http.transport import Transport
 from runflow_async._http.visibility import LookupFailed, LookupForms
 
@@ -196,12 +196,8 @@ def _no_form(forms: LookupForms) -> str:
 
 def _created(item: dict[str, Any]) -> float:
     """An item's ``created_at`` in Unix seconds; :class:`_FormBroken` without one."""
-    value = item.get("created_at")
-    try:
-        created = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        created = None
-    if created is None or created.tzinfo is None:
+    created = listed_created_at(item)
+    if created is None:
         raise _FormBroken("a listed run has no usable created_at")
     return created.timestamp()
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from runflow_async._core.errors import APIStatusError, ServerError
 from runflow_async._core.filters import TERMINAL_FILTER
-from runflow_async._core.models import TERMINAL_STATUSES
+from runflow_async._core.models import TERMINAL_STATUSES, listed_created_at
 from runflow_async._http.transport import Transport
 
 __all__ = ["FIELDS", "ChainBroken", "Scan", "ScanResult", "list_items", "refusal"]
@@ -102,12 +102,8 @@ class ScanResult:
 
 
 def _created(item: Mapping[str, Any]) -> datetime:
-    value = item.get("created_at")
-    try:
-        created = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        created = None
-    if created is None or created.tzinfo is None:
+    created = listed_created_at(item)
+    if created is None:
         raise ChainBroken("a listed run has no usable created_at")
     return created
 
