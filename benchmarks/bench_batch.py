@@ -258,7 +258,7 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 async def orchestrate(args: argparse.Namespace) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)]
+    argv = [sys.executable, "-m", "runflow_async", "emulator", "--port", str(port)]
     argv += ["--seed", "11", "--median-duration", str(args.median), "--duration-sigma", "0.5"]
     argv += ["--list-filters", args.list_filters, "--background-runs", str(args.background_runs)]
     if args.map_items:

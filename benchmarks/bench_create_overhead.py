@@ -92,7 +92,7 @@ async def main(runs: int, concurrency: int, repeat: int = 1) -> list[dict[str, A
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A separate process on purpose; our own module and fixed arguments.
     proc = subprocess.Popen(  # noqa: ASYNC220, S603
-        [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)],
+        [sys.executable, "-m", "runflow_async", "emulator", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         env=env,
     )

@@ -202,7 +202,7 @@ def run_cli_counted(argv: list[str], counts: Path) -> int:
 @contextlib.contextmanager
 def emulator(settings: Settings) -> Iterator[str]:
     """A fresh ``runflow-async emulator`` in its own process; yields its URL."""
-    argv = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", "0"]
+    argv = [sys.executable, "-m", "runflow_async", "emulator", "--port", "0"]
     argv += ["--seed", str(settings.seed), "--time-scale", str(settings.time_scale)]
     argv += ["--median-duration", str(settings.median), "--duration-sigma", "0.5"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -100,7 +100,7 @@ def start_emulator(port: int) -> subprocess.Popen[bytes]:
     args = ["emulator", "--port", str(port), "--median-duration", "1e9", "--duration-sigma", "0"]
     # A separate process on purpose; our own module and fixed arguments.
     return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "runflow_async._cli.main", *args],
+        [sys.executable, "-m", "runflow_async", *args],
         stdout=subprocess.DEVNULL,
         env=env,
     )

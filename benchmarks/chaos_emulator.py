@@ -114,7 +114,7 @@ def total_price(requests: Iterable[GenerateRequest]) -> Decimal:
 async def emulator_process(*flags: str) -> AsyncIterator[str]:
     """Run ``runflow-async emulator --port 0 FLAGS`` in its own process; yield its URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", "0", *flags]
+    argv = [sys.executable, "-m", "runflow_async", "emulator", "--port", "0", *flags]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
     )

@@ -122,7 +122,7 @@ class Cli:
     async def start(self) -> asyncio.subprocess.Process:
         env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT)}
         env.update(RUNFLOW_BASE_URL=self.url, RUNFLOW_API_KEY=API_KEY)
-        argv = [sys.executable, "-m", "runflow_async._cli.main", "generate"]
+        argv = [sys.executable, "-m", "runflow_async", "generate"]
         argv += [str(self.work / "prompts.txt"), "--out", str(self.out), "--yes", "--json"]
         argv += ["--time-scale", str(self.settings.time_scale), "--image-size", SIZE]
         argv += ["--concurrency", str(self.settings.concurrency), "--max-cost", str(self.max_cost)]

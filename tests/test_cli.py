@@ -57,7 +57,7 @@ async def test_emulator_command_serves_until_stopped(stop: int, ignore_sigint: b
 
     # A real process is the point of this test; the arguments are our own.
     proc = subprocess.Popen(  # noqa: ASYNC220, S603
-        [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", str(port)],
+        [sys.executable, "-m", "runflow_async", "emulator", "--port", str(port)],
         stdout=subprocess.PIPE,
         env=env,
         preexec_fn=background if ignore_sigint else None,  # runs before any thread exists
@@ -127,3 +127,19 @@ async def test_callback_example_runs_against_the_emulator(
     assert len([p async for p in anyio.Path(tmp_path).glob("*.png")]) == 10
     assert "10 callbacks accepted" in out
     assert "10 creates, 0 run reads" in out
+
+
+def test_python_dash_m_runs_the_command_without_a_warning() -> None:
+    # For when the console script is not on PATH; `-m runflow_async._cli.main` warned (runpy).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "default"}
+    done = subprocess.run(
+        [sys.executable, "-m", "runflow_async", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("runflow-async ")
+    assert done.stderr == ""

@@ -97,7 +97,7 @@ async def test_kill_minus_nine_at_any_point_never_bills_twice(tmp_path: Path) ->
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=9
     ) as emu:
         args = cli_args(inp, out, emu.url, scale=0.01)
-        argv = [sys.executable, "-m", "runflow_async._cli.main", *args]
+        argv = [sys.executable, "-m", "runflow_async", *args]
         for state, count in points:
             quiet = subprocess.DEVNULL
             proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
@@ -335,7 +335,7 @@ async def test_ctrl_c_exits_130_and_the_next_run_finishes_the_job(tmp_path: Path
         args = cli_args(inp, out, emu.url, "--json", scale=0.01)
         quiet = subprocess.DEVNULL
         proc = await anyio.open_process(
-            [sys.executable, "-m", "runflow_async._cli.main", *args],
+            [sys.executable, "-m", "runflow_async", *args],
             env=env, stdin=quiet, stdout=subprocess.PIPE, stderr=quiet,
         )  # fmt: skip
         with anyio.fail_after(60):

@@ -103,7 +103,7 @@ async def test_at_every_kill_each_image_on_disk_has_exactly_one_row(
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=12
     ) as emu:
         args = cli_args(inp, out, emu.url, scale=0.01)
-        argv = [sys.executable, "-m", "runflow_async._cli.main", *args]
+        argv = [sys.executable, "-m", "runflow_async", *args]
         # Killed as soon as this many images are in the folder: right after a
         # rename, while other items download, append and rename around it.
         for count in (2, 9, 17, 30):

@@ -199,7 +199,7 @@ async def test_failures_are_listed_as_they_happen_so_a_kill_leaves_them(tmp_path
     ) as emu:  # fmt: skip
         args = cli_args(inp, out, emu.url, scale=0.01)
         quiet = subprocess.DEVNULL
-        argv = [sys.executable, "-m", "runflow_async._cli.main", *args]
+        argv = [sys.executable, "-m", "runflow_async", *args]
         proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
         try:
             with anyio.fail_after(60):

@@ -29,7 +29,7 @@ BODY = {"input": {"prompt": "a red fox"}}
 async def _cli_emulator(*flags: str) -> AsyncIterator[aiohttp.ClientSession]:
     """Start the command on a free port; yield a session bound to the URL it prints."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "runflow_async._cli.main", "emulator", "--port", "0", *flags]
+    command = [sys.executable, "-m", "runflow_async", "emulator", "--port", "0", *flags]
     # A real process is the point (started once, not awaited); the arguments are our own.
     with subprocess.Popen(  # noqa: ASYNC220, S603
         command, stdout=subprocess.PIPE, env=env, text=True
