@@ -1,0 +1,196 @@
+"""What a create costs the client beyond a raw POST (issue 12); counted, never timed.
+
+Python calls (and calls into C) are counted with ``sys.setprofile`` around
+creates on one in-process emulator, for ``RunflowClient.submit`` and for a
+raw aiohttp POST of the same body with the same headers: the server's work is
+the same in both, so the difference is the client's own. The faster pieces
+of the create path (the key, the ``client_ref``, the body's bytes, the
+``input`` object, the answer's parse) are pinned to what they replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import aiohttp
+import pydantic_core
+import pytest
+
+from runflow_async import CustomImageSize, EditRequest, GenerateRequest, RunRequest
+from runflow_async._http import create as create_module
+from runflow_async._http.create import idempotency_key_for, new_client_ref
+from runflow_async._http.transport import _parse_json, dump_json
+from runflow_async.emulator import Emulator
+from tests.conftest import API_KEY, make_client
+
+CREATES = 20
+# Measured (see BENCHMARKS.md, "Create overhead"): before this change a submit
+# made 170-175 calls more than a raw POST of the same body; after it, about 115.
+EXTRA_CALLS_PER_CREATE = 140
+
+
+@contextmanager
+def all_calls() -> Iterator[list[int]]:
+    """Count every call made in this thread (Python functions and C functions) while inside."""
+    calls = [0]
+
+    def profile(_frame: FrameType, event: str, _arg: object) -> None:
+        if event in ("call", "c_call"):
+            calls[0] += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield calls
+    finally:
+        sys.setprofile(previous)
+
+
+async def _counted(create: Callable[[int], Awaitable[None]]) -> int:
+    await create(-1)  # warm: the session, its connection and any cache are built once
+    with all_calls() as calls:
+        for i in range(CREATES):
+            await create(i)
+    return calls[0]
+
+
+async def test_a_create_costs_few_calls_more_than_a_raw_post(emulator: Emulator) -> None:
+    url = emulator.url + "/v1/models/black-forest-labs/flux-2-klein-9b/runs"
+    async with aiohttp.ClientSession() as session:
+
+        async def raw(i: int) -> None:
+            ref = f"raw-{i}"
+            body = {"input": {"prompt": f"prompt {i}", "image_size": "square"}, "client_ref": ref}
+            headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": f"key-{ref}"}
+            async with session.post(url, json=body, headers=headers) as resp:
+                assert resp.status == 201
+                await resp.json()
+
+        raw_calls = await _counted(raw)
+    async with make_client(emulator.url) as client:
+
+        async def sdk(i: int) -> None:
+            run = await client.submit(GenerateRequest(prompt=f"prompt {i}", image_size="square"))
+            assert run.status_code == "queued"
+
+        sdk_calls = await _counted(sdk)
+    extra = (sdk_calls - raw_calls) / CREATES
+    assert extra <= EXTRA_CALLS_PER_CREATE, f"{extra:.1f} calls per create beyond a raw POST"
+
+
+@pytest.mark.parametrize("client_ref", ["rfa-0", "", "é" * 300, "rfa-" + "f" * 32])
+def test_the_idempotency_key_is_uuid5_of_the_client_ref(client_ref: str) -> None:
+    expected = str(uuid.uuid5(uuid.UUID("6c1f0a52-8f1e-4c0e-9a43-2d7b5e0f9a11"), client_ref))
+    assert idempotency_key_for(client_ref) == expected
+
+
+def test_the_idempotency_key_of_a_journalled_ref_stays_what_it_was() -> None:
+    # Keys an earlier release sent: a resumed dataset must send them again byte for byte.
+    assert idempotency_key_for("rfa-0") == "00f17f33-586d-5211-bd48-109fa04a5dc2"
+    assert idempotency_key_for("item-42") == "e73fdef6-1e6d-5e12-b061-f63aceaee163"
+
+
+def test_a_new_client_ref_is_rfa_and_a_random_uuid4_hex() -> None:
+    refs = {new_client_ref() for _ in range(200)}
+    assert len(refs) == 200
+    for ref in refs:
+        assert ref.startswith("rfa-")
+        drawn = uuid.UUID(hex=ref[4:])
+        assert drawn.hex == ref[4:]
+        assert drawn.version == 4
+        assert drawn.variant == uuid.RFC_4122
+
+
+_TEXTS = ["plain", "".join(chr(i) for i in range(128)), "é\u2028 日本", "\x7f", 'q"\\/']
+
+
+@pytest.mark.parametrize("text", _TEXTS)
+def test_a_floatless_body_has_the_standard_encoders_bytes(text: str) -> None:
+    body = {"input": {"prompt": text, "seed": 2**31 - 1, "sync_mode": False}, "client_ref": text}
+    expected = json.dumps(body, separators=(",", ":")).encode()
+    assert dump_json(body, floatless=True) == expected
+    assert dump_json(body) == expected
+
+
+def test_a_floatless_body_takes_the_fast_encoder_when_its_bytes_are_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = [0]
+    real = pydantic_core.to_json
+
+    def counting(value: Any) -> bytes:
+        made[0] += 1
+        return real(value)
+
+    monkeypatch.setattr(pydantic_core, "to_json", counting)
+    ascii_body = {"input": {"prompt": "a cat"}, "client_ref": "rfa-1"}
+    assert (
+        dump_json(ascii_body, floatless=True)
+        == json.dumps(ascii_body, separators=(",", ":")).encode()
+    )
+    assert made[0] == 1
+    assert dump_json({"x": [0.1, 1e-05]}) == b'{"x":[0.1,1e-05]}'  # floats: never tried
+    assert made[0] == 1
+
+
+def test_a_body_with_metadata_is_not_taken_for_floatless() -> None:
+    assert create_module._FLOATLESS_KEYS >= {"input", "client_ref", "callback_url"}
+    assert "metadata" not in create_module._FLOATLESS_KEYS
+
+
+_REQUESTS: list[RunRequest] = [
+    GenerateRequest(prompt="p"),
+    GenerateRequest(
+        prompt="p",
+        seed=0,
+        num_inference_steps=4,
+        image_size=CustomImageSize(width=512, height=768),
+        num_images=2,
+        sync_mode=False,
+        enable_safety_checker=True,
+        output_format="png",
+        callback_url="https://example.com/cb",
+        metadata={"k": [1.5]},
+        client_ref="mine",
+    ),
+    GenerateRequest(prompt="p", image_size="landscape_16_9"),
+    EditRequest(prompt="p", image_urls=["https://a.example/1.png", "https://a.example/2.png"]),
+]
+
+
+@pytest.mark.parametrize("request_", _REQUESTS)
+def test_the_input_object_is_the_models_json_dump(request_: RunRequest) -> None:
+    fields = ("prompt", "image_urls", "seed", "num_inference_steps", "image_size")
+    fields += ("num_images", "sync_mode", "enable_safety_checker", "output_format")
+    dumped = request_.model_dump(mode="json", exclude_none=True, include=set(fields))
+    expected = {name: dumped[name] for name in fields if name in dumped}
+    payload = request_.input_payload()
+    assert payload == expected
+    assert list(payload) == list(expected)
+    assert json.dumps(payload) == json.dumps(expected)
+    if isinstance(request_, EditRequest):
+        payload["image_urls"].append("changed")  # the body is a copy, not the model's own list
+        assert len(request_.image_urls) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"r","n":[1,2.5,null,true,1e400],"s":"\\u00e9"}',
+        b'{"a":1,"a":2}',
+        '{"id":"é"}'.encode("utf-16"),  # another encoding: json detects it
+        b'\xef\xbb\xbf{"id":"bom"}',
+        b'{"s":"\\ud800"}',  # a lone surrogate escape
+        b"NaN",
+    ],
+)
+def test_an_answer_parses_as_json_loads_parses_it(body: bytes) -> None:
+    parsed = _parse_json(body, 200, None, "GET", "/v1/runs/r")
+    expected = json.loads(body)
+    assert json.dumps(parsed) == json.dumps(expected)
