@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from decimal import Decimal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -21,13 +22,17 @@ from typing import Any
 import aiohttp
 import pydantic_core
 import pytest
+from aiohttp import web
 
 from runflow_async import CustomImageSize, EditRequest, GenerateRequest, RunRequest
-from runflow_async._http import create as create_module
+from runflow_async._core.estimate import estimate_request
 from runflow_async._http.create import idempotency_key_for, new_client_ref
 from runflow_async._http.transport import _parse_json, dump_json
+from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PricingPolicy
 from runflow_async.emulator import Emulator
-from tests.conftest import API_KEY, make_client
+from tests.conftest import API_KEY, Handler, make_client
+
+Start = Callable[[Handler], Awaitable[str]]
 
 CREATES = 20
 # Measured (see BENCHMARKS.md, "Create overhead"): before this change a submit
@@ -139,9 +144,34 @@ def test_a_floatless_body_takes_the_fast_encoder_when_its_bytes_are_the_same(
     assert made[0] == 1
 
 
-def test_a_body_with_metadata_is_not_taken_for_floatless() -> None:
-    assert {"input", "client_ref", "callback_url"} <= create_module._FLOATLESS_KEYS
-    assert "metadata" not in create_module._FLOATLESS_KEYS
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "a cat, 1.5x zoom"},
+        {"prompt": "un chat é 日本\u2028", "seed": 7},
+        {"prompt": "del \x7f", "image_size": CustomImageSize(width=640, height=512)},
+        {"prompt": "p", "metadata": {"score": 1e-05, "big": 1e16, "r": 0.1, "t": "é"}},
+        {"prompt": "p", "callback_url": "https://example.com/cb?a=1&b=é"},
+    ],
+)
+async def test_a_create_sends_the_bytes_json_dumps_makes_of_its_body(
+    inline_server: Start, fields: dict[str, Any]
+) -> None:
+    sent: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        sent.append(await request.read())
+        ref = json.loads(sent[-1])["client_ref"]
+        return web.json_response(
+            {"id": "run-1", "status_code": "queued", "client_ref": ref}, status=201
+        )
+
+    request = GenerateRequest(**fields)
+    async with make_client(await inline_server(handler)) as client:
+        await client.submit(request)
+    (body,) = sent
+    ref = json.loads(body)["client_ref"]
+    assert body == json.dumps(request.to_body(client_ref=ref), separators=(",", ":")).encode()
 
 
 _REQUESTS: list[RunRequest] = [
@@ -194,3 +224,40 @@ def test_an_answer_parses_as_json_loads_parses_it(body: bytes) -> None:
     parsed = _parse_json(body, 200, None, "GET", "/v1/runs/r")
     expected = json.loads(body)
     assert json.dumps(parsed) == json.dumps(expected)
+
+
+def test_a_text_to_image_estimate_is_worked_out_once_per_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = PricingPolicy()
+    priced = [0]
+    real = PricingPolicy.generate_cost
+
+    def counting(self: PricingPolicy, size: Any, num_images: int = 1) -> Decimal:
+        priced[0] += 1
+        return real(self, size, num_images)
+
+    monkeypatch.setattr(PricingPolicy, "generate_cost", counting)
+    shapes = [GenerateRequest(prompt=f"p{i}", image_size="square", num_images=2) for i in range(5)]
+    items = [estimate_request(r, policy=policy, index=i) for i, r in enumerate(shapes)]
+    assert priced[0] == 1
+    assert [item.index for item in items] == [0, 1, 2, 3, 4]
+    assert items[4].usd == policy.quantize(
+        policy.generate_megapixels((512, 512), 2) * Decimal("0.006")
+    )
+    other = estimate_request(GenerateRequest(prompt="p"), policy=policy)
+    assert priced[0] == 2
+    assert other.assumptions == ("image_size not set: assumed landscape_4_3 1024x768",)
+    assert other.output_size == (1024, 768)
+
+
+def test_an_estimate_follows_a_policys_price_and_its_identity() -> None:
+    prices = {GENERATE_MODEL: Decimal("0.006"), EDIT_MODEL: Decimal("0.011")}
+    policy = PricingPolicy(prices_usd_per_megapixel=prices)
+    request = GenerateRequest(prompt="p", image_size=CustomImageSize(width=1024, height=1024))
+    assert estimate_request(request, policy=policy).usd == Decimal("0.006")
+    prices[GENERATE_MODEL] = Decimal("0.01")  # the caller changed its mapping
+    assert estimate_request(request, policy=policy).usd == Decimal("0.01")
+    doubled = PricingPolicy(prices_usd_per_megapixel=prices, pixels_per_megapixel=2**19)
+    assert estimate_request(request, policy=doubled).usd == Decimal("0.02")
+    assert estimate_request(request, policy=policy).megapixels == Decimal(1)
