@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from decimal import Decimal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from types import FrameType
 from typing import Any
 
@@ -27,7 +27,7 @@ from aiohttp import web
 from runflow_async import CustomImageSize, EditRequest, GenerateRequest, RunRequest
 from runflow_async._core.estimate import estimate_request
 from runflow_async._http.create import idempotency_key_for, new_client_ref
-from runflow_async._http.transport import _parse_json, dump_json
+from runflow_async._http.jsonio import dump_json, parse_json
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PricingPolicy
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, Handler, make_client
@@ -35,9 +35,9 @@ from tests.conftest import API_KEY, Handler, make_client
 Start = Callable[[Handler], Awaitable[str]]
 
 CREATES = 20
-# Measured (see BENCHMARKS.md, "Create overhead"): before this change a submit
-# made 170-175 calls more than a raw POST of the same body; after it, about 115.
-EXTRA_CALLS_PER_CREATE = 140
+# Measured (BENCHMARKS.md, "Create overhead"): a submit made 154.7 calls more
+# than a raw POST of the same body before issue 12's third round, 132.5 after.
+EXTRA_CALLS_PER_CREATE = 143
 
 
 @contextmanager
@@ -196,8 +196,8 @@ _REQUESTS: list[RunRequest] = [
 
 @pytest.mark.parametrize("request_", _REQUESTS)
 def test_the_input_object_is_the_models_json_dump(request_: RunRequest) -> None:
-    fields = ("prompt", "image_urls", "seed", "num_inference_steps", "image_size")
-    fields += ("num_images", "sync_mode", "enable_safety_checker", "output_format")
+    fields = ["prompt", "image_urls", "seed", "num_inference_steps", "image_size"]
+    fields += ["num_images", "sync_mode", "enable_safety_checker", "output_format"]
     dumped = request_.model_dump(mode="json", exclude_none=True, include=set(fields))
     expected = {name: dumped[name] for name in fields if name in dumped}
     payload = request_.input_payload()
@@ -221,7 +221,7 @@ def test_the_input_object_is_the_models_json_dump(request_: RunRequest) -> None:
     ],
 )
 def test_an_answer_parses_as_json_loads_parses_it(body: bytes) -> None:
-    parsed = _parse_json(body, 200, None, "GET", "/v1/runs/r")
+    parsed = parse_json(body, 200, None, "GET", "/v1/runs/r")
     expected = json.loads(body)
     assert json.dumps(parsed) == json.dumps(expected)
 

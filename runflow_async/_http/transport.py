@@ -9,7 +9,6 @@ their own rows of its table.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import re
@@ -20,7 +19,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pydantic
-import pydantic_core
 from multidict import CIMultiDict
 
 from runflow_async._core.clock import Clock
@@ -32,6 +30,7 @@ from runflow_async._core.errors import (
     ClientClosedError,
 )
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
+from runflow_async._http.jsonio import dump_json, parse_json
 from runflow_async._http.owners import RunOwners
 from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retries
 from runflow_async._http.visibility import Visibility
@@ -315,34 +314,11 @@ class Transport:
             raise error  # outside the except: no __context__ that holds the key
         request_id = _request_id(resp_headers)
         if 200 <= status < 300:
-            data = _parse_json(answer, status, request_id, method, path)
+            data = parse_json(answer, status, request_id, method, path)
             return Response(status, data, request_id)
         raise status_error(
             status, answer, resp_headers, method=method, path=path, request_id=request_id
         )
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: dumps builds one per call
-
-
-def dump_json(value: Any, *, floatless: bool = False) -> bytes:
-    """``value`` as the compact JSON bytes a request body carries, those of ``json.dumps``.
-
-    ``floatless``: the caller knows ``value`` holds no float. Then the bytes
-    come from ``pydantic_core.to_json`` (in Rust, several times faster) when
-    they are the same as the standard encoder's: that is when they are all
-    ASCII but DEL, which only the standard encoder escapes (floats may be
-    written differently, non-ASCII text is escaped only by it).
-    """
-    if floatless:
-        try:
-            fast = pydantic_core.to_json(value)
-        except pydantic_core.PydanticSerializationError:
-            pass  # not plain JSON: the standard encoder says why
-        else:
-            if fast.isascii() and b"\x7f" not in fast:
-                return fast
-    return _ENCODER.encode(value).encode()
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:
@@ -361,28 +337,6 @@ def _too_big(status: int, limit: int, method: str, path: str) -> APIResponseErro
         method=method,
         path=path,
     )
-
-
-def _parse_json(body: bytes, status: int, request_id: str | None, method: str, path: str) -> Any:
-    if not body.strip():
-        return None
-    try:
-        # jiter (pydantic_core) reads plain UTF-8 JSON several times faster; anything
-        # it refuses (another encoding, a lone surrogate, ...) is read by json.
-        return pydantic_core.from_json(body)
-    except ValueError:
-        pass
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise APIResponseError(
-            f"HTTP {status} response body is not JSON",
-            status=status,
-            request_id=request_id,
-            retryable=False,
-            method=method,
-            path=path,
-        ) from exc
 
 
 # Ids (runs, assets) are UUIDs. Anything outside URL-unreserved characters could
