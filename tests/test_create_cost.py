@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from runflow_async import CustomImageSize, EditRequest, GenerateRequest, RunRequest
+from runflow_async._core import estimate as estimate_module
 from runflow_async._core.estimate import estimate_request
 from runflow_async._http.create import idempotency_key_for, new_client_ref
 from runflow_async._http.jsonio import dump_json, parse_json
@@ -261,3 +262,17 @@ def test_an_estimate_follows_a_policys_price_and_its_identity() -> None:
     doubled = PricingPolicy(prices_usd_per_megapixel=prices, pixels_per_megapixel=2**19)
     assert estimate_request(request, policy=doubled).usd == Decimal("0.02")
     assert estimate_request(request, policy=policy).megapixels == Decimal(1)
+
+
+def test_a_floatless_value_that_is_not_json_is_refused_as_json_refuses_it() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dump_json({"input": {"prompt": object()}}, floatless=True)
+
+
+def test_the_estimate_cache_stays_bounded_and_right() -> None:
+    policy = PricingPolicy()
+    for side in range(64, 64 + 300):
+        request = GenerateRequest(prompt="p", image_size=CustomImageSize(width=side, height=64))
+        expected = policy.generate_cost((side, 64), 1)
+        assert estimate_request(request, policy=policy).usd == expected
+    assert len(estimate_module._GENERATE_FACTS) <= estimate_module._GENERATE_FACTS_MAX
