@@ -23,11 +23,10 @@ was admitted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-
-import anyio
 
 from runflow_async._batch.observe import BatchEvent
 
@@ -99,7 +98,7 @@ class BudgetLedger:
         self._probe_runs = probe_runs
         self._observed: Decimal | None = None
         self._paused = False
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()  # anyio's looks the backend up each time
 
     @property
     def factor(self) -> Decimal:
@@ -162,7 +161,7 @@ class BudgetLedger:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()  # anyio's looks the backend up each time
 
     def _land(self, estimate: Decimal) -> None:
         """A run in flight is over (settled, released or held)."""

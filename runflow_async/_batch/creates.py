@@ -24,7 +24,6 @@ else calls it.
 from __future__ import annotations
 
 import logging
-import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -49,7 +48,12 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.models import Run
 from runflow_async._core.requests import RunRequest
-from runflow_async._http.create import CreateProgress, create_run, idempotency_key_for
+from runflow_async._http.create import (
+    CreateProgress,
+    create_run,
+    idempotency_key_for,
+    new_client_ref,
+)
 from runflow_async._http.reclaim import not_ours, reclaim
 from runflow_async._http.retry import RetryEvent
 from runflow_async._http.transport import Transport
@@ -166,7 +170,7 @@ class CreateLife:
     async def _create(
         self, index: int, request: RunRequest, est: Decimal, slot: Slot
     ) -> Run | Outcome:
-        client_ref = request.client_ref or f"rfa-{uuid.uuid4().hex}"
+        client_ref = request.client_ref or new_client_ref()
         creating = self._creating.setdefault(index, Creating(client_ref))
         creating.client_ref, creating.reserved = client_ref, True  # admitted by the caller
         self._uncertain[index] = client_ref

@@ -8,17 +8,26 @@ a hard cap within one round trip, and growing by one slot per window's worth
 of successes probes back slowly, so the batch oscillates just under the limit
 instead of hammering it. One decrease per cool-down keeps a burst of 429s
 (every in-flight create hitting the same wall) from collapsing the window to 1.
+
+They run on every create, so they use asyncio directly (the client runs on
+asyncio only, as aiohttp does): ``asyncio.Event``, the loop's time and
+``asyncio.sleep`` are what anyio's wrappers end in there, without the backend
+lookup each of those makes per call; anyio's cancel scopes cancel them alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-
-import anyio
 
 from runflow_async._core.clock import Clock
 
 __all__ = ["AdaptiveWindow", "Pacer", "Slot"]
+
+
+def _now() -> float:
+    """``anyio.current_time()`` on asyncio: the running loop's time."""
+    return asyncio.get_running_loop().time()
 
 
 class AdaptiveWindow:
@@ -50,7 +59,7 @@ class AdaptiveWindow:
         self._max_backoff = max_backoff
         self._backoff = initial_backoff
         self._cooldown_until = 0.0
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()
 
     @property
     def capacity(self) -> int:
@@ -59,7 +68,7 @@ class AdaptiveWindow:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()
 
     async def acquire(self) -> None:
         """Wait for a free slot and take it."""
@@ -75,10 +84,10 @@ class AdaptiveWindow:
     async def wait_cooldown(self) -> None:
         """Wait out a shared cool-down, if one is running (it may grow while we wait)."""
         while True:
-            remaining = self._cooldown_until - anyio.current_time()
+            remaining = self._cooldown_until - _now()
             if remaining <= 0:
                 return
-            await anyio.sleep(remaining)
+            await asyncio.sleep(remaining)
 
     def on_success(self) -> None:
         """A run finished: grow by one slot per window's worth of successes."""
@@ -91,7 +100,7 @@ class AdaptiveWindow:
         """A create got 429: start (or extend) the shared cool-down; halve once per cool-down."""
         if not self.adaptive:
             return
-        now = anyio.current_time()
+        now = _now()
         wait = retry_after if retry_after is not None else self._backoff
         if retry_after is None:
             self._backoff = min(self._max_backoff, self._backoff * 2)
@@ -113,11 +122,11 @@ class Pacer:
 
     async def wait_turn(self) -> None:
         """Wait until this caller's start time."""
-        now = anyio.current_time()
+        now = _now()
         start = max(now, self._next)
         self._next = start + self.interval
         if start > now:
-            await anyio.sleep(start - now)
+            await asyncio.sleep(start - now)
 
 
 class Slot:

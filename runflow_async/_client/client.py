@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -29,7 +28,7 @@ from runflow_async._core.config import (
 from runflow_async._core.errors import ConfigurationError, RequestValidationError, RunTimeoutError
 from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
-from runflow_async._http.create import create_run, idempotency_key_for
+from runflow_async._http.create import create_run, idempotency_key_for, new_client_ref
 from runflow_async._http.reclaim import not_ours, reclaim
 from runflow_async._http.retry import RetryHook
 from runflow_async._http.runs import (
@@ -58,10 +57,6 @@ def _clock(retry: RetryPolicy, poll: PollPolicy) -> Clock:
             "server's clock, so set them alike."
         )
     return Clock(scales.pop() if scales else 1.0)
-
-
-def _new_client_ref() -> str:
-    return f"rfa-{uuid.uuid4().hex}"
 
 
 class RunflowClient(FilesMixin, BatchesMixin):
@@ -178,7 +173,7 @@ class RunflowClient(FilesMixin, BatchesMixin):
         Raises:
             APIError: The create failed (see :class:`CreateOutcomeUnknownError`).
         """
-        body = request.to_body(client_ref=_new_client_ref())
+        body = request.to_body(client_ref=new_client_ref())
         key = idempotency_key_for(body["client_ref"])
         return await create_run(self._transport, request.model, body, idempotency_key=key)
 
@@ -216,7 +211,7 @@ class RunflowClient(FilesMixin, BatchesMixin):
             RunTimeoutError: The run did not finish in time (it may still).
         """
         rx = self.callbacks
-        ref = request.client_ref or _new_client_ref()
+        ref = request.client_ref or new_client_ref()
         request = request.model_copy(update={"client_ref": ref})
         if rx is not None and request.callback_url is None:
             request = request.model_copy(update={"callback_url": check_serving(rx)})

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest
-from runflow_async._pricing import _DEFAULT_GENERATE_PRESET, PRESET_SIZES, PricingPolicy, Size
+from runflow_async._pricing import (
+    _DEFAULT_GENERATE_PRESET,
+    GENERATE_MODEL,
+    PRESET_SIZES,
+    PricingPolicy,
+    Size,
+)
 
 __all__ = [
     "Estimate",
@@ -134,16 +140,8 @@ def estimate_request(
     images = request.images_per_run
     if isinstance(request, GenerateRequest):
         _check_count(input_sizes, 0)
-        output = request.size or PRESET_SIZES[_DEFAULT_GENERATE_PRESET]
-        sizes: tuple[Size | None, ...] = ()
-        assumptions = (
-            [f"image_size not set: assumed {_DEFAULT_GENERATE_PRESET} {output[0]}x{output[1]}"]
-            if request.size is None
-            else []
-        )
-        megapixels = policy.generate_megapixels(request.size, images)
-        usd = policy.generate_cost(request.size, images)
-    elif isinstance(request, EditRequest):
+        return ItemEstimate(index, *_generate_facts(policy, request.model, request.size, images))
+    if isinstance(request, EditRequest):
         urls = request.image_urls
         sizes = (None,) * len(urls) if input_sizes is None else tuple(input_sizes)
         _check_count(sizes, len(urls))
@@ -160,10 +158,40 @@ def estimate_request(
             )
         megapixels = policy.edit_megapixels(sizes, request.size, images)
         usd = policy.edit_cost(sizes, request.size, images)
-    else:
-        raise TypeError(f"cannot estimate a {type(request).__name__}")
-    facts = (request.model, images, output, sizes, megapixels, usd, tuple(assumptions))
-    return ItemEstimate(index, *facts)
+        facts = (request.model, images, output, sizes, megapixels, usd, tuple(assumptions))
+        return ItemEstimate(index, *facts)
+    raise TypeError(f"cannot estimate a {type(request).__name__}")
+
+
+_Facts = tuple[str, int, Size, tuple[Size | None, ...], Decimal, Decimal, tuple[str, ...]]
+# A text-to-image estimate depends only on the policy, the size and the image
+# count: worked out once per shape (an engine estimates every item it admits).
+# Keyed by the policy's identity and its price (its one mutable part, a mapping
+# the caller may change); the entry keeps the policy, so the id is not reused.
+_Shape = tuple[int, str, Size | None, int, Decimal]
+_GENERATE_FACTS: dict[_Shape, tuple[PricingPolicy, _Facts]] = {}
+_GENERATE_FACTS_MAX = 256
+
+
+def _generate_facts(policy: PricingPolicy, model: str, size: Size | None, images: int) -> _Facts:
+    """What :class:`ItemEstimate` says of a text-to-image run, but its index."""
+    key = (id(policy), model, size, images, policy.price_per_megapixel(GENERATE_MODEL))
+    cached = _GENERATE_FACTS.get(key)
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    output = size or PRESET_SIZES[_DEFAULT_GENERATE_PRESET]
+    assumptions = (
+        (f"image_size not set: assumed {_DEFAULT_GENERATE_PRESET} {output[0]}x{output[1]}",)
+        if size is None
+        else ()
+    )
+    megapixels = policy.generate_megapixels(size, images)
+    usd = policy.generate_cost(size, images)
+    facts: _Facts = (model, images, output, (), megapixels, usd, assumptions)
+    if len(_GENERATE_FACTS) >= _GENERATE_FACTS_MAX:
+        _GENERATE_FACTS.clear()
+    _GENERATE_FACTS[key] = (policy, facts)
+    return facts
 
 
 def policy_assumptions(policy: PricingPolicy) -> tuple[str, ...]:

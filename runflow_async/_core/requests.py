@@ -186,9 +186,25 @@ class RunRequest(BaseModel):
         return self.num_images or 1
 
     def input_payload(self) -> dict[str, Any]:
-        """Return the ``input`` object exactly as the API documents it (unset fields omitted)."""
-        data = self.model_dump(mode="json", exclude_none=True, include=set(_INPUT_FIELDS))
-        return {name: data[name] for name in _INPUT_FIELDS if name in data}
+        """Return the ``input`` object exactly as the API documents it (unset fields omitted).
+
+        What ``model_dump(mode="json", exclude_none=True)`` gives for these fields,
+        read directly: the model is strict, so every value is a JSON value as it
+        is but a custom size (a model) and the URL list (copied: the body is the
+        caller's to change).
+        """
+        fields = self.__dict__
+        data: dict[str, Any] = {}
+        for name in _INPUT_FIELDS:
+            value = fields.get(name)
+            if value is None:
+                continue
+            if isinstance(value, CustomImageSize):
+                value = {"width": value.width, "height": value.height}
+            elif isinstance(value, list):
+                value = list(value)
+            data[name] = value
+        return data
 
     def to_body(self, *, client_ref: str | None = None) -> dict[str, Any]:
         """Return the JSON body of a create call.

@@ -30,8 +30,10 @@ that no form of listing can make, or whose last try fails, ends in
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,6 +64,7 @@ __all__ = [
     "find_sent_before",
     "idempotency_key_for",
     "look_for",
+    "new_client_ref",
     "parse_created",
 ]
 
@@ -72,6 +75,10 @@ _EXCERPT = 400  # characters of a body quoted in an error
 _RAW_ID = 1000  # characters of an absurd run id kept in the error
 
 _KEY_NAMESPACE = uuid.UUID("6c1f0a52-8f1e-4c0e-9a43-2d7b5e0f9a11")
+_KEY_SEED = hashlib.sha1(_KEY_NAMESPACE.bytes, usedforsecurity=False)  # copied per key
+# The create body keys that never hold a float (the input fields are ints,
+# strings, booleans and lists of them): such a body may take dump_json's fast path.
+_FLOATLESS_KEYS = frozenset({"input", "client_ref", "callback_url"})
 
 
 def idempotency_key_for(client_ref: str) -> str:
@@ -81,8 +88,28 @@ def idempotency_key_for(client_ref: str) -> str:
     logical create (a dataset keeps its ``client_ref`` in the journal) sends
     the same key: a server that honours it replays the run instead of billing
     a second one, even when its list lags and a lookup misses.
+
+    It is ``str(uuid.uuid5(namespace, client_ref))``, computed without
+    building two ``UUID`` objects (the same bytes: RFC 4122 section 4.3).
     """
-    return str(uuid.uuid5(_KEY_NAMESPACE, client_ref))
+    sha = _KEY_SEED.copy()
+    sha.update(client_ref.encode())
+    digest = bytearray(sha.digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_client_ref() -> str:
+    """A fresh ``client_ref``: ``rfa-`` and the hex of a random (version 4) UUID.
+
+    ``f"rfa-{uuid.uuid4().hex}"``, without building a ``UUID`` object.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return "rfa-" + raw.hex()
 
 
 def client_ref_query(client_ref: str) -> str:
@@ -249,7 +276,8 @@ async def create_run(
     def unknown(reason: str) -> APIError:
         return _unknown(reason, client_ref, idempotency_key, path)
 
-    payload = dump_json(body)  # serialised once: every attempt sends the same bytes
+    # Serialised once: every attempt sends the same bytes.
+    payload = dump_json(body, floatless=body.keys() <= _FLOATLESS_KEYS)
     attempt = functools.partial(
         _attempt, transport, path, client_ref, (payload, headers), state, lookup, unknown
     )

@@ -9,7 +9,6 @@ their own rows of its table.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import re
@@ -31,6 +30,7 @@ from runflow_async._core.errors import (
     ClientClosedError,
 )
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
+from runflow_async._http.jsonio import dump_json, parse_json
 from runflow_async._http.owners import RunOwners
 from runflow_async._http.retry import CallKind, RetryHook, Retrying, with_retries
 from runflow_async._http.visibility import Visibility
@@ -314,19 +314,11 @@ class Transport:
             raise error  # outside the except: no __context__ that holds the key
         request_id = _request_id(resp_headers)
         if 200 <= status < 300:
-            data = _parse_json(answer, status, request_id, method, path)
+            data = parse_json(answer, status, request_id, method, path)
             return Response(status, data, request_id)
         raise status_error(
             status, answer, resp_headers, method=method, path=path, request_id=request_id
         )
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: dumps builds one per call
-
-
-def dump_json(value: Any) -> bytes:
-    """``value`` as the compact JSON bytes a request body carries."""
-    return _ENCODER.encode(value).encode()
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:
@@ -345,22 +337,6 @@ def _too_big(status: int, limit: int, method: str, path: str) -> APIResponseErro
         method=method,
         path=path,
     )
-
-
-def _parse_json(body: bytes, status: int, request_id: str | None, method: str, path: str) -> Any:
-    if not body.strip():
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise APIResponseError(
-            f"HTTP {status} response body is not JSON",
-            status=status,
-            request_id=request_id,
-            retryable=False,
-            method=method,
-            path=path,
-        ) from exc
 
 
 # Ids (runs, assets) are UUIDs. Anything outside URL-unreserved characters could

@@ -26,8 +26,8 @@ from runflow_async import (
 from runflow_async._core.errors import error_for_status
 from runflow_async._core.models import parse_error_body
 from runflow_async._http.errors import status_error
+from runflow_async._http.jsonio import parse_json as _parse_json
 from runflow_async._http.runs import check_outcome
-from runflow_async._http.transport import _parse_json
 from tests.fuzz.support import (
     STATUS_CODES,
     bodies,
