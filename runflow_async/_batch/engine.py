@@ -334,7 +334,10 @@ class Engine(ItemLife):
     async def _deliver(self, outcome: Outcome) -> None:
         self._hooks.on_outcome(outcome)
         try:
-            await self._send.send(outcome)
+            try:  # room in the buffer, or a reader waiting: handed with no checkpoint
+                self._send.send_nowait(outcome)
+            except anyio.WouldBlock:
+                await self._send.send(outcome)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._done(outcome, handed=False)  # nobody reads outcomes any more
         else:
