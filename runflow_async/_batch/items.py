@@ -191,7 +191,9 @@ class ItemLife(CreateLife):
         return final
 
     def _settle(self, index: int, request: RunRequest, est: Decimal, final: Run) -> Outcome:
-        if final.succeeded:
+        status = final.status  # parsed once for every check below
+        succeeded = status is RunStatus.SUCCEEDED or status is RunStatus.PARTIAL_SUCCEEDED
+        if succeeded:
             settled = self._ledger.settle(est, final.cost)
             billed: Decimal | None = settled.billed_usd
             if settled.recalibration is not None:
@@ -212,18 +214,19 @@ class ItemLife(CreateLife):
                     "cost_settled", index=index, run_id=final.id, estimated_usd=est, billed_usd=billed
                 )
             )
-        try:
-            checked = check_outcome(final)
-        except RunError as exc:
-            self.emit(BatchEvent("failed", index=index, run_id=final.id, error=exc))
-            if self._options.fail_fast:
-                self.stop("fail_fast", cancel_in_flight=True)
-            return Outcome(
-                index, request, error=exc, run_id=final.id, estimated_usd=est, billed_usd=billed
-            )
+        if not succeeded:
+            try:
+                check_outcome(final)  # raises: the run failed or was canceled
+            except RunError as exc:
+                self.emit(BatchEvent("failed", index=index, run_id=final.id, error=exc))
+                if self._options.fail_fast:
+                    self.stop("fail_fast", cancel_in_flight=True)
+                return Outcome(
+                    index, request, error=exc, run_id=final.id, estimated_usd=est, billed_usd=billed
+                )
         if observed:
             self.emit(BatchEvent("succeeded", index=index, run_id=final.id))
-        result = GenerationResult(checked, checked.status is RunStatus.PARTIAL_SUCCEEDED)
+        result = GenerationResult(final, status is RunStatus.PARTIAL_SUCCEEDED)
         return Outcome(
             index, request, result=result, run_id=final.id, estimated_usd=est, billed_usd=billed
         )
