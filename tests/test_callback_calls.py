@@ -12,6 +12,7 @@ through the enum machinery: about 420 calls per run. It is about 290 now.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,7 @@ from runflow_async import (
 from runflow_async._batch.engine import Engine
 from runflow_async._batch.items import ItemLife
 from runflow_async._callbacks.receiver import CallbackReceiver as Receiver
+from runflow_async._callbacks.watch import Deadlines
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, TIME_SCALE
 from tests.test_by_callback import new_secret, prompts, start_emulator
@@ -120,8 +122,7 @@ async def _batch(
 async def test_a_run_noticed_by_callback_costs_the_engine_few_calls(emulator: Emulator) -> None:
     calls, scopes, _ = await _batch(emulator, observer=lambda _event: None)
     per_run = sum(calls.values()) / RUNS
-    assert per_run <= 340, dict(calls)  # about 420 before
-    print("PER_RUN", per_run, dict(calls))
+    assert per_run <= 325, dict(calls)  # about 420 before, 285 now
     assert calls["deliver"] / RUNS <= 15  # the outcome is handed with no checkpoint (24 before)
     assert scopes["finish"] == RUNS  # the item's deadline only (a scope and a fail_after before)
 
@@ -139,4 +140,29 @@ async def test_a_wait_with_no_deadline_and_no_fail_fast_arms_no_cancel_scope(
 async def test_fail_fast_keeps_its_scope_to_abandon_waits(emulator: Emulator) -> None:
     calls, scopes, _ = await _batch(emulator, fail_fast=True)
     assert scopes["finish"] == 2 * RUNS  # fail_fast's abandonment scope and the deadline
-    assert sum(calls.values()) / RUNS <= 370  # about 425 before
+    assert sum(calls.values()) / RUNS <= 355  # about 425 before, 310 now
+
+
+async def test_first_windows_share_one_timer_and_each_ends_on_time() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    start = loop.time()
+    futures = [loop.create_future() for _ in range(4)]
+    handles = [deadlines.add(loop, start + 0.01 * (i + 1), f) for i, f in enumerate(futures)]
+    assert handles == [None] * 4  # in order: queued behind one timer
+    futures[1].set_result(None)  # its callback came first: nothing to cancel
+    late = loop.create_future()
+    own = deadlines.add(loop, start + 0.005, late)  # earlier than the last: a timer of its own
+    assert own is not None
+    woken: list[int] = []
+    for i, future in enumerate([*futures, late]):
+        future.add_done_callback(lambda _f, i=i: woken.append(i))
+    await asyncio.gather(*futures, late)
+    # Settled early, then the earlier deadline on its own timer, then the queue in order.
+    assert woken == [1, 4, 0, 2, 3]
+    gone = loop.create_future()
+    assert deadlines.add(loop, loop.time() + 0.001, gone) is None  # the drained queue restarts
+    gone.set_result(None)
+    again = loop.create_future()
+    assert deadlines.add(loop, loop.time() + 0.002, again) is None  # a settled head is dropped
+    assert await again is None

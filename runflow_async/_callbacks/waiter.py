@@ -29,7 +29,7 @@ import anyio
 import pydantic
 
 from runflow_async._callbacks.receiver import CallbackReceiver
-from runflow_async._callbacks.watch import CallbackWatch
+from runflow_async._callbacks.watch import CallbackWatch, Deadlines
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, ClientClosedError
 from runflow_async._core.models import CallbackPayload, Run, RunStatus
@@ -78,6 +78,7 @@ class CallbackWaiter:
             else None
         )
         self._costs = CostLookup(transport) if shared else None
+        self._deadlines = Deadlines()  # every first window is as long: one timer for all
         self._loops = [self._poller.run, self._costs.run] if self._poller and self._costs else []
 
     async def run(self) -> None:
@@ -97,12 +98,13 @@ class CallbackWaiter:
         except ClientClosedError:
             logger.info("The callback receiver is closed; polling run %s.", run_id)
             return await self._fallback(run_id)
-        schedule = fallback(self._policy)
         try:
             # Until the first fallback read is due only the callback can come:
-            # one timer, no tasks. Most runs end here.
-            payload = await self._first_window(watch, next(schedule))
+            # no task, no timer of its own. Most runs end here.
+            payload = await self._first_window(watch, self._policy.callback_fallback_after)
             if payload is None:
+                schedule = fallback(self._policy)
+                next(schedule)  # that first read is due now
                 outcome = await self._race(watch, run_id, schedule)
                 if isinstance(outcome, Run):
                     return outcome
@@ -124,7 +126,7 @@ class CallbackWaiter:
         loop = asyncio.get_running_loop()  # asyncio only: anyio's clock looks its backend up
         due = loop.time() + real
         try:
-            return await watch._within(real)
+            return await watch._within(real, self._deadlines)
         except ClientClosedError:  # the receiver stopped: the fallback schedule goes on
             await asyncio.sleep(max(0.0, due - loop.time()))
             return None
