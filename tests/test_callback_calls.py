@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from types import CodeType, FrameType
 from typing import Any
@@ -155,8 +155,12 @@ async def test_first_windows_share_one_timer_and_each_ends_on_time() -> None:
     own = deadlines.add(loop, start + 0.005, late)  # earlier than the last: a timer of its own
     assert own is not None
     woken: list[int] = []
+
+    def note(i: int) -> Callable[[asyncio.Future[None]], None]:
+        return lambda _future: woken.append(i)
+
     for i, future in enumerate([*futures, late]):
-        future.add_done_callback(lambda _f, i=i: woken.append(i))
+        future.add_done_callback(note(i))
     await asyncio.gather(*futures, late)
     # Settled early, then the earlier deadline on its own timer, then the queue in order.
     assert woken == [1, 4, 0, 2, 3]

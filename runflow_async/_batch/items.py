@@ -46,6 +46,7 @@ def _scope_type() -> type[anyio.CancelScope]:
     """The running backend's cancel scope class: ``anyio.CancelScope()`` looks it up each time."""
     return type(anyio.CancelScope())
 
+
 logger = logging.getLogger("runflow_async")
 
 
@@ -211,7 +212,11 @@ class ItemLife(CreateLife):
         if observed:
             self.emit(
                 BatchEvent(
-                    "cost_settled", index=index, run_id=final.id, estimated_usd=est, billed_usd=billed
+                    "cost_settled",
+                    index=index,
+                    run_id=final.id,
+                    estimated_usd=est,
+                    billed_usd=billed,
                 )
             )
         if not succeeded:
