@@ -20,6 +20,7 @@ different kinds form an ``ExceptionGroup``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -115,10 +116,11 @@ class Engine(ItemLife):
         self._creating: dict[int, Creating] = {}
         self._billed = Decimal(0)
         self._wait_scopes: set[anyio.CancelScope] = set()
-        self._queue: deque[tuple[WorkItem, Decimal, anyio.Event | None]] = deque()
-        self._queued = anyio.Event()
+        self._queue: deque[tuple[WorkItem, Decimal, asyncio.Event | None]] = deque()
+        # asyncio's events: anyio's look the backend up on each one made (asyncio only).
+        self._queued = asyncio.Event()
         self._outstanding = 0
-        self._idle = anyio.Event()
+        self._idle = asyncio.Event()
         self._idle.set()
         self._fatal: list[BaseException] = []
         self._send: MemoryObjectSendStream[Outcome]
@@ -258,7 +260,7 @@ class Engine(ItemLife):
             ClientClosedError: The engine is not running, or it is ending.
         """
         est = self._accept(item)
-        if self._stop_reason is not None and _creates(item):
+        if self._stop_reason is not None and item.creates:
             self._deliver_now(self.not_submitted(item.index, item.request, est, self._stop_reason))
             return
         self._queue.append((item, est, None))
@@ -271,10 +273,10 @@ class Engine(ItemLife):
         """
         est = self._accept(item)
         stopped = self._stop_reason
-        if stopped is not None and _creates(item):
+        if stopped is not None and item.creates:
             await self._deliver(self.not_submitted(item.index, item.request, est, stopped))
             return False
-        started = anyio.Event()
+        started = asyncio.Event()
         self._queue.append((item, est, started))
         self._queued.set()
         await started.wait()
@@ -291,7 +293,7 @@ class Engine(ItemLife):
         if self._tg is None or self._closing:
             raise ClientClosedError("Submit inside `async with client.batch(...)`, before it ends.")
         self._outstanding += 1
-        self._idle = anyio.Event()
+        self._idle.clear()
         if item.estimate_usd is not None:
             return item.estimate_usd
         return self.estimate(item.request, item.index)
@@ -300,7 +302,7 @@ class Engine(ItemLife):
         assert self._work is not None  # noqa: S101 - started from _supervise
         while True:
             while not self._queue:
-                self._queued = anyio.Event()
+                self._queued.clear()
                 await self._queued.wait()
             slot = Slot(self._window)
             await slot.acquire()
@@ -334,7 +336,10 @@ class Engine(ItemLife):
     async def _deliver(self, outcome: Outcome) -> None:
         self._hooks.on_outcome(outcome)
         try:
-            await self._send.send(outcome)
+            try:  # room in the buffer, or a reader waiting: handed with no checkpoint
+                self._send.send_nowait(outcome)
+            except anyio.WouldBlock:
+                await self._send.send(outcome)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._done(outcome, handed=False)  # nobody reads outcomes any more
         else:
@@ -363,10 +368,10 @@ class Engine(ItemLife):
             logger.info("Batch stopped submitting: %s.", STOP_MESSAGES[reason])
             self._hooks.on_stop(reason)
             # Queued items that would create end now; runs to collect stay queued.
-            kept: deque[tuple[WorkItem, Decimal, anyio.Event | None]] = deque()
+            kept: deque[tuple[WorkItem, Decimal, asyncio.Event | None]] = deque()
             while self._queue:
                 item, est, started = entry = self._queue.popleft()
-                if not _creates(item):
+                if not item.creates:
                     kept.append(entry)
                     continue
                 self._deliver_now(self.not_submitted(item.index, item.request, est, reason))
@@ -393,8 +398,3 @@ class Engine(ItemLife):
             uncertain=MappingProxyType(dict(self._uncertain)),
             undelivered=MappingProxyType(dict(self._undelivered)),
         )
-
-
-def _creates(item: WorkItem) -> bool:
-    """Whether ``item`` would create a run (rather than collect one that may exist)."""
-    return item.run_id is None and not item.maybe_created

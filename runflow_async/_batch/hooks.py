@@ -45,6 +45,11 @@ class WorkItem:
     maybe_created: bool = False
     prepare: Prepare | None = None
 
+    @property
+    def creates(self) -> bool:
+        """Whether it would create a run (rather than collect one that may exist)."""
+        return self.run_id is None and not self.maybe_created
+
 
 class EngineHooks(Protocol):
     """Synchronous, record-only hooks given to the engine at construction.

@@ -12,6 +12,8 @@ else calls it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from decimal import Decimal
 
@@ -37,6 +39,13 @@ from runflow_async._http.create import find_sent_before
 from runflow_async._http.runs import check_outcome, complete, growing, poll_run
 
 __all__ = ["STOP_MESSAGES", "ItemLife"]
+
+
+@functools.cache
+def _scope_type() -> type[anyio.CancelScope]:
+    """The running backend's cancel scope class: ``anyio.CancelScope()`` looks it up each time."""
+    return type(anyio.CancelScope())
+
 
 logger = logging.getLogger("runflow_async")
 
@@ -105,25 +114,36 @@ class ItemLife(CreateLife):
     async def _finish(
         self, index: int, request: RunRequest, est: Decimal, run: Run, *, slot: Slot | None = None
     ) -> Outcome:
-        with anyio.CancelScope() as scope:
+        if not self._options.fail_fast:
+            # Nothing but fail_fast abandons one wait alone (an abort cancels the
+            # whole work group, which no inner scope could catch): no scope.
+            return await self._finish_in(index, request, est, run, slot)
+        with _scope_type()() as scope:
             self._wait_scopes.add(scope)
             try:
-                final = await self._wait(run, request, slot)
-                final = await self._own_run(index, request, final, slot)
-            except (RunTimeoutError, APIError) as exc:
-                # Timed out, or unreadable for good (a 404, a refused key), or its
-                # own run not found: this item ends, never its siblings. It may
-                # still bill: listed, held.
-                run_id = self._unfinished.pop(index, None)
-                if run_id is not None:
-                    self._unsettled[index] = run_id
-                self._ledger.hold(est)
-                self.emit(BatchEvent("failed", index=index, run_id=run_id, error=exc))
-                return Outcome(index, request, error=exc, run_id=run_id, estimated_usd=est)
+                outcome = await self._finish_in(index, request, est, run, slot)
             finally:
                 self._wait_scopes.discard(scope)
         if scope.cancelled_caught:  # fail_fast abandoned it; the run goes on
             return self.abandoned(index, request, est)
+        return outcome
+
+    async def _finish_in(
+        self, index: int, request: RunRequest, est: Decimal, run: Run, slot: Slot | None
+    ) -> Outcome:
+        try:
+            final = await self._wait(run, request, slot)
+            final = await self._own_run(index, request, final, slot)
+        except (RunTimeoutError, APIError) as exc:
+            # Timed out, or unreadable for good (a 404, a refused key), or its
+            # own run not found: this item ends, never its siblings. It may
+            # still bill: listed, held.
+            run_id = self._unfinished.pop(index, None)
+            if run_id is not None:
+                self._unsettled[index] = run_id
+            self._ledger.hold(est)
+            self.emit(BatchEvent("failed", index=index, run_id=run_id, error=exc))
+            return Outcome(index, request, error=exc, run_id=run_id, estimated_usd=est)
         del self._unfinished[index]
         return self._settle(index, request, est, final)
 
@@ -132,19 +152,26 @@ class ItemLife(CreateLife):
         return rx is not None and request.callback_url in (None, rx.url)
 
     async def _wait(self, run: Run, request: RunRequest, slot: Slot | None) -> Run:
-        try:
-            with anyio.fail_after(self._options.timeout):  # the caller's real seconds
-                final = run if run.is_terminal else await self._notice(run, request, slot)
-                if complete(final):
-                    return final
-                # Succeeded and billed, but this answer shows no images: read it again.
-                return await poll_run(self._transport, run.id, schedule=growing(self._poll))
-        except TimeoutError as exc:
-            raise RunTimeoutError(
-                f"Run {run.id} did not finish within {self._options.timeout}s; it may still "
-                "finish and be billed.",
-                run=run,
-            ) from exc
+        timeout = self._options.timeout
+        if timeout is None:  # no deadline that could fire: no scope to arm
+            return await self._wait_in(run, request, slot)
+        # As anyio.fail_after(timeout) (the caller's real seconds), without its
+        # backend lookups and context-manager layers: asyncio is the only backend.
+        deadline = asyncio.get_running_loop().time() + timeout
+        with _scope_type()(deadline=deadline) as scope:
+            return await self._wait_in(run, request, slot)
+        assert scope.cancelled_caught  # noqa: S101 - only its deadline cancels it
+        raise RunTimeoutError(
+            f"Run {run.id} did not finish within {timeout}s; it may still finish and be billed.",
+            run=run,
+        )
+
+    async def _wait_in(self, run: Run, request: RunRequest, slot: Slot | None) -> Run:
+        final = run if run.is_terminal else await self._notice(run, request, slot)
+        if complete(final):
+            return final
+        # Succeeded and billed, but this answer shows no images: read it again.
+        return await poll_run(self._transport, run.id, schedule=growing(self._poll))
 
     async def _notice(self, run: Run, request: RunRequest, slot: Slot | None) -> Run:
         """The run once the batch's strategy notices it ended."""
@@ -165,7 +192,9 @@ class ItemLife(CreateLife):
         return final
 
     def _settle(self, index: int, request: RunRequest, est: Decimal, final: Run) -> Outcome:
-        if final.succeeded:
+        status = final.status  # parsed once for every check below
+        succeeded = status is RunStatus.SUCCEEDED or status is RunStatus.PARTIAL_SUCCEEDED
+        if succeeded:
             settled = self._ledger.settle(est, final.cost)
             billed: Decimal | None = settled.billed_usd
             if settled.recalibration is not None:
@@ -179,23 +208,30 @@ class ItemLife(CreateLife):
             if billed is not None:
                 self._ledger.add_spent(billed)
         self._billed += billed or 0
-        self.emit(
-            BatchEvent(
-                "cost_settled", index=index, run_id=final.id, estimated_usd=est, billed_usd=billed
+        observed = self._options.observer is not None  # events are built only to be seen
+        if observed:
+            self.emit(
+                BatchEvent(
+                    "cost_settled",
+                    index=index,
+                    run_id=final.id,
+                    estimated_usd=est,
+                    billed_usd=billed,
+                )
             )
-        )
-        try:
-            checked = check_outcome(final)
-        except RunError as exc:
-            self.emit(BatchEvent("failed", index=index, run_id=final.id, error=exc))
-            if self._options.fail_fast:
-                self.stop("fail_fast", cancel_in_flight=True)
-            return Outcome(
-                index, request, error=exc, run_id=final.id, estimated_usd=est, billed_usd=billed
-            )
-        self.emit(BatchEvent("succeeded", index=index, run_id=final.id))
-        partial = checked.status is RunStatus.PARTIAL_SUCCEEDED
-        result = GenerationResult(checked, partial=partial)
+        if not succeeded:
+            try:
+                check_outcome(final)  # raises: the run failed or was canceled
+            except RunError as exc:
+                self.emit(BatchEvent("failed", index=index, run_id=final.id, error=exc))
+                if self._options.fail_fast:
+                    self.stop("fail_fast", cancel_in_flight=True)
+                return Outcome(
+                    index, request, error=exc, run_id=final.id, estimated_usd=est, billed_usd=billed
+                )
+        if observed:
+            self.emit(BatchEvent("succeeded", index=index, run_id=final.id))
+        result = GenerationResult(final, status is RunStatus.PARTIAL_SUCCEEDED)
         return Outcome(
             index, request, result=result, run_id=final.id, estimated_usd=est, billed_usd=billed
         )

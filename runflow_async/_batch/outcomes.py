@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
-
-import anyio
 
 from runflow_async._core.models import GenerationResult
 
@@ -68,7 +67,7 @@ class RunFuture:
         self.request = request
         self.run_id: str | None = None
         self._outcome: Outcome | None = None
-        self._done = anyio.Event()
+        self._done = asyncio.Event()  # asyncio only: anyio's looks its backend up
 
     def __repr__(self) -> str:
         state = "pending" if self._outcome is None else ("ok" if self._outcome.ok else "error")

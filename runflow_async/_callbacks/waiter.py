@@ -18,16 +18,18 @@ A forged callback never gets here: the receiver answers it 401 before parsing.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import anyio
 import pydantic
 
 from runflow_async._callbacks.receiver import CallbackReceiver
-from runflow_async._callbacks.watch import CallbackWatch
+from runflow_async._callbacks.watch import CallbackWatch, Deadlines
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, ClientClosedError
 from runflow_async._core.models import CallbackPayload, Run, RunStatus
@@ -76,6 +78,7 @@ class CallbackWaiter:
             else None
         )
         self._costs = CostLookup(transport) if shared else None
+        self._deadlines = Deadlines()  # every first window is as long: one timer for all
         self._loops = [self._poller.run, self._costs.run] if self._poller and self._costs else []
 
     async def run(self) -> None:
@@ -95,12 +98,13 @@ class CallbackWaiter:
         except ClientClosedError:
             logger.info("The callback receiver is closed; polling run %s.", run_id)
             return await self._fallback(run_id)
-        schedule = fallback(self._policy)
         try:
             # Until the first fallback read is due only the callback can come:
-            # one timer, no tasks. Most runs end here.
-            payload = await self._first_window(watch, next(schedule))
+            # no task, no timer of its own. Most runs end here.
+            payload = await self._first_window(watch, self._policy.callback_fallback_after)
             if payload is None:
+                schedule = fallback(self._policy)
+                next(schedule)  # that first read is due now
                 outcome = await self._race(watch, run_id, schedule)
                 if isinstance(outcome, Run):
                     return outcome
@@ -119,11 +123,12 @@ class CallbackWaiter:
     async def _first_window(self, watch: CallbackWatch, after: float) -> CallbackPayload | None:
         """The callback if it comes within ``after`` emulated seconds, else ``None`` then."""
         real = self._transport.clock.real(after)
-        due = anyio.current_time() + real
+        loop = asyncio.get_running_loop()  # asyncio only: anyio's clock looks its backend up
+        due = loop.time() + real
         try:
-            return await watch._within(real)
+            return await watch._within(real, self._deadlines)
         except ClientClosedError:  # the receiver stopped: the fallback schedule goes on
-            await anyio.sleep(max(0.0, due - anyio.current_time()))
+            await asyncio.sleep(max(0.0, due - loop.time()))
             return None
 
     async def _race(
@@ -162,13 +167,17 @@ class CallbackWaiter:
 
     async def _complete(self, run_id: str, payload: CallbackPayload) -> Run | None:
         status = payload.run_status
-        run = _from_payload(run_id, payload, status) if status in _SUCCESS else None
-        if run is not None and self._costs is not None:
-            found, cost = await self._costs.cost(run_id)
-            if found:
-                run = run.model_copy(update={"cost": cost})
-                self._stats.add(run)
-                return run
+        run: Run | None = None
+        if status in _SUCCESS and payload.output is not None:
+            if self._costs is not None:
+                found, cost = await self._costs.cost(run_id)
+                # The run is built once, with its cost (no copy of it afterwards).
+                run = _from_payload(run_id, payload, status, cost)
+                if found and run is not None:
+                    self._stats.add(run)
+                    return run
+            else:
+                run = _from_payload(run_id, payload, status, None)
         # No output, a failure (its reason is not in the payload), an unknown
         # status, or no cost: one read of the full run.
         fetched = await fetch_run(self._transport, run_id)
@@ -196,14 +205,15 @@ class CallbackWaiter:
         return run
 
 
-def _from_payload(run_id: str, payload: CallbackPayload, status: RunStatus) -> Run | None:
-    """The run as the callback tells it, or ``None`` if the output is missing or trimmed."""
-    if payload.output is None:
-        return None
+def _from_payload(
+    run_id: str, payload: CallbackPayload, status: RunStatus, cost: Decimal | None
+) -> Run | None:
+    """The run as the callback tells it (with ``cost``), or ``None`` if its output is trimmed."""
     fields: dict[str, Any] = {
         "id": run_id,
         "status_code": status.value,
         "output": payload.output,
+        "cost": cost,
         "duration_ms": payload.duration_ms,
         "created_at": payload.created_at,
         "completed_at": payload.completed_at,

@@ -74,10 +74,13 @@ class RunStatus(enum.StrEnum):
     @classmethod
     def parse(cls, value: str | None) -> RunStatus | None:
         """Return the status for ``value``, or ``None`` if it is unknown."""
-        try:
-            return cls(value) if value is not None else None
-        except ValueError:
+        try:  # a dict lookup: ``cls(value)`` walks the enum machinery on every read
+            return _STATUS_BY_VALUE.get(value)  # type: ignore[arg-type]
+        except TypeError:  # not hashable: not a status
             return None
+
+
+_STATUS_BY_VALUE: dict[str, RunStatus] = {status.value: status for status in RunStatus}
 
 
 TERMINAL_STATUSES = frozenset(

@@ -16,6 +16,7 @@ about turns the lookup off for good.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -35,7 +36,7 @@ class _Pending:
     __slots__ = ("cost", "done", "found")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done = asyncio.Event()  # asyncio only: anyio's Event looks its backend up
         self.found = False
         self.cost: Decimal | None = None
 
@@ -60,8 +61,8 @@ class CostLookup:
         self._linger = transport.clock.real(linger)
         self._chunk_size = chunk_size
         self._pending: dict[str, _Pending] = {}
-        self._wake = anyio.Event()
-        self._full = anyio.Event()
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
         self.usable = True
 
     async def cost(self, run_id: str) -> tuple[bool, Decimal | None]:
@@ -85,11 +86,11 @@ class CostLookup:
         """Serve :meth:`cost` until cancelled (run it in the batch's task group)."""
         while True:
             if not self._pending:
-                self._wake = anyio.Event()
+                self._wake.clear()
                 await self._wake.wait()
             with anyio.move_on_after(self._linger):
                 await self._full.wait()
-            self._full = anyio.Event()
+            self._full.clear()
             await self.flush()
 
     async def flush(self) -> None:
