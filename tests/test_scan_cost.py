@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+from aiohttp import web
 
 from runflow_async import PollPolicy, RetryPolicy, RunflowClient
 from runflow_async._core.models import Run
@@ -123,3 +124,40 @@ async def test_runs_on_deferred_pages_stay_watched_by_the_list(inline_server: St
             await poller.poll_once()
     assert set(outcomes) == {"r0", *(f"d{i}" for i in range(4))}
     assert all(run is not None and run.status_code == "succeeded" for run in outcomes.values())
+
+
+class IdFilter(Pages):
+    """Honours the ``id:`` filter for these running runs: none of them is terminal yet."""
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.queries.append(dict(request.query))
+        q = request.query["q"]
+        return web.json_response({"items": [] if "status_code:" in q else self.items})
+
+
+async def test_the_id_filter_builds_each_run_term_once_whatever_the_ticks(
+    inline_server: Start,
+) -> None:
+    # Step 1 asks about the same runs tick after tick: each run's ``id:``
+    # term is built when its wait starts, not once per tick.
+    pages = IdFilter([item(f"r{i}", 100 - i, "running") for i in range(3)], size=500)
+    url = await inline_server(pages)
+    retry = RetryPolicy(time_scale=TIME_SCALE, max_attempts=1)
+    async with RunflowClient(API_KEY, base_url=url, retry=retry) as client:
+        poller = ListPoller(client._transport, DurationStats(), PollPolicy(time_scale=TIME_SCALE))
+        profile = cProfile.Profile()
+        async with anyio.create_task_group() as tg:
+            profile.enable()
+            for i in range(3):
+                tg.start_soon(poller.wait, f"r{i}", at(100 - i))
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(4):
+                await poller.poll_once()
+            profile.disable()
+            tg.cancel_scope.cancel()
+    assert poller.verified
+    assert len(pages.queries) == 4
+    assert pages.queries[-1]["q"].startswith("(id:r0 OR id:r1 OR id:r2) AND (status_code:")
+    stats: Any = pstats.Stats(profile)
+    built = sum(nc for (_, _, name), (_, nc, *_) in stats.stats.items() if name == "term")
+    assert built == 3

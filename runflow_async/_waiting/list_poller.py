@@ -40,7 +40,7 @@ import pydantic
 
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, APIStatusError, ConfigurationError
-from runflow_async._core.filters import TERMINAL_FILTER, any_of
+from runflow_async._core.filters import TERMINAL_FILTER, term
 from runflow_async._core.models import TERMINAL_STATUSES, Run
 from runflow_async._http.runs import fetch_run
 from runflow_async._http.transport import Transport
@@ -114,6 +114,7 @@ class ListPoller:
         # the live watched runs with their created_at, and those without one.
         self._dated: dict[str, datetime] = {}
         self._undated: dict[str, None] = {}
+        self._terms: dict[str, str] = {}  # step 1: each watched id's ``id:`` term, built once
         self._wake = anyio.Event()
         self._scans = {
             "documented": Scan(transport, documented=True, runs_per_page=runs_per_page),
@@ -144,6 +145,8 @@ class ListPoller:
             return None
         watch = _Watch(created_at)
         self._watches.setdefault(run_id, []).append(watch)
+        if run_id not in self._terms:
+            self._terms[run_id] = term("id", run_id)
         if created_at is not None:
             self._dated.setdefault(run_id, created_at)
             self._undated.pop(run_id, None)
@@ -158,6 +161,7 @@ class ListPoller:
                 watches.remove(watch)
             if not watches:
                 self._watches.pop(run_id, None)
+                self._terms.pop(run_id, None)
                 self._forget(run_id)
         return watch.run
 
@@ -286,7 +290,8 @@ class ListPoller:
                 raise ChainBroken(f"the API did not list run {run_id} within its reach")
 
     async def _poll_ids(self, chunk: list[str]) -> None:
-        ids = any_of("id", chunk)
+        terms = self._terms  # a run may have left since the chunk was cut: built anew then
+        ids = " OR ".join([terms[i] if i in terms else term("id", i) for i in chunk])
         filtered = self.verified
         q = f"({ids}) AND ({TERMINAL_FILTER})" if filtered else ids
         try:
