@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+import pytest
 from aiohttp import web
 
 from runflow_async import PollPolicy, RetryPolicy, RunflowClient
 from runflow_async._core.models import Run
 from runflow_async._waiting.list_poller import DurationStats, ListPoller
-from runflow_async._waiting.scan import Scan
+from runflow_async._waiting.scan import ChainBroken, Scan
 from tests.conftest import API_KEY, TIME_SCALE
 from tests.test_scan import Pages, Start, at, item
 
@@ -161,3 +162,41 @@ async def test_the_id_filter_builds_each_run_term_once_whatever_the_ticks(
     stats: Any = pstats.Stats(profile)
     built = sum(nc for (_, _, name), (_, nc, *_) in stats.stats.items() if name == "term")
     assert built == 3
+
+
+class Answers(Pages):
+    """Serves the given JSON bodies in turn, whatever the query."""
+
+    def __init__(self, bodies: list[Any]) -> None:
+        super().__init__([], 500)
+        self.bodies = bodies
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.queries.append(dict(request.query))
+        return web.json_response(self.bodies[len(self.queries) - 1])
+
+
+GOOD = {"items": [item("r0", 100, "running")], "next_pq": None}
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [
+        [{"items": "not a list"}],
+        [{"items": ["not an object"]}],  # the first page is verified item by item
+        [GOOD, {"items": [item("r1", 100, "running"), "not an object"]}],  # later: the hot loop
+    ],
+    ids=["no-items", "first-page", "later-page"],
+)
+async def test_a_page_without_run_objects_breaks_the_step(
+    inline_server: Start, bodies: list[Any]
+) -> None:
+    url = await inline_server(Answers(bodies))
+    retry = RetryPolicy(time_scale=TIME_SCALE, max_attempts=1)
+    async with RunflowClient(API_KEY, base_url=url, retry=retry) as client:
+        scan = Scan(client._transport, documented=False)
+        scan.projection = False
+        for _ in bodies[:-1]:
+            await scan.walk({"r0": at(100)})
+        with pytest.raises(ChainBroken, match=r"no items array|not an object"):
+            await scan.walk({"r0": at(100)})
