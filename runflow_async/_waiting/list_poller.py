@@ -40,7 +40,7 @@ import pydantic
 
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, APIStatusError, ConfigurationError
-from runflow_async._core.filters import TERMINAL_FILTER, any_of
+from runflow_async._core.filters import TERMINAL_FILTER, term
 from runflow_async._core.models import TERMINAL_STATUSES, Run
 from runflow_async._http.runs import fetch_run
 from runflow_async._http.transport import Transport
@@ -110,6 +110,11 @@ class ListPoller:
         # Several waiters may watch one run id (a server that answered two
         # creates with one run): each of them hears of it.
         self._watches: dict[str, list[_Watch]] = {}
+        # Steps 2-3 read these, kept as waits come and go (not rebuilt per tick):
+        # the live watched runs with their created_at, and those without one.
+        self._dated: dict[str, datetime] = {}
+        self._undated: dict[str, None] = {}
+        self._terms: dict[str, str] = {}  # step 1: each watched id's ``id:`` term, built once
         self._wake = anyio.Event()
         self._scans = {
             "documented": Scan(transport, documented=True, runs_per_page=runs_per_page),
@@ -140,6 +145,13 @@ class ListPoller:
             return None
         watch = _Watch(created_at)
         self._watches.setdefault(run_id, []).append(watch)
+        if run_id not in self._terms:
+            self._terms[run_id] = term("id", run_id)
+        if created_at is not None:
+            self._dated.setdefault(run_id, created_at)
+            self._undated.pop(run_id, None)
+        elif run_id not in self._dated:
+            self._undated[run_id] = None
         self._wake.set()
         try:
             await watch.done.wait()
@@ -149,7 +161,14 @@ class ListPoller:
                 watches.remove(watch)
             if not watches:
                 self._watches.pop(run_id, None)
+                self._terms.pop(run_id, None)
+                self._forget(run_id)
         return watch.run
+
+    def _forget(self, run_id: str) -> None:
+        """No live watch of ``run_id`` is left: steps 2-3 stop looking for it."""
+        self._dated.pop(run_id, None)
+        self._undated.pop(run_id, None)
 
     async def run(self) -> None:
         """Poll until cancelled (run it in the batch's task group)."""
@@ -201,19 +220,13 @@ class ListPoller:
         if not self._allow_fallback:
             return
         for run_id in run_ids:
+            self._forget(run_id)
             for watch in self._watches.get(run_id, ()):
                 watch.done.set()
 
     async def _poll_scan(self, scan: Scan) -> None:
-        watched: dict[str, datetime] = {}
-        unknown: list[str] = []
-        for run_id, watches in self._watches.items():
-            live = [w for w in watches if not w.done.is_set()]
-            created = next((w.created_at for w in live if w.created_at is not None), None)
-            if created is not None:
-                watched[run_id] = created
-            elif live:
-                unknown.append(run_id)
+        watched = dict(self._dated)  # a copy: waits come and go during the walk
+        unknown = list(self._undated)
         if unknown and self._allow_fallback:  # no created_at (a resumed run): one read tells it
             await self._learn_created(unknown[: self._chunk_size], watched)
         if not watched:
@@ -221,7 +234,7 @@ class ListPoller:
         result = await scan.walk(watched)
         now = self._transport.clock.now()
         if not scan.documented:
-            self._check_listed(watched, result.seen, result.reach, now)
+            self._check_listed(watched, result.seen, result.reach or result.deferred, now)
         for run_id in result.seen:
             self._transport.visibility.sighted(run_id, now)
         for item in result.finished:
@@ -251,6 +264,9 @@ class ListPoller:
             else:
                 for watch in self._watches.get(run_id, ()):
                     watch.created_at = run.created_at
+                if run_id in self._undated:  # still watched after the read
+                    self._undated.pop(run_id)
+                    self._dated[run_id] = run.created_at
                 watched[run_id] = run.created_at
 
         async with anyio.create_task_group() as tg:
@@ -274,7 +290,8 @@ class ListPoller:
                 raise ChainBroken(f"the API did not list run {run_id} within its reach")
 
     async def _poll_ids(self, chunk: list[str]) -> None:
-        ids = any_of("id", chunk)
+        terms = self._terms  # a run may have left since the chunk was cut: built anew then
+        ids = " OR ".join([terms[i] if i in terms else term("id", i) for i in chunk])
         filtered = self.verified
         q = f"({ids}) AND ({TERMINAL_FILTER})" if filtered else ids
         try:
@@ -322,6 +339,7 @@ class ListPoller:
 
     def _deliver(self, run: Run) -> None:
         self._stats.add(run)
+        self._forget(run.id)
         for watch in self._watches.get(run.id, ()):
             watch.run = run
             watch.done.set()

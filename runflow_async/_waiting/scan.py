@@ -99,6 +99,8 @@ class ScanResult:
     pages: int = 0
     reach: datetime | None = None
     """The oldest ``created_at`` listed when the budget stopped the walk short, else ``None``."""
+    deferred: datetime | None = None
+    """The oldest ``created_at`` listed when deeper pages were not due this walk, else ``None``."""
 
 
 def _created(item: Mapping[str, Any]) -> datetime:
@@ -116,12 +118,24 @@ class Scan:
         documented: Step 2 (the documented filters) rather than step 3 (none).
         runs_per_page: How many of our runs in flight further back make
             another page worth reading in a tick (fewer are read one by one).
+        deep_share: Pages past the first are read again once the time since
+            they were last read reaches this share of the age of the youngest
+            watched run there (:meth:`_deep_due`).
     """
 
-    def __init__(self, transport: Transport, *, documented: bool, runs_per_page: int = 4) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        documented: bool,
+        runs_per_page: int = 4,
+        deep_share: float = 0.05,
+    ) -> None:
         self._transport = transport
         self.documented = documented
         self.runs_per_page = runs_per_page
+        self.deep_share = deep_share
+        self._deep_at: float | None = None
         self.verified = False
         self.projection: bool | None = None
         """Whether the server honours :data:`FIELDS` (``None``: not yet known)."""
@@ -148,18 +162,19 @@ class Scan:
         """Page back from the newest run to the oldest of ``watched`` (id -> ``created_at``).
 
         It stops at the first of: every watched run listed, no further page, a
-        page that reaches past the oldest watched run, or too few watched runs
-        left further back to pay for another page (:attr:`ScanResult.reach`).
+        page that reaches past the oldest watched run, too few watched runs
+        left further back to pay for another page (:attr:`ScanResult.reach`),
+        or deep pages not due again yet (:attr:`ScanResult.deferred`).
         """
         oldest = min(watched.values())
         bound = oldest - MARGIN
         params = self._params(oldest)
         result = ScanResult()
+        newest: datetime | None = None
         while True:
             data = await self._page(params)
-            items = list_items(data)
+            items = self._read_page(data, watched, result, bound)
             result.pages += 1
-            self._read_page(items, watched, result, bound)
             cursor = data.get("next_pq")
             if not items or not isinstance(cursor, str) or not cursor:
                 return result
@@ -168,14 +183,34 @@ class Scan:
             last = _created(items[-1])
             if last < oldest:
                 return result
-            seen = result.seen
-            further = sum(1 for i, c in watched.items() if c <= last and i not in seen)
+            newest = newest or _created(items[0])
+            further, youngest = _further_back(watched, result.seen, last)
             if not self.worth_another_page(further):
                 result.reach = last
+                return result
+            if result.pages == 1 and not self._deep_due((newest - youngest).total_seconds()):
+                result.deferred = last
                 return result
             params = {**params, "pq": cursor}
             if self.projection is False:
                 params.pop("fields", None)
+
+    def _deep_due(self, age: float) -> bool:
+        """Whether pages past the first are read this walk, for runs ``age`` seconds old.
+
+        The first page (the newest runs, most of a tick's news) is read every
+        walk; the deeper ones, where only older runs still in flight lie, once
+        the time since they were last read reaches :attr:`deep_share` of the
+        age of the youngest watched run there (ages as the listed
+        ``created_at`` tell them): such a run's notice is then late by at most
+        that share of its age, and a long run at the back costs a page walk
+        every few ticks, not every tick.
+        """
+        now = self._transport.clock.now()
+        if self._deep_at is not None and now - self._deep_at < self.deep_share * age:
+            return False
+        self._deep_at = now
+        return True
 
     async def _page(self, params: dict[str, str]) -> Any:
         """One page's JSON; a refused projection is asked once more without it."""
@@ -195,32 +230,82 @@ class Scan:
 
     def _read_page(
         self,
-        items: list[dict[str, Any]],
+        data: Any,
         watched: Mapping[str, datetime],
         result: ScanResult,
         bound: datetime,
-    ) -> None:
+    ) -> list[dict[str, Any]]:
+        """A page's items; the watched ones are marked seen, the finished ones kept.
+
+        Per listed run: one ``get`` of its id and one dict lookup (and, under
+        step 2, its status): a run not ours is never looked at further.
+        """
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ChainBroken("the list response has no items array")
         if not self.verified and items:
             self._verify(items, bound)
         if self.projection is None and items:
             # Honoured: no item carries a field it was not asked for. Ignored: stop asking.
             self.projection = all(_KEPT.issuperset(item) for item in items)
-        documented = self.documented
-        for item in items:
-            status = item.get("status_code")
-            if documented and status not in _TERMINAL:
-                raise ChainBroken(f"the API returned a {status!r} run under a terminal filter")
-            run_id = item.get("id")
-            if isinstance(run_id, str) and run_id in watched:
-                result.seen.add(run_id)
-                if status in _TERMINAL:
-                    result.finished.append(item)
+        try:
+            _mark(items, watched, result, documented=self.documented)
+        except AttributeError as exc:
+            raise ChainBroken("the list response has an item that is not an object") from exc
+        return items
 
-    def _verify(self, items: list[dict[str, Any]], bound: datetime) -> None:
+    def _verify(self, items: list[Any], bound: datetime) -> None:
         """The first page must come newest first (and, under step 2, inside the window)."""
+        if not all(isinstance(i, dict) for i in items):
+            raise ChainBroken("the list response has an item that is not an object")
         created = [_created(item) for item in items]
         if any(a < b for a, b in itertools.pairwise(created)):
             raise ChainBroken("the API did not list runs newest first")
         if self.documented and created[-1] < bound:
             raise ChainBroken("the API listed runs created before the created_at bound")
         self.verified = True
+
+
+def _further_back(
+    watched: Mapping[str, datetime], seen: set[str], last: datetime
+) -> tuple[int, datetime]:
+    """How many watched runs not yet seen lie at or before ``last``, and the youngest of them."""
+    count = 0
+    youngest = last
+    first = True
+    for run_id, created in watched.items():
+        if created <= last and run_id not in seen:
+            count += 1
+            if first or created > youngest:
+                youngest, first = created, False
+    return count, youngest
+
+
+def _mark(
+    items: list[dict[str, Any]],
+    watched: Mapping[str, datetime],
+    result: ScanResult,
+    *,
+    documented: bool,
+) -> None:
+    """Mark the watched runs of ``items`` seen and keep the finished ones (the hot loop)."""
+    # ``__class__ is str`` (an attribute, not a call) keeps an odd id (a list,
+    # unhashable) out of the dict lookup.
+    seen = result.seen
+    finished = result.finished
+    if documented:
+        for item in items:
+            status = item.get("status_code")
+            if status not in _TERMINAL:
+                raise ChainBroken(f"the API returned a {status!r} run under a terminal filter")
+            run_id = item.get("id")
+            if run_id.__class__ is str and run_id in watched:
+                seen.add(run_id)
+                finished.append(item)
+        return
+    for item in items:
+        run_id = item.get("id")
+        if run_id.__class__ is str and run_id in watched:
+            seen.add(run_id)
+            if item.get("status_code") in _TERMINAL:
+                finished.append(item)
