@@ -2,8 +2,10 @@
 
 Output URLs are presigned and expire (docs: concepts/callbacks), so they are
 fetched without our ``Authorization`` header: the key must never travel to a
-storage host. The body is streamed in chunks to a hidden temporary file beside
-the destination and renamed over it only once it is whole, under ``max_bytes``
+storage host. The body is written to a hidden temporary file beside the
+destination (a small body at once when whole, in one thread call or none; a
+large one streamed by the megabyte) and renamed over it only once it is whole,
+under ``max_bytes``
 and an image by its magic bytes (PNG, JPEG, WebP or GIF): a JSON or HTML page
 served with ``200`` is a :class:`DownloadError`, and nothing is left on disk.
 Connection errors, 429s and 5xx are retried here (a GET costs nothing); an
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 import aiohttp
-import anyio
+from anyio import to_thread
 
 from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import APIError, DownloadError
@@ -42,6 +44,9 @@ IMAGE_SUFFIXES = {
 _CHUNK = 64 * 1024
 _ERROR_BODY_BYTES = 64 * 1024  # enough for any error envelope; the rest is not read
 _MAX_ATTEMPTS = 3
+_INLINE_BYTES = 256 * 1024  # written on the loop: cheaper than a thread hop
+_HOLD_BYTES = 2 * 1024 * 1024  # held in memory until whole: one thread hop
+_SPILL_BYTES = 1024 * 1024  # past _HOLD_BYTES, written to the file this much at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +95,7 @@ def write_atomic(dest: Path, data: bytes) -> None:
     The file gets the mode a plain ``open()`` would give it (``0o666`` less the
     umask), not the temporary file's private ``0o600``.
     """
-    fh, tmp = _temp_beside(dest)
-    try:
-        fh.write(data)
-        _publish(fh, tmp, dest)
-    except BaseException:
-        _discard(fh, tmp)
-        raise
+    _write_whole(dest, [data])
 
 
 def _umask() -> int:
@@ -134,13 +133,71 @@ def _not_an_image(safe_url: str, head: bytes) -> DownloadError:
     )
 
 
+class _Body:
+    """A body being received: held in memory while small, else spilled to its temporary file.
+
+    A body of at most ``_HOLD_BYTES`` costs no thread hop until it is whole:
+    then one (:func:`_write_whole`: create, write, chmod, rename), or none at
+    all for one of at most ``_INLINE_BYTES`` (written on the loop: a thread
+    hop costs more than writing it). A larger body is written by the megabyte,
+    one hop each, so memory stays bounded whatever its size.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.chunks: list[bytes] = []
+        self.held = 0
+        self.file: tuple[IO[bytes], Path] | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.held += len(chunk)
+        if self.file is None and self.held > _HOLD_BYTES:
+            self.file = await to_thread.run_sync(_temp_beside, self.dest)
+        if self.file is not None and self.held >= _SPILL_BYTES:
+            chunks, self.chunks, self.held = self.chunks, [], 0
+            await to_thread.run_sync(self.file[0].writelines, chunks)
+
+    async def publish(self, final: Path) -> None:
+        """Write what is held and rename the file to ``final``."""
+        if self.file is None:
+            if self.held <= _INLINE_BYTES:
+                _write_whole(final, self.chunks)
+            else:
+                await to_thread.run_sync(_write_whole, final, self.chunks)
+            return
+        fh, tmp = self.file
+        chunks = self.chunks
+        await to_thread.run_sync(_write_rest, fh, chunks, tmp, final)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            _discard(*self.file)
+
+
+def _write_rest(fh: IO[bytes], chunks: list[bytes], tmp: Path, final: Path) -> None:
+    fh.writelines(chunks)
+    _publish(fh, tmp, final)
+
+
+def _write_whole(dest: Path, chunks: list[bytes]) -> None:
+    """``chunks`` written to a temporary file beside ``dest``, renamed over it (one call)."""
+    fh, tmp = _temp_beside(dest)
+    try:
+        fh.writelines(chunks)
+        _publish(fh, tmp, dest)
+    except BaseException:
+        _discard(fh, tmp)
+        raise
+
+
 async def _stream(
     resp: aiohttp.ClientResponse, dest: Path, *, max_bytes: int, name_by_type: bool, safe_url: str
 ) -> DownloadedFile:
-    """Write the body to a temporary file chunk by chunk, check it, then rename it."""
+    """Receive the body (held or spilled: :class:`_Body`), check it, then publish it."""
     if resp.content_length is not None and resp.content_length > max_bytes:
         raise _too_large(safe_url, max_bytes)  # refused before a byte is read
-    fh, tmp = await anyio.to_thread.run_sync(_temp_beside, dest)
+    body = _Body(dest)
     digest, size, head = hashlib.sha256(), 0, b""
     kind: str | None = None
     try:
@@ -153,14 +210,14 @@ async def _stream(
                 if len(head) == IMAGE_TYPE_BYTES and (kind := _image_type(head)) is None:
                     raise _not_an_image(safe_url, head)  # stop reading a page at once
             digest.update(chunk)
-            await anyio.to_thread.run_sync(fh.write, chunk)
+            await body.add(chunk)
         kind = kind or _image_type(head)
         if kind is None:
             raise _not_an_image(safe_url, head)
         final = dest.with_suffix(IMAGE_SUFFIXES[kind]) if name_by_type else dest
-        await anyio.to_thread.run_sync(_publish, fh, tmp, final)
+        await body.publish(final)
     except BaseException:
-        _discard(fh, tmp)
+        body.discard()
         raise
     return DownloadedFile(final, digest.hexdigest(), size, kind)
 
