@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
+import os
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,6 @@ from runflow_async import APIConnectionError, DownloadError, NotFoundError, Runf
 from runflow_async._cli.main import _parser
 from runflow_async._dataset.input import Defaults, read_generate_file
 from runflow_async._dataset.pipeline import run_dataset
-from runflow_async._http.download import _umask
 from runflow_async.emulator import Emulator, Fault, FaultRates
 from runflow_async.emulator._cli import _config
 from tests.conftest import API_KEY, TIME_SCALE, make_client
@@ -310,6 +311,8 @@ async def test_a_download_costs_one_thread_hop_at_most_and_a_small_one_none(
         return await real(func, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    umask = os.umask(0o022)
+    os.umask(umask)
     size = 24 * 1024 * 1024
     async with (
         Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu,
@@ -329,7 +332,7 @@ async def test_a_download_costs_one_thread_hop_at_most_and_a_small_one_none(
     for saved in (small, held, large):
         data = saved.path.read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (saved.size, saved.sha256)
-        assert saved.path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+        assert saved.path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert listing(tmp_path) == ["held.png", "large.png", "small.png"]
 
 
@@ -343,8 +346,43 @@ async def test_a_body_refused_after_it_was_spilled_to_disk_leaves_nothing(tmp_pa
         with pytest.raises(DownloadError) as info:
             await client.download(url, tmp_path / "big.png", max_bytes=4 * 1024 * 1024)
         (tmp_path / "taken.png").mkdir()  # a folder where the file goes: the rename fails
-        with pytest.raises(OSError):
+        with pytest.raises(IsADirectoryError):
             await client.download(url, tmp_path / "taken.png")
     assert info.value.code == "too_large"
     assert listing(tmp_path) == ["taken.png"]
     assert list((tmp_path / "taken.png").iterdir()) == []
+
+
+async def test_a_download_opens_one_file_its_own_created_with_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel applies the umask at creation: no file is read to learn it, no chmod after."""
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu,
+        make_client(emu.url) as client,
+    ):
+        url = await _one_image(client)
+        await client.download(url, tmp_path / "new" / "first.png")  # its folder made
+        opened: list[str] = []
+        real_open, real_os_open = builtins.open, os.open
+
+        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        def counting_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            opened.append(str(path))
+            return real_os_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", counting_open)
+        monkeypatch.setattr(os, "open", counting_os_open)
+        old = os.umask(0o027)
+        try:
+            saved = await client.download(url, tmp_path / "new" / "x.png")
+        finally:
+            os.umask(old)
+            monkeypatch.undo()
+    assert len(opened) == 1, opened
+    assert Path(opened[0]).parent == tmp_path / "new"  # the hidden file beside it
+    assert saved.path.stat().st_mode & 0o777 == 0o640
+    assert listing(tmp_path / "new") == ["first.png", "x.png"]

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 from anyio import to_thread
@@ -71,46 +71,53 @@ TEMP_SUFFIX = ".rfa-part"
 """Ends the name of a file being written (``.NAME.RANDOM.rfa-part``, hidden)."""
 
 
-def _temp_beside(dest: Path) -> tuple[IO[bytes], Path]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
-    return os.fdopen(fd, "wb"), Path(tmp)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def _publish(fh: IO[bytes], tmp: Path, dest: Path) -> None:
-    """Give ``tmp`` the mode a plain ``open()`` would (not mkstemp's ``0o600``); rename it."""
-    os.fchmod(fh.fileno(), 0o666 & ~_umask())
-    fh.close()
-    os.replace(tmp, dest)
+def _temp_beside(dest: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``dest`` (its folder made if need be), open for writing.
+
+    Created ``0o666`` less the umask, the mode a plain ``open()`` gives: the
+    kernel applies the umask, so it is never read nor the mode changed after.
+    """
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    try:
+        return os.open(tmp, _CREATE, 0o666), tmp
+    except FileNotFoundError:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(tmp, _CREATE, 0o666), tmp
 
 
-def _discard(fh: IO[bytes], tmp: Path) -> None:
-    fh.close()
-    tmp.unlink(missing_ok=True)
+def _write_chunks(fd: int, chunks: Iterable[bytes]) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _close_and_rename(fd: int, chunks: Iterable[bytes], tmp: Path, dest: Path) -> None:
+    """Write the rest of ``chunks``, close ``fd`` (whatever happens), rename ``tmp`` to ``dest``.
+
+    ``tmp`` is removed if anything fails.
+    """
+    try:
+        try:
+            _write_chunks(fd, chunks)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(dest: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``.
 
     The file gets the mode a plain ``open()`` would give it (``0o666`` less the
-    umask), not the temporary file's private ``0o600``.
+    umask).
     """
     _write_whole(dest, [data])
-
-
-def _umask() -> int:
-    # Linux shows it without changing it; elsewhere the only way to read it is
-    # to set it and set it straight back (a moment other threads could see).
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    mask = os.umask(0o022)  # pragma: no cover - not Linux
-    os.umask(mask)  # pragma: no cover
-    return mask  # pragma: no cover
 
 
 def _too_large(safe_url: str, max_bytes: int) -> DownloadError:
@@ -147,7 +154,7 @@ class _Body:
         self.dest = dest
         self.chunks: list[bytes] = []
         self.held = 0
-        self.file: tuple[IO[bytes], Path] | None = None
+        self.file: tuple[int, Path] | None = None
 
     async def add(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -156,7 +163,7 @@ class _Body:
             self.file = await to_thread.run_sync(_temp_beside, self.dest)
         if self.file is not None and self.held >= _SPILL_BYTES:
             chunks, self.chunks, self.held = self.chunks, [], 0
-            await to_thread.run_sync(self.file[0].writelines, chunks)
+            await to_thread.run_sync(_write_chunks, self.file[0], chunks)
 
     async def publish(self, final: Path) -> None:
         """Write what is held and rename the file to ``final``."""
@@ -166,29 +173,21 @@ class _Body:
             else:
                 await to_thread.run_sync(_write_whole, final, self.chunks)
             return
-        fh, tmp = self.file
-        chunks = self.chunks
-        await to_thread.run_sync(_write_rest, fh, chunks, tmp, final)
+        (fd, tmp), self.file = self.file, None  # closed by the call, whatever happens
+        await to_thread.run_sync(_close_and_rename, fd, self.chunks, tmp, final)
 
     def discard(self) -> None:
+        """Close and remove the temporary file, if the body was spilled to one."""
         if self.file is not None:
-            _discard(*self.file)
-
-
-def _write_rest(fh: IO[bytes], chunks: list[bytes], tmp: Path, final: Path) -> None:
-    fh.writelines(chunks)
-    _publish(fh, tmp, final)
+            fd, tmp = self.file
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
 
 
 def _write_whole(dest: Path, chunks: list[bytes]) -> None:
     """``chunks`` written to a temporary file beside ``dest``, renamed over it (one call)."""
-    fh, tmp = _temp_beside(dest)
-    try:
-        fh.writelines(chunks)
-        _publish(fh, tmp, dest)
-    except BaseException:
-        _discard(fh, tmp)
-        raise
+    fd, tmp = _temp_beside(dest)
+    _close_and_rename(fd, chunks, tmp, dest)
 
 
 async def _stream(
