@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import builtins
+import hashlib
 import json
+import os
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 from runflow_async import APIConnectionError, DownloadError, NotFoundError, RunflowClient
@@ -293,3 +297,92 @@ async def test_a_404_then_a_re_read_without_images_leaves_the_run_to_collect(
     assert "without image 0" in failure["error"]
     assert second.succeeded == 2
     assert counters.runs_created == 2
+
+
+async def test_a_download_costs_one_thread_hop_at_most_and_a_small_one_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hop to a worker thread waits for the GIL behind the others: counted, not timed."""
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    size = 24 * 1024 * 1024
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu,
+        make_client(emu.url) as client,
+    ):
+        url = await _one_image(client)
+        small = await client.download(url, tmp_path / "small.png")
+        small_hops, hops[:] = list(hops), []
+        emu.faults.next("file", Fault.oversized_image(600_000, chunked=True))
+        held = await client.download(url, tmp_path / "held.png")
+        held_hops, hops[:] = list(hops), []
+        emu.faults.next("file", Fault.oversized_image(size, chunked=True))
+        large = await client.download(url, tmp_path / "large.png")
+    assert small_hops == []  # written on the loop: a thread hop costs more
+    assert len(held_hops) == 1  # create, write, chmod and rename in one call
+    assert len(hops) <= size // (1024 * 1024) + 2  # by the megabyte, not by the 64 KiB chunk
+    for saved in (small, held, large):
+        data = saved.path.read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (saved.size, saved.sha256)
+        assert saved.path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert listing(tmp_path) == ["held.png", "large.png", "small.png"]
+
+
+async def test_a_body_refused_after_it_was_spilled_to_disk_leaves_nothing(tmp_path: Path) -> None:
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu,
+        make_client(emu.url) as client,
+    ):
+        url = await _one_image(client)
+        emu.faults.next("file", Fault.oversized_image(5 * 1024 * 1024, chunked=True))
+        with pytest.raises(DownloadError) as info:
+            await client.download(url, tmp_path / "big.png", max_bytes=4 * 1024 * 1024)
+        (tmp_path / "taken.png").mkdir()  # a folder where the file goes: the rename fails
+        with pytest.raises(IsADirectoryError):
+            await client.download(url, tmp_path / "taken.png")
+    assert info.value.code == "too_large"
+    assert listing(tmp_path) == ["taken.png"]
+    assert list((tmp_path / "taken.png").iterdir()) == []
+
+
+async def test_a_download_opens_one_file_its_own_created_with_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel applies the umask at creation: no file is read to learn it, no chmod after."""
+    async with (
+        Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu,
+        make_client(emu.url) as client,
+    ):
+        url = await _one_image(client)
+        await client.download(url, tmp_path / "new" / "first.png")  # its folder made
+        opened: list[str] = []
+        real_open, real_os_open = builtins.open, os.open
+
+        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        def counting_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            opened.append(str(path))
+            return real_os_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", counting_open)
+        monkeypatch.setattr(os, "open", counting_os_open)
+        old = os.umask(0o027)
+        try:
+            saved = await client.download(url, tmp_path / "new" / "x.png")
+        finally:
+            os.umask(old)
+            monkeypatch.undo()
+    assert len(opened) == 1, opened
+    assert Path(opened[0]).parent == tmp_path / "new"  # the hidden file beside it
+    assert saved.path.stat().st_mode & 0o777 == 0o640
+    assert listing(tmp_path / "new") == ["first.png", "x.png"]

@@ -2,8 +2,10 @@
 
 Output URLs are presigned and expire (docs: concepts/callbacks), so they are
 fetched without our ``Authorization`` header: the key must never travel to a
-storage host. The body is streamed in chunks to a hidden temporary file beside
-the destination and renamed over it only once it is whole, under ``max_bytes``
+storage host. The body is written to a hidden temporary file beside the
+destination (a small body at once when whole, in one thread call or none; a
+large one streamed by the megabyte) and renamed over it only once it is whole,
+under ``max_bytes``
 and an image by its magic bytes (PNG, JPEG, WebP or GIF): a JSON or HTML page
 served with ``200`` is a :class:`DownloadError`, and nothing is left on disk.
 Connection errors, 429s and 5xx are retried here (a GET costs nothing); an
@@ -14,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import aiohttp
-import anyio
+from anyio import to_thread
 
 from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import APIError, DownloadError
@@ -42,6 +44,9 @@ IMAGE_SUFFIXES = {
 _CHUNK = 64 * 1024
 _ERROR_BODY_BYTES = 64 * 1024  # enough for any error envelope; the rest is not read
 _MAX_ATTEMPTS = 3
+_INLINE_BYTES = 256 * 1024  # written on the loop: cheaper than a thread hop
+_HOLD_BYTES = 2 * 1024 * 1024  # held in memory until whole: one thread hop
+_SPILL_BYTES = 1024 * 1024  # past _HOLD_BYTES, written to the file this much at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,52 +71,53 @@ TEMP_SUFFIX = ".rfa-part"
 """Ends the name of a file being written (``.NAME.RANDOM.rfa-part``, hidden)."""
 
 
-def _temp_beside(dest: Path) -> tuple[IO[bytes], Path]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
-    return os.fdopen(fd, "wb"), Path(tmp)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def _publish(fh: IO[bytes], tmp: Path, dest: Path) -> None:
-    """Give ``tmp`` the mode a plain ``open()`` would (not mkstemp's ``0o600``); rename it."""
-    os.fchmod(fh.fileno(), 0o666 & ~_umask())
-    fh.close()
-    os.replace(tmp, dest)
+def _temp_beside(dest: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``dest`` (its folder made if need be), open for writing.
+
+    Created ``0o666`` less the umask, the mode a plain ``open()`` gives: the
+    kernel applies the umask, so it is never read nor the mode changed after.
+    """
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    try:
+        return os.open(tmp, _CREATE, 0o666), tmp
+    except FileNotFoundError:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(tmp, _CREATE, 0o666), tmp
 
 
-def _discard(fh: IO[bytes], tmp: Path) -> None:
-    fh.close()
-    tmp.unlink(missing_ok=True)
+def _write_chunks(fd: int, chunks: Iterable[bytes]) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _close_and_rename(fd: int, chunks: Iterable[bytes], tmp: Path, dest: Path) -> None:
+    """Write the rest of ``chunks``, close ``fd`` (whatever happens), rename ``tmp`` to ``dest``.
+
+    ``tmp`` is removed if anything fails.
+    """
+    try:
+        try:
+            _write_chunks(fd, chunks)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(dest: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``dest``, then rename it over ``dest``.
 
     The file gets the mode a plain ``open()`` would give it (``0o666`` less the
-    umask), not the temporary file's private ``0o600``.
+    umask).
     """
-    fh, tmp = _temp_beside(dest)
-    try:
-        fh.write(data)
-        _publish(fh, tmp, dest)
-    except BaseException:
-        _discard(fh, tmp)
-        raise
-
-
-def _umask() -> int:
-    # Linux shows it without changing it; elsewhere the only way to read it is
-    # to set it and set it straight back (a moment other threads could see).
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    mask = os.umask(0o022)  # pragma: no cover - not Linux
-    os.umask(mask)  # pragma: no cover
-    return mask  # pragma: no cover
+    _write_whole(dest, [data])
 
 
 def _too_large(safe_url: str, max_bytes: int) -> DownloadError:
@@ -134,13 +140,63 @@ def _not_an_image(safe_url: str, head: bytes) -> DownloadError:
     )
 
 
+class _Body:
+    """A body being received: held in memory while small, else spilled to its temporary file.
+
+    A body of at most ``_HOLD_BYTES`` costs no thread hop until it is whole:
+    then one (:func:`_write_whole`: create, write, chmod, rename), or none at
+    all for one of at most ``_INLINE_BYTES`` (written on the loop: a thread
+    hop costs more than writing it). A larger body is written by the megabyte,
+    one hop each, so memory stays bounded whatever its size.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.chunks: list[bytes] = []
+        self.held = 0
+        self.file: tuple[int, Path] | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.held += len(chunk)
+        if self.file is None and self.held > _HOLD_BYTES:
+            self.file = await to_thread.run_sync(_temp_beside, self.dest)
+        if self.file is not None and self.held >= _SPILL_BYTES:
+            chunks, self.chunks, self.held = self.chunks, [], 0
+            await to_thread.run_sync(_write_chunks, self.file[0], chunks)
+
+    async def publish(self, final: Path) -> None:
+        """Write what is held and rename the file to ``final``."""
+        if self.file is None:
+            if self.held <= _INLINE_BYTES:
+                _write_whole(final, self.chunks)
+            else:
+                await to_thread.run_sync(_write_whole, final, self.chunks)
+            return
+        (fd, tmp), self.file = self.file, None  # closed by the call, whatever happens
+        await to_thread.run_sync(_close_and_rename, fd, self.chunks, tmp, final)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file, if the body was spilled to one."""
+        if self.file is not None:
+            fd, tmp = self.file
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+
+
+def _write_whole(dest: Path, chunks: list[bytes]) -> None:
+    """``chunks`` written to a temporary file beside ``dest``, renamed over it (one call)."""
+    fd, tmp = _temp_beside(dest)
+    _close_and_rename(fd, chunks, tmp, dest)
+
+
 async def _stream(
     resp: aiohttp.ClientResponse, dest: Path, *, max_bytes: int, name_by_type: bool, safe_url: str
 ) -> DownloadedFile:
-    """Write the body to a temporary file chunk by chunk, check it, then rename it."""
+    """Receive the body (held or spilled: :class:`_Body`), check it, then publish it."""
     if resp.content_length is not None and resp.content_length > max_bytes:
         raise _too_large(safe_url, max_bytes)  # refused before a byte is read
-    fh, tmp = await anyio.to_thread.run_sync(_temp_beside, dest)
+    body = _Body(dest)
     digest, size, head = hashlib.sha256(), 0, b""
     kind: str | None = None
     try:
@@ -153,14 +209,14 @@ async def _stream(
                 if len(head) == IMAGE_TYPE_BYTES and (kind := _image_type(head)) is None:
                     raise _not_an_image(safe_url, head)  # stop reading a page at once
             digest.update(chunk)
-            await anyio.to_thread.run_sync(fh.write, chunk)
+            await body.add(chunk)
         kind = kind or _image_type(head)
         if kind is None:
             raise _not_an_image(safe_url, head)
         final = dest.with_suffix(IMAGE_SUFFIXES[kind]) if name_by_type else dest
-        await anyio.to_thread.run_sync(_publish, fh, tmp, final)
+        await body.publish(final)
     except BaseException:
-        _discard(fh, tmp)
+        body.discard()
         raise
     return DownloadedFile(final, digest.hexdigest(), size, kind)
 
