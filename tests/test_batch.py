@@ -28,6 +28,8 @@ from runflow_async import (
     RunTimeoutError,
     UnprocessableEntityError,
 )
+from runflow_async._batch.engine import Engine
+from runflow_async._batch.hooks import WorkItem
 from runflow_async._batch.limits import Pacer
 from runflow_async._waiting.list_poller import WaitStrategy
 from runflow_async.emulator import Emulator, Fault
@@ -353,6 +355,82 @@ async def test_map_stops_pulling_an_endless_input_when_credit_runs_out() -> None
     assert refused
     assert all(isinstance(o.error, NotSubmittedError) for o in refused)
     assert sum(o.ok for o in results) == created
+
+
+async def test_map_hands_a_queued_items_refusal_to_a_reader_that_was_busy() -> None:
+    # The soak's flake: the stop refused the queued item while the reader was not in
+    # receive(), the unbuffered hand-over failed, and the outcome was dropped.
+    async with emulator(credit_usd=Decimal("0")) as emu, scaled_client(emu.url) as client:
+        async with client.map([f"prompt {i}" for i in range(3)], max_concurrency=1) as m:
+            for _ in range(2000):  # busy elsewhere until the 402 stops the map
+                if m.stop_reason is not None:
+                    break
+                await anyio.sleep(0.001)
+            assert m.stop_reason == "insufficient_credit"
+            outcomes = [o async for o in m]
+        assert emu.counters.requests_by_route["create"] == 1
+    assert sorted(o.index for o in outcomes) == [0, 1]  # 2 was never pulled: the map stopped
+    assert all(isinstance(o.error, NotSubmittedError) for o in outcomes)
+    assert m.submitted == 1
+
+
+async def test_an_unbuffered_engine_hands_every_refusal_to_a_reader_that_was_busy() -> None:
+    async with (
+        emulator(credit_usd=Decimal("0")) as emu,
+        scaled_client(emu.url) as client,
+        client.engine(outcome_buffer=0, max_concurrency=1) as engine,
+    ):
+        for i in range(3):
+            engine.submit(WorkItem(i, GenerateRequest(prompt=f"p{i}")))
+        for _ in range(2000):  # not reading until the 402 has stopped it
+            if engine.stop_reason is not None:
+                break
+            await anyio.sleep(0.001)
+        late = WorkItem(3, GenerateRequest(prompt="late"))
+        engine.submit(late)  # refused at once, handed when read
+        got = [await engine.outcomes.receive() for _ in range(4)]
+        assert emu.counters.requests_by_route["create"] == 1
+    assert sorted(o.index for o in got) == [0, 1, 2, 3]
+    assert all(isinstance(o.error, NotSubmittedError) for o in got)
+
+
+async def _leave_with_refusals_unread(client: RunflowClient) -> Engine:
+    async with client.engine(outcome_buffer=0, max_concurrency=1) as engine:
+        for i in range(3):
+            engine.submit(WorkItem(i, GenerateRequest(prompt=f"p{i}")))
+        for _ in range(2000):
+            if engine.stop_reason is not None:
+                break
+            await anyio.sleep(0.001)
+        raise KeyError(engine)
+
+
+async def test_refusals_nobody_reads_are_dropped_when_the_block_is_left() -> None:
+    async with emulator(credit_usd=Decimal("0")) as emu, scaled_client(emu.url) as client:
+        with pytest.raises(KeyError) as left:
+            await _leave_with_refusals_unread(client)
+        engine = left.value.args[0]
+        assert engine.stop_reason == "insufficient_credit"
+        assert engine.snapshot().undelivered == {}  # none of them had a run
+        assert emu.counters.requests_by_route["create"] == 1
+
+
+async def test_refusals_end_quietly_when_the_reader_closes_the_outcomes() -> None:
+    async with (
+        emulator(credit_usd=Decimal("0")) as emu,
+        scaled_client(emu.url) as client,
+        client.engine(outcome_buffer=0, max_concurrency=1) as engine,
+    ):
+        for i in range(3):
+            engine.submit(WorkItem(i, GenerateRequest(prompt=f"p{i}")))
+        for _ in range(2000):
+            if engine.stop_reason is not None:
+                break
+            await anyio.sleep(0.001)
+        engine.outcomes.close()  # two refusals were waiting for a reader
+        engine.submit(WorkItem(3, GenerateRequest(prompt="late")))
+    assert engine.snapshot().undelivered == {}
+    assert emu.counters.requests_by_route["create"] == 1
 
 
 async def test_items_submitted_after_a_stop_are_refused_at_once() -> None:

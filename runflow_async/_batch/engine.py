@@ -261,7 +261,7 @@ class Engine(ItemLife):
         """
         est = self._accept(item)
         if self._stop_reason is not None and item.creates:
-            self._deliver_now(self.not_submitted(item.index, item.request, est, self._stop_reason))
+            self._refuse(self.not_submitted(item.index, item.request, est, self._stop_reason))
             return
         self._queue.append((item, est, None))
         self._queued.set()
@@ -354,6 +354,31 @@ class Engine(ItemLife):
         else:
             self._done(outcome, handed=True)
 
+    def _refuse(self, outcome: Outcome) -> None:
+        """Hand a queued item's refusal without waiting, and never drop it for a busy reader."""
+        self._hooks.on_outcome(outcome)
+        try:
+            self._send.send_nowait(outcome)
+        except anyio.WouldBlock:  # the buffer is full or nobody is in receive() this instant
+            assert self._work is not None  # noqa: S101 - items are accepted only once it runs
+            # Hand it when the reader comes back, as a finished run's outcome would be
+            # (after an abort the task is cancelled at once: nobody reads any more).
+            self._work.start_soon(self._send_later, outcome)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._done(outcome, handed=False)  # nobody reads outcomes any more
+        else:
+            self._done(outcome, handed=True)
+
+    async def _send_later(self, outcome: Outcome) -> None:
+        handed = False
+        try:
+            await self._send.send(outcome)
+            handed = True
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # nobody reads outcomes any more
+        finally:  # cancelled too: the block was left early, the outcome is not taken
+            self._done(outcome, handed=handed)
+
     def _done(self, outcome: Outcome, *, handed: bool) -> None:
         if handed:  # else its run, if any, stays listed as undelivered
             self._undelivered.pop(outcome.index, None)
@@ -374,7 +399,7 @@ class Engine(ItemLife):
                 if not item.creates:
                     kept.append(entry)
                     continue
-                self._deliver_now(self.not_submitted(item.index, item.request, est, reason))
+                self._refuse(self.not_submitted(item.index, item.request, est, reason))
                 if started is not None:
                     started.set()
             self._queue = kept
