@@ -30,7 +30,7 @@ from runflow_async import (
     RetryPolicy,
     RunflowClient,
 )
-from runflow_async._batch.engine import Engine
+from runflow_async._batch.handover import Handover
 from runflow_async._batch.items import ItemLife
 from runflow_async._callbacks.receiver import CallbackReceiver as Receiver
 from runflow_async._callbacks.watch import Deadlines
@@ -44,7 +44,7 @@ RUNS = 30
 ROOTS = {
     ItemLife._finish.__code__: "finish",
     Receiver._handle.__code__: "handle",
-    Engine._deliver.__code__: "deliver",
+    Handover.deliver.__code__: "deliver",
 }
 # Far beyond any run (~50 ms) even under the profiler: no fallback read starts.
 AFTER = 100_000.0

@@ -30,11 +30,12 @@ from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runflow_async._batch.budget import BudgetLedger
 from runflow_async._batch.creates import Creating
 from runflow_async._batch.groups import exit_group
+from runflow_async._batch.handover import Handover
 from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
 from runflow_async._batch.items import STOP_MESSAGES, ItemLife
 from runflow_async._batch.limits import AdaptiveWindow, Pacer, Slot
@@ -123,9 +124,7 @@ class Engine(ItemLife):
         self._idle = asyncio.Event()
         self._idle.set()
         self._fatal: list[BaseException] = []
-        self._send: MemoryObjectSendStream[Outcome]
-        self._receive: MemoryObjectReceiveStream[Outcome]
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome](outcome_buffer)
+        self._out = Handover(outcome_buffer, self._hooks.on_outcome, self._done)
         self._tg: TaskGroup | None = None
         self._work: TaskGroup | None = None
         self._closing = self._aborted = False
@@ -144,7 +143,7 @@ class Engine(ItemLife):
 
     async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as work:
-            self._work = work
+            self._work = self._out.work = work
             if self._poller is not None:
                 work.start_soon(self._guard, self._poller.run)
             if self._callbacks is not None:
@@ -181,8 +180,8 @@ class Engine(ItemLife):
         try:
             await exit_group(self._tg, exc)
         finally:
-            self._send.close()
-            self._receive.close()
+            self._out.send.close()
+            self._out.receive.close()
 
     def _raise_fatal(self) -> None:
         first = self._fatal[0]
@@ -224,7 +223,7 @@ class Engine(ItemLife):
     @property
     def outcomes(self) -> MemoryObjectReceiveStream[Outcome]:
         """Every outcome as it happens; read it inside the block (it closes with the engine)."""
-        return self._receive
+        return self._out.receive
 
     # -- submitting ----------------------------------------------------------
 
@@ -261,7 +260,7 @@ class Engine(ItemLife):
         """
         est = self._accept(item)
         if self._stop_reason is not None and item.creates:
-            self._refuse(self.not_submitted(item.index, item.request, est, self._stop_reason))
+            self._out.refuse(self.not_submitted(item.index, item.request, est, self._stop_reason))
             return
         self._queue.append((item, est, None))
         self._queued.set()
@@ -274,7 +273,7 @@ class Engine(ItemLife):
         est = self._accept(item)
         stopped = self._stop_reason
         if stopped is not None and item.creates:
-            await self._deliver(self.not_submitted(item.index, item.request, est, stopped))
+            await self._out.deliver(self.not_submitted(item.index, item.request, est, stopped))
             return False
         started = asyncio.Event()
         self._queue.append((item, est, started))
@@ -287,7 +286,7 @@ class Engine(ItemLife):
         self._closing = True
         while self._outstanding:
             await self._idle.wait()
-        self._send.close()
+        self._out.send.close()
 
     def _accept(self, item: WorkItem) -> Decimal:
         if self._tg is None or self._closing:
@@ -319,65 +318,19 @@ class Engine(ItemLife):
             outcome = await self._live(item, est, slot)
         except anyio.get_cancelled_exc_class():
             slot.release()
-            self._deliver_now(self.abandoned(item.index, item.request, est))
+            self._out.deliver_now(self.abandoned(item.index, item.request, est))
             raise
         except Exception as exc:  # not an API outcome: the client closed, or a bug
             slot.release()
-            self._deliver_now(self.abandoned(item.index, item.request, est, exc))
+            self._out.deliver_now(self.abandoned(item.index, item.request, est, exc))
             self._fail(exc)
             return
         try:
-            await self._deliver(outcome)
+            await self._out.deliver(outcome)
         finally:
             slot.release()
 
     # -- outcomes and stopping -----------------------------------------------
-
-    async def _deliver(self, outcome: Outcome) -> None:
-        self._hooks.on_outcome(outcome)
-        try:
-            try:  # room in the buffer, or a reader waiting: handed with no checkpoint
-                self._send.send_nowait(outcome)
-            except anyio.WouldBlock:
-                await self._send.send(outcome)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._done(outcome, handed=False)  # nobody reads outcomes any more
-        else:
-            self._done(outcome, handed=True)
-
-    def _deliver_now(self, outcome: Outcome) -> None:
-        self._hooks.on_outcome(outcome)
-        try:
-            self._send.send_nowait(outcome)
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._done(outcome, handed=False)  # the reader is gone or busy
-        else:
-            self._done(outcome, handed=True)
-
-    def _refuse(self, outcome: Outcome) -> None:
-        """Hand a queued item's refusal without waiting, and never drop it for a busy reader."""
-        self._hooks.on_outcome(outcome)
-        try:
-            self._send.send_nowait(outcome)
-        except anyio.WouldBlock:  # the buffer is full or nobody is in receive() this instant
-            assert self._work is not None  # noqa: S101 - items are accepted only once it runs
-            # Hand it when the reader comes back, as a finished run's outcome would be
-            # (after an abort the task is cancelled at once: nobody reads any more).
-            self._work.start_soon(self._send_later, outcome)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._done(outcome, handed=False)  # nobody reads outcomes any more
-        else:
-            self._done(outcome, handed=True)
-
-    async def _send_later(self, outcome: Outcome) -> None:
-        handed = False
-        try:
-            await self._send.send(outcome)
-            handed = True
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # nobody reads outcomes any more
-        finally:  # cancelled too: the block was left early, the outcome is not taken
-            self._done(outcome, handed=handed)
 
     def _done(self, outcome: Outcome, *, handed: bool) -> None:
         if handed:  # else its run, if any, stays listed as undelivered
@@ -399,7 +352,7 @@ class Engine(ItemLife):
                 if not item.creates:
                     kept.append(entry)
                     continue
-                self._refuse(self.not_submitted(item.index, item.request, est, reason))
+                self._out.refuse(self.not_submitted(item.index, item.request, est, reason))
                 if started is not None:
                     started.set()
             self._queue = kept
