@@ -134,8 +134,13 @@ async def test_per_run_polling_learns_durations_and_reads_near_the_finish() -> N
             batch.submit_many(GenerateRequest(prompt=f"learned {i}") for i in range(20))
         assert all(o.ok for o in await batch.gather())
         learned = emu.counters.requests_by_route["get_run"] - learning
-    assert learning > 4 * LEARNED_AFTER  # the default guess (2 s) was far off
-    assert learned <= 2 * 20
+    # Counts only: a loaded machine delays reads (the loop lags, so fewer fit in a
+    # run), never brings them forward. So the lower bound on the learning phase is
+    # loose (about ten reads a run when idle, four seen on a loaded CI machine),
+    # and the learned phase's upper bound is the sharp one.
+    assert learned <= 2 * 20  # once learned: one or two reads a run
+    assert learning >= 2 * LEARNED_AFTER  # before: reads while the runs still ran
+    assert learned / 20 < learning / LEARNED_AFTER  # the default guess (2 s) was far off
 
 
 def _stats(durations: Iterator[float]) -> DurationStats:
