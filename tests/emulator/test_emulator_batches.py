@@ -124,11 +124,11 @@ async def test_0_and_101_items_are_refused_and_create_nothing() -> None:
 
 async def test_one_bad_item_refuses_the_batch_naming_its_index() -> None:
     async with running() as h:
-        body = {"input": items(10)}
-        body["input"][3] = {"prompt": "", "client_ref": "x" * 256}
-        body["input"][7] = {"prompt": "ok", "num_images": 9}
-        body["input"][8] = "not an object"
-        answer = await h.post(BATCHES, body, expect=422)
+        entries: list[Any] = items(10)
+        entries[3] = {"prompt": "", "client_ref": "x" * 256}
+        entries[7] = {"prompt": "ok", "num_images": 9}
+        entries[8] = "not an object"
+        answer = await h.post(BATCHES, {"input": entries}, expect=422)
         counters = h.emu.counters
     fields = {error["field"] for error in answer["errors"]}
     assert fields == {"input.3.prompt", "input.3.client_ref", "input.7.num_images", "input.8"}
