@@ -136,6 +136,9 @@ class EmulatorConfig:
             ``"output": null`` (the docs say it "may be null or trimmed"), drawn per
             delivery from the seed; a duplicate carries its original's body, and a
             redelivery asked for through the API always carries the full output.
+        tls: Serve HTTPS with a certificate generated at start-up for 127.0.0.1,
+            ::1 and localhost by a CA of its own (``Emulator.ca_file``, the path
+            the CLI prints); ``url`` and every presigned URL are then ``https://``.
     """
 
     host: str = "127.0.0.1"
@@ -168,6 +171,7 @@ class EmulatorConfig:
     callback_timeout_floor: float = 1.0
     callback_faults: CallbackFaults = field(default_factory=CallbackFaults)
     callback_null_output_rate: float = 0.0
+    tls: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
