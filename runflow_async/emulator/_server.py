@@ -30,6 +30,12 @@ _SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for handlers still running at c
 # aiohttp's default 8 KiB request line is too short for a batch poller's
 # ``q=id:... OR id:...`` with 200 ids; a real gateway may well be as strict as 8 KiB.
 _MAX_LINE_SIZE = 64 * 1024
+_BASE_BODY = 1024 * 1024  # aiohttp's default request body limit
+
+
+def _max_body(config: EmulatorConfig) -> int:
+    """Return the request body limit: room for four ``data:`` images at the cap, base64."""
+    return _BASE_BODY + 4 * (config.data_uri_max_bytes * 4 // 3 + 4)
 
 
 def _base_url(host: str, port: int, scheme: str = "http") -> str:
@@ -47,7 +53,10 @@ def build_app(state: EmulatorState) -> web.Application:
 
     Callbacks are sent from the application's startup to its cleanup.
     """
-    app = web.Application(middlewares=[observe, refuse_credentials, inject_faults])
+    app = web.Application(
+        middlewares=[observe, refuse_credentials, inject_faults],
+        client_max_size=_max_body(state.config),
+    )
     app[STATE] = state
     app.cleanup_ctx.append(_callbacks)
     router = app.router
