@@ -41,6 +41,7 @@ ImageInput: TypeAlias = str | Asset | LocalImage
 """One item of ``client.edit(image_urls=...)``."""
 
 _PLACEHOLDER = "https://local.invalid/{}"
+_NO_SUCH_ASSET = ("does not exist", "not found", "not confirmed", "asset_not_")
 _SUFFIX = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -126,13 +127,16 @@ def ref_refusal(request: RunRequest, exc: UnprocessableEntityError) -> AssetRefR
 
     It is one when the request sent refs and the 422 points at them: it names
     ``runflow`` or an ``image_urls`` field, or names no field at all (the rest of
-    the request was validated here before it was sent).
+    the request was validated here before it was sent). A 422 saying a ref's
+    asset does not exist (or is not confirmed) is not: refs work, that one is wrong.
     """
     refs = request.sends_refs if isinstance(request, EditRequest) else []
     if not refs:
         return None
-    text = f"{exc.message} {exc.errors}"
-    if exc.errors and "runflow" not in text.lower() and "image_urls" not in text:
+    text = f"{exc.message} {exc.errors}".lower()
+    if any(words in text for words in _NO_SUCH_ASSET):
+        return None
+    if exc.errors and "runflow" not in text and "image_urls" not in text:
         return None
     return AssetRefRefusedError(
         f"The API refused the runflow://assets ref(s) in image_urls ({exc.message}); no run "
