@@ -21,9 +21,11 @@ from runflow_async import (
     Asset,
     EditRequest,
     NotSubmittedError,
+    PricingPolicy,
     RequestValidationError,
     RunflowClient,
 )
+from runflow_async._core.estimate import estimate_request
 from runflow_async._core.requests import build_request
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import make_client
@@ -251,17 +253,32 @@ async def test_the_estimate_reads_assets_and_data_uris_without_a_request(
     emulator: Emulator, client: RunflowClient
 ) -> None:
     asset = an_asset(width=1600, height=900)
+    unmeasured = Asset(
+        id=ASSET_ID[:-1] + "8", url="u", name="n", mime_type="image/gif", size_bytes=1
+    )
     requests = [
         EditRequest(
             prompt="p", image_urls=[asset, data_uri(png((640, 480)))], allow_data_uris=True
         ),
         EditRequest(prompt="p", image_urls=[asset], assets_as="ref"),
         EditRequest(prompt="p", image_urls=[f"runflow://assets/{ASSET_ID[:-1]}7"]),
+        EditRequest(prompt="p", image_urls=[unmeasured], assets_as="ref"),
     ]
     estimate = await client.estimate(requests)
     assert [item.input_sizes for item in estimate.items] == [
         ((1600, 900), (640, 480)),
         ((1600, 900),),
         (None,),  # a bare ref: unknown, assumed (and said so)
+        (None,),  # an Asset whose size the upload did not read
     ]
     assert sent(emulator) == 0
+
+
+def test_an_unmeasured_data_uri_is_named_by_its_type_in_the_assumptions() -> None:
+    uri = data_uri(png())
+    request = EditRequest(prompt="p", image_urls=[uri, an_asset()], allow_data_uris=True)
+    estimate = estimate_request(request, policy=PricingPolicy())
+    assert estimate.input_sizes == (None, None)  # nothing measured: both assumed
+    assert "input 1 (data:image/png;base64,...)" in estimate.assumptions[0]
+    assert uri not in " ".join(estimate.assumptions)
+    assert "sig=" not in " ".join(estimate.assumptions)

@@ -111,6 +111,8 @@ def _check_count(sizes: Sequence[Size | None] | None, expected: int) -> None:
 
 def _unknown_input_sentence(policy: PricingPolicy, number: int, url: str) -> str:
     shown = url.split("?", 1)[0].split("#", 1)[0]  # presigned query strings are credentials
+    if url.startswith("data:"):  # not the whole image
+        shown = url.split(",", 1)[0] + ",..."
     width, height = policy.assumed_input_size
     billed = _number(policy.input_megapixels(None))
     return f"input {number} ({shown}): size unknown, assumed {width}x{height} (billed {billed} MP)"
