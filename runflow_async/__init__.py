@@ -10,6 +10,7 @@ from runflow_async._batch.options import BatchOptions
 from runflow_async._batch.outcomes import CostReport, ItemCost, Outcome, RunFuture
 from runflow_async._callbacks.receiver import CallbackReceiver, CallbackWatch, ReceiverCounters
 from runflow_async._client.client import RunflowClient
+from runflow_async._core.assets import DEFAULT_MAX_DATA_URI_BYTES, Asset, AssetRefRefusedError
 from runflow_async._core.config import PollPolicy, RetryPolicy, Timeouts
 from runflow_async._core.errors import (
     APIConnectionError,
@@ -54,7 +55,7 @@ from runflow_async._core.models import (
     RunStatus,
 )
 from runflow_async._core.requests import CustomImageSize, EditRequest, GenerateRequest, RunRequest
-from runflow_async._http.assets import MAX_UPLOAD_BYTES, Asset
+from runflow_async._http.assets import MAX_UPLOAD_BYTES
 from runflow_async._http.download import DownloadedFile
 from runflow_async._http.retry import RetryEvent
 from runflow_async._http.secrets import CallbackSecret
@@ -64,6 +65,7 @@ from runflow_async._version import __version__
 from runflow_async._webhooks import REQUEST_ID_HEADER, SIGNATURE_HEADER, sign, verify_signature
 
 __all__ = [
+    "DEFAULT_MAX_DATA_URI_BYTES",
     "EDIT_MODEL",
     "GENERATE_MODEL",
     "MAX_UPLOAD_BYTES",
@@ -77,6 +79,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "Asset",
+    "AssetRefRefusedError",
     "AuthenticationError",
     "BadRequestError",
     "Batch",

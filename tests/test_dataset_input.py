@@ -488,18 +488,18 @@ def test_edit_local_file_problems(tmp_path: Path) -> None:
         (3, f"image_urls[0]: {tmp_path / 'empty.png'}: file is empty"),
         (3, f"image_urls[1]: {tmp_path / 'folder'}: not a regular file"),
         (3, "image_urls[2]: ftp://x.test/a.png: not an http(s) URL, a file:// URL or a path"),
-        (4, "image_urls.1: Input should be a valid string"),
+        (4, "image_urls: item 1 must be a URL string or an Asset, not int"),
         (5, "image_urls: Input should be a valid list"),
         (6, "image_urls: List should have at most 4 items after validation, not 5"),
         (7, "image_urls: List should have at least 1 item after validation, not 0"),
         (8, "image_urls: Field required"),
         (9, "image_urls[0]: /nowhere/x.png: No such file or directory"),
-        (9, "image_urls: must be an http:// or https:// URL"),
+        (9, "image_urls: item 1: is not a complete http(s) URL"),
         (
             10,
-            "image_urls[0]: data:image/png;base64,"
-            + "A" * 38
-            + ": not an http(s) URL, a file:// URL or a path",
+            "image_urls: item 0: data: URIs are sent only with allow_data_uris=True (whether "
+            "the API accepts them is not settled); otherwise pass the image as a local file, "
+            "which is uploaded",
         ),
     ]
 

@@ -371,7 +371,7 @@ async def test_probe_reads_real_images_with_range_and_no_credentials(host: Image
     async with aiohttp.ClientSession(
         headers={"Authorization": "Bearer rf_live_secret"}, cookie_jar=jar
     ) as session:
-        urls = [u for r in mixed_requests(base) if isinstance(r, EditRequest) for u in r.image_urls]
+        urls = [u for r in mixed_requests(base) if isinstance(r, EditRequest) for u in r.input_urls]
         sizes = await probe_input_sizes(session, urls)
         assert "tracker" not in {c.key for c in jar}  # the image host's cookie was dropped
         assert not session.closed  # the borrowed connector still works

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -14,6 +15,7 @@ from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._callbacks.waiter import CallbackWaiter
 from runflow_async._client.batches import BatchesMixin
 from runflow_async._client.files import FilesMixin
+from runflow_async._client.images import ImageInput, edit_request, ref_refusal
 from runflow_async._core.clock import Clock
 from runflow_async._core.config import (
     DEFAULT_MAX_CONNECTIONS,
@@ -25,9 +27,14 @@ from runflow_async._core.config import (
     resolve_api_key,
     resolve_base_url,
 )
-from runflow_async._core.errors import ConfigurationError, RequestValidationError, RunTimeoutError
+from runflow_async._core.errors import (
+    ConfigurationError,
+    RequestValidationError,
+    RunTimeoutError,
+    UnprocessableEntityError,
+)
 from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
-from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest, build_request
+from runflow_async._core.requests import GenerateRequest, RunRequest, build_request
 from runflow_async._http.create import create_run, idempotency_key_for, new_client_ref
 from runflow_async._http.reclaim import not_ours, reclaim
 from runflow_async._http.retry import RetryHook
@@ -78,6 +85,10 @@ class RunflowClient(FilesMixin, BatchesMixin):
         max_response_bytes: The largest API response body read (default 16 MiB);
             a larger one raises ``APIResponseError`` without being held in memory.
         session: An ``aiohttp.ClientSession`` to use instead of our own; we never close it.
+        ssl_context: The TLS settings of our own session's connections (the API,
+            storage and downloads), e.g. ``ssl.create_default_context(cafile=...)``
+            to trust a private CA; verification stays on unless the context turns
+            it off. Not with ``session`` (set it on that session's connector).
         on_retry: A synchronous hook told about each retry.
         pricing: The megapixel price rules used for estimates and budgets.
         wait_strategy: How batches notice finished runs: ``"auto"`` (a shared
@@ -107,6 +118,7 @@ class RunflowClient(FilesMixin, BatchesMixin):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         on_retry: RetryHook | None = None,
         pricing: PricingPolicy | None = None,
         wait_strategy: WaitStrategy = "auto",
@@ -132,6 +144,7 @@ class RunflowClient(FilesMixin, BatchesMixin):
             max_connections=max_connections,
             max_response_bytes=max_response_bytes,
             session=session,
+            ssl_context=ssl_context,
             on_retry=on_retry,
             clock=_clock(retry, self.poll_policy),
         )
@@ -171,11 +184,18 @@ class RunflowClient(FilesMixin, BatchesMixin):
         the same run.
 
         Raises:
+            AssetRefRefusedError: A 422 refusing the request's ``runflow://assets``
+                refs; nothing was created (send ``assets_as="url"``).
             APIError: The create failed (see :class:`CreateOutcomeUnknownError`).
         """
         body = request.to_body(client_ref=new_client_ref())
         key = idempotency_key_for(body["client_ref"])
-        return await create_run(self._transport, request.model, body, idempotency_key=key)
+        try:
+            return await create_run(self._transport, request.model, body, idempotency_key=key)
+        except UnprocessableEntityError as exc:
+            if (refused := ref_refusal(request, exc)) is None:
+                raise
+            raise refused from exc
 
     async def get_run(self, run_id: str) -> Run:
         """Fetch a run (fresh signed output URLs on every read)."""
@@ -292,22 +312,27 @@ class RunflowClient(FilesMixin, BatchesMixin):
         self,
         prompt: str,
         *,
-        image_urls: Sequence[str],
+        image_urls: Sequence[ImageInput] | ImageInput,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         **fields: Any,
     ) -> GenerationResult:
-        """Edit 1-4 images (http(s) URLs) as the prompt says and wait for the result.
+        """Edit 1-4 images as the prompt says and wait for the result.
+
+        Each image is an http(s) URL, a ``runflow://assets/{id}`` ref, an
+        :class:`Asset` (sent as ``assets_as`` says: its signed ``url`` by
+        default), a ``data:`` URI (only with ``allow_data_uris=True``), or a local
+        file as ``pathlib.Path`` or ``bytes``, uploaded as an asset first (no
+        API key to storage) once every field is valid. A ``str`` is never read
+        as a path.
 
         Raises:
             RequestValidationError: Invalid or unknown fields (an unknown one with
-                the closest valid name); nothing was sent.
+                the closest valid name), or an unreadable, oversized or non-image
+                local file; nothing was sent.
+            NotSubmittedError: An upload failed (``reason="upload"``); no run was created.
+            AssetRefRefusedError: The API refused a ``runflow://assets`` ref (422).
         """
-        request = build_request(
-            EditRequest,
-            {"prompt": prompt, "image_urls": list(image_urls), **fields},
-            where="client.edit()",
-            also=("timeout",),
-        )
+        request = await edit_request(self._transport, prompt, image_urls, fields)
         return await self.run(request, timeout=timeout)
 
     async def list_runs(

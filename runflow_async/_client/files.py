@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runflow_async._core.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from runflow_async._core.errors import ConfigurationError
-from runflow_async._core.estimate import Estimate, estimate_requests
+from runflow_async._core.estimate import Estimate, estimate_requests, known_input_sizes
 from runflow_async._core.models import ImageOutput
 from runflow_async._core.requests import EditRequest, RunRequest
 from runflow_async._http.assets import Asset, get_asset, read_upload_source, upload_asset
@@ -73,16 +73,23 @@ class FilesMixin:
 
         Args:
             requests: Generate and edit requests.
-            probe_inputs: Read each edit input's size from its header with a small
-                ranged GET (never carrying the API key); unknown sizes are
-                assumed per the pricing policy and listed in ``assumptions``.
+            probe_inputs: Read each edit input URL's size from its header with a
+                small ranged GET (never carrying the API key); unknown sizes are
+                assumed per the pricing policy and listed in ``assumptions``. An
+                :class:`Asset`'s size and a ``data:`` URI's are read without a request.
         """
         requests = list(requests)
-        sizes = None
+        sizes = known_input_sizes(requests)
         if probe_inputs:
-            urls = [u for r in requests if isinstance(r, EditRequest) for u in r.image_urls]
+            urls = [
+                url
+                for r in requests
+                if isinstance(r, EditRequest)
+                for url in r.input_urls
+                if url not in sizes and url.startswith(("https://", "http://"))
+            ]
             if urls:
-                sizes = await probe_input_sizes(
+                sizes |= await probe_input_sizes(
                     self._transport.session(), urls, timeout=self._transport.timeout
                 )
         return estimate_requests(requests, policy=self.pricing, input_sizes=sizes)

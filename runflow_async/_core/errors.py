@@ -20,6 +20,7 @@
     │       ├── NotFoundError                    404
     │       ├── ConflictError                    409
     │       ├── UnprocessableEntityError         422
+    │       │   └── AssetRefRefusedError         a runflow://assets ref refused (_core/assets.py)
     │       ├── RateLimitError                   429
     │       └── ServerError                      5xx
     │           └── ServiceUnavailableError      503
@@ -316,6 +317,8 @@ class RunFailedError(RunError):
         failure_code: The API's failure code, if any.
         failure_message: The API's failure message, if any.
         failure_stage: The stage that failed, if known.
+        error_code: ``error.code`` of the older failure shape, when sent.
+        error_message: ``error.message`` of the older failure shape, when sent.
     """
 
     def __init__(self, message: str, *, run: Run) -> None:
@@ -323,6 +326,8 @@ class RunFailedError(RunError):
         self.failure_code = run.failure_code
         self.failure_message = run.failure_message
         self.failure_stage = run.failure_stage
+        self.error_code = run.error_code
+        self.error_message = run.error_message
 
 
 class RunCanceledError(RunError):
@@ -367,7 +372,7 @@ class NotSubmittedError(RunflowError):
 
     Attributes:
         reason: ``"budget"``, ``"insufficient_credit"``, ``"fail_fast"``,
-            or ``"cancelled"``.
+            ``"cancelled"``, or ``"upload"`` (an edit's local image did not upload).
     """
 
     def __init__(self, message: str, *, reason: str) -> None:

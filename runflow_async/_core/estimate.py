@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from runflow_async._core.assets import data_uri_bytes
 from runflow_async._core.requests import EditRequest, GenerateRequest, RunRequest
+from runflow_async._imagesize import image_size_from_bytes
 from runflow_async._pricing import (
     _DEFAULT_GENERATE_PRESET,
     GENERATE_MODEL,
@@ -26,6 +28,7 @@ __all__ = [
     "ItemEstimate",
     "estimate_request",
     "estimate_requests",
+    "known_input_sizes",
     "policy_assumptions",
 ]
 
@@ -108,6 +111,8 @@ def _check_count(sizes: Sequence[Size | None] | None, expected: int) -> None:
 
 def _unknown_input_sentence(policy: PricingPolicy, number: int, url: str) -> str:
     shown = url.split("?", 1)[0].split("#", 1)[0]  # presigned query strings are credentials
+    if url.startswith("data:"):  # not the whole image
+        shown = url.split(",", 1)[0] + ",..."
     width, height = policy.assumed_input_size
     billed = _number(policy.input_megapixels(None))
     return f"input {number} ({shown}): size unknown, assumed {width}x{height} (billed {billed} MP)"
@@ -142,7 +147,7 @@ def estimate_request(
         _check_count(input_sizes, 0)
         return ItemEstimate(index, *_generate_facts(policy, request.model, request.size, images))
     if isinstance(request, EditRequest):
-        urls = request.image_urls
+        urls = request.input_urls
         sizes = (None,) * len(urls) if input_sizes is None else tuple(input_sizes)
         _check_count(sizes, len(urls))
         assumptions = [
@@ -242,7 +247,7 @@ def estimate_requests(
     for index, request in enumerate(requests):
         sizes = None
         if isinstance(request, EditRequest):
-            sizes = [known.get(url) for url in request.image_urls]
+            sizes = [known.get(url) for url in request.input_urls]
         items.append(estimate_request(request, policy=policy, input_sizes=sizes, index=index))
     item_assumptions = (sentence for item in items for sentence in item.assumptions)
     return Estimate(
@@ -252,3 +257,22 @@ def estimate_requests(
         images=sum(item.images for item in items),
         assumptions=tuple(dict.fromkeys((*policy_assumptions(policy), *item_assumptions))),
     )
+
+
+def known_input_sizes(requests: Iterable[RunRequest]) -> dict[str, Size | None]:
+    """The sizes of edit inputs known without a request: :class:`Asset` items, ``data:`` URIs.
+
+    Keyed by each input's wire form (:attr:`EditRequest.input_urls`).
+    """
+    sizes: dict[str, Size | None] = {}
+    for request in requests:
+        if not isinstance(request, EditRequest):
+            continue
+        for item, url in zip(request.image_urls, request.input_urls, strict=True):
+            if not isinstance(item, str):
+                if item.width and item.height:
+                    sizes[url] = (item.width, item.height)
+            elif url.startswith("data:"):
+                data = data_uri_bytes(url, max_bytes=request.max_data_uri_bytes)
+                sizes[url] = image_size_from_bytes(data)
+    return sizes

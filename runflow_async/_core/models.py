@@ -186,8 +186,8 @@ class Run(BaseModel):
         error = data.get("error")
         if isinstance(error, dict):
             for field, key in (("failure_code", "code"), ("failure_message", "message")):
-                if data.get(field) is None:
-                    data[field] = error.get(key)
+                if data.get(field) is None and isinstance(error.get(key), str):
+                    data[field] = error[key]  # of the wrong type: no reason, not a broken run
         # On failure the docs allow "an error envelope" as the output.
         if data.get("output") is not None and not isinstance(data["output"], dict):
             data["output"] = None
@@ -218,6 +218,31 @@ class Run(BaseModel):
         """The failing stage (``failure_stage_code``; some docs call it ``failure_stage``)."""
         extra = (self.model_extra or {}).get("failure_stage")
         return self.failure_stage_code or (extra if isinstance(extra, str) else None)
+
+    @property
+    def error_code(self) -> str | None:
+        """``error.code`` of the older failure shape (official SDKs read it), as sent."""
+        error = (self.model_extra or {}).get("error")
+        return _text(error.get("code")) if isinstance(error, dict) else None
+
+    @property
+    def error_message(self) -> str | None:
+        """``error.message`` of the older shape (or ``error`` itself, a string), as sent."""
+        error = (self.model_extra or {}).get("error")
+        return _text(error.get("message") if isinstance(error, dict) else error)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why the run failed: ``failure_message (failure_code)``, then ``error``'s if it differs.
+
+        The documented fields come first; the older ``error{message, code}``
+        shape is added only where it says something they do not.
+        """
+        documented = _reason(self.failure_message, self.failure_code)
+        older = _reason(self.error_message, self.error_code)
+        if {self.error_message, self.error_code} <= {self.failure_message, self.failure_code, None}:
+            return documented  # the older shape repeats it (or is absent)
+        return f"{documented}; error: {older}" if documented else older
 
     @property
     def images(self) -> list[ImageOutput]:
@@ -339,6 +364,14 @@ def parse_error_body(data: Any) -> tuple[str | None, str | None, list[Any]]:
     )
     errors = next((e for e in (data.get("errors"), detail) if isinstance(e, list) and e), [])
     return code, message, list(errors)
+
+
+def _reason(message: str | None, code: str | None) -> str | None:
+    return f"{message} ({code})" if message and code else message or code
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _first_text(*values: Any) -> str | None:

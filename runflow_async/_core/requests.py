@@ -10,12 +10,27 @@ each field; the server stays authoritative and its 422 ``errors`` surface as
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection, Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
 
+from runflow_async._core.assets import (
+    ASSET_REF_PREFIX,
+    DEFAULT_MAX_DATA_URI_BYTES,
+    Asset,
+    image_item_problem,
+)
 from runflow_async._core.errors import RequestValidationError
 from runflow_async._keywords import unknown_names_message
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
@@ -43,6 +58,8 @@ OutputFormat = Literal["jpeg", "png", "webp"]
 # maximum; 64 px is the smallest size any FLUX endpoint we know accepts.
 CUSTOM_SIZE_MIN = 64
 CUSTOM_SIZE_MAX = 2048
+# data: URIs are for small images ("< 1 MiB: inline"); past 50 MiB not even an upload is taken.
+MAX_DATA_URI_CAP = 50 * 1024 * 1024
 # Not documented by Runflow; the widest range seen for klein (a signed 32-bit int).
 MAX_SEED = 2**31 - 1
 # Runflow's 4B page allows 1-50 steps; fal allows 4-8 for 9B. We take the wider range.
@@ -232,25 +249,79 @@ class GenerateRequest(RunRequest):
 class EditRequest(RunRequest):
     """An image edit run (``black-forest-labs/flux-2-klein-9b/edit``, $0.011/MP in + out).
 
-    ``image_urls`` takes 1-4 http(s) URLs; FLUX.2 klein accepts up to four
-    reference images upstream.
+    ``image_urls`` takes 1-4 images (FLUX.2 klein accepts up to four reference
+    images upstream), each an http(s) URL, a ``runflow://assets/{uuid}`` ref,
+    an :class:`Asset`, or (only with ``allow_data_uris=True``) a ``data:`` URI
+    of a base64 PNG/JPEG/WebP/GIF of at most ``max_data_uri_bytes`` decoded.
+    A ``str`` is never read as a local path: :meth:`RunflowClient.edit` takes
+    ``pathlib.Path`` and ``bytes`` items and uploads them first.
+
+    Three fields shape how inputs are sent and are not sent themselves:
+    ``assets_as`` (``"url"``, the default: an :class:`Asset` goes as its signed
+    ``url``, as the docs document; ``"ref"``: as ``asset.ref``, which the
+    official SDK's newest notes say the API resolves at dispatch, and older
+    ones say klein refuses with 422, raised as :class:`AssetRefRefusedError`),
+    ``allow_data_uris`` and ``max_data_uri_bytes`` (default 1 MiB).
     """
 
     model: ClassVar[str] = EDIT_MODEL
 
-    image_urls: list[str] = Field(min_length=1, max_length=4)
+    # Before image_urls: its validator reads them.
+    assets_as: Literal["url", "ref"] = "url"
+    allow_data_uris: bool = False
+    max_data_uri_bytes: Annotated[int, Field(ge=1, le=MAX_DATA_URI_CAP)] = (
+        DEFAULT_MAX_DATA_URI_BYTES
+    )
+    image_urls: list[str | Asset] = Field(min_length=1, max_length=4)
 
     @field_validator("image_urls", mode="before")
     @classmethod
     def _urls_as_list(cls, value: Any) -> Any:
         if isinstance(value, tuple):
-            return list(value)
+            value = list(value)
+        for position, item in enumerate(value if isinstance(value, list) else ()):
+            if isinstance(item, bytes | os.PathLike):
+                raise ValueError(
+                    f"item {position} is a local file ({type(item).__name__}): upload it "
+                    "first (client.upload()) and pass the Asset, or pass it to client.edit()"
+                )
+            if not isinstance(item, str | Asset):
+                raise ValueError(
+                    f"item {position} must be a URL string or an Asset, not {type(item).__name__}"
+                )
         return value
 
     @field_validator("image_urls")
     @classmethod
-    def _urls_are_http(cls, value: list[str]) -> list[str]:
-        return [_http_url(url) for url in value]
+    def _urls_are_inputs(cls, value: list[str | Asset], info: ValidationInfo) -> list[str | Asset]:
+        allow = info.data.get("allow_data_uris") is True
+        cap = info.data.get("max_data_uri_bytes", DEFAULT_MAX_DATA_URI_BYTES)
+        for position, item in enumerate(value):
+            if isinstance(item, str):
+                problem = image_item_problem(item, allow_data_uris=allow, max_data_uri_bytes=cap)
+                if problem is not None:
+                    raise ValueError(f"item {position}: {problem}")
+        return value
+
+    def input_payload(self) -> dict[str, Any]:
+        """The ``input`` object, with each :class:`Asset` as ``assets_as`` says."""
+        data = super().input_payload()
+        data["image_urls"] = self.input_urls
+        return data
+
+    @property
+    def input_urls(self) -> list[str]:
+        """As sent: an :class:`Asset` as its ``url`` or ``ref`` (``assets_as``)."""
+        ref = self.assets_as == "ref"
+        return [
+            item if isinstance(item, str) else item.ref if ref else item.url
+            for item in self.image_urls
+        ]
+
+    @property
+    def sends_refs(self) -> list[str]:
+        """The ``runflow://assets`` refs this request sends (to explain a 422 about them)."""
+        return [url for url in self.input_urls if url.startswith(ASSET_REF_PREFIX)]
 
 
 _R = TypeVar("_R", bound=RunRequest)

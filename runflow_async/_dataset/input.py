@@ -64,6 +64,8 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 _JSON_TYPES = {"list": "an array", "str": "a string", "bool": "a boolean", "NoneType": "null"}
 _INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
 _PLACEHOLDER = "https://local.invalid/{}"
+# Sent as they are (an edit validates them); any other string is a local file.
+_NOT_PATHS = ("http://", "https://", "runflow://", "data:")
 
 
 class InputFileError(RunflowError, ValueError):
@@ -242,7 +244,7 @@ class _Reader:
             given = tuple(str(entry) for entry in fields["image_urls"])
             urls = fields["image_urls"] = list(fields["image_urls"])
             for position, entry in enumerate(urls):
-                if isinstance(entry, str) and not entry.startswith(("http://", "https://")):
+                if isinstance(entry, str) and not entry.startswith(_NOT_PATHS):
                     local, reason = local_file(entry, self.path.absolute().parent)
                     if reason:
                         problems.append(f"image_urls[{position}]: {reason}")

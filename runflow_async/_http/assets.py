@@ -19,14 +19,13 @@ import logging
 import math
 import os
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
-from pydantic import BaseModel, ConfigDict
 
+from runflow_async._core.assets import Asset
 from runflow_async._core.errors import (
     APIError,
     APIResponseError,
@@ -38,7 +37,14 @@ from runflow_async._http.retry import CallKind, with_retries
 from runflow_async._http.transport import Transport, is_plain_id, keyless_session, parse_response
 from runflow_async._imagesize import image_size_from_bytes, image_type_from_bytes
 
-__all__ = ["MAX_UPLOAD_BYTES", "Asset", "get_asset", "read_upload_source", "upload_asset"]
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "Asset",
+    "check_upload",
+    "get_asset",
+    "read_upload_source",
+    "upload_asset",
+]
 
 logger = logging.getLogger("runflow_async")
 
@@ -52,44 +58,6 @@ _PUT_BYTES_PER_SECOND = 256 * 1024
 _MAX_FILENAME = 500
 
 _T = TypeVar("_T")
-
-
-class Asset(BaseModel):
-    """An uploaded file, as the confirmation and ``GET /v1/assets/{id}`` return it.
-
-    Pass ``url`` in an edit's ``image_urls``. It is signed and short-lived: keep
-    ``id`` and call :meth:`RunflowClient.get_asset` for a fresh one. Other fields
-    the API sends (``org_id``, ``folder_id``, ``thumbnail_url``, ...) are kept as
-    extra attributes.
-
-    Attributes:
-        id: The asset id.
-        url: A signed GET URL of the file.
-        name: The file name given at upload.
-        mime_type: The file's type, e.g. ``image/png``.
-        size_bytes: The file's size.
-        width: Pixel width, read from the file's header at upload when recognised.
-        height: Pixel height, likewise.
-        created_at: When the upload session was opened.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    id: str
-    url: str
-    name: str
-    mime_type: str
-    size_bytes: int
-    width: int | None = None
-    height: int | None = None
-    created_at: datetime | None = None
-
-    def __repr__(self) -> str:
-        # The URL's query string is a credential: leave the URL out.
-        return (
-            f"Asset(id={self.id!r}, name={self.name!r}, mime_type={self.mime_type!r}, "
-            f"size_bytes={self.size_bytes!r})"
-        )
 
 
 def _upload_timeout(size: int) -> float:
@@ -132,7 +100,7 @@ async def read_upload_source(
     return data, path.name if filename is None else filename
 
 
-def _check_upload(data: bytes, filename: str, mime_type: str | None) -> str:
+def check_upload(data: bytes, filename: str, mime_type: str | None) -> str:
     """Validate an upload before anything is sent; return its MIME type."""
     if not 1 <= len(data) <= MAX_UPLOAD_BYTES:
         raise _size_error(filename, len(data))
@@ -282,7 +250,7 @@ async def upload_asset(
         APIError: A step failed after its retries (``PermissionDeniedError``: the
             PUT was refused even after starting over).
     """
-    mime_type = _check_upload(data, filename, mime_type)
+    mime_type = check_upload(data, filename, mime_type)
     asset_id = await _stage(transport, data, filename, mime_type)
     path = f"/v1/asset-uploads/{asset_id}/confirmations"
     confirmed = await _post(transport, path, {})

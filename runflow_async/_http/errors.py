@@ -54,6 +54,17 @@ def client_error(
         )
     if isinstance(exc, TimeoutError):
         return APITimeoutError(f"Timed out waiting for {where}", method=method, path=path)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Verification failed before anything was sent; trying again cannot help.
+        reason = getattr(exc.certificate_error, "verify_message", None) or name
+        return APIConnectionError(
+            f"The TLS certificate of {where} did not verify ({reason}); to trust a private "
+            "CA, pass RunflowClient(ssl_context=ssl.create_default_context(cafile=...))",
+            sent=False,
+            retryable=False,
+            method=method,
+            path=path,
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         # Refused, unreachable or DNS failure: nothing was sent.
         reason = exc.os_error.strerror or name

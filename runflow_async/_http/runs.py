@@ -218,6 +218,6 @@ def check_outcome(run: Run) -> Run:
         return run
     if run.canceled:
         raise RunCanceledError(f"Run {run.id} was canceled.", run=run)
-    reason = run.failure_message or run.failure_code or "no reason given"
+    reason = run.failure_reason or "no reason given"
     status = run.status or RunStatus.FAILED
     raise RunFailedError(f"Run {run.id} {status.value}: {reason}.", run=run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import platform
 import re
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from runflow_async._core.errors import (
     APIError,
     APIResponseError,
     ClientClosedError,
+    ConfigurationError,
 )
 from runflow_async._http.errors import CLIENT_ERRORS, client_error, status_error
 from runflow_async._http.jsonio import dump_json, parse_json
@@ -134,6 +136,7 @@ class Transport:
         max_connections: Size of the connection pool we create.
         max_response_bytes: The largest response body read.
         session: A session to borrow instead of creating one (never closed by us).
+        ssl_context: TLS settings for the session we create (default: aiohttp's, verifying).
         on_retry: Called before each retry.
         clock: Scales the waits the client chooses (backoff, polls) to the server's time.
     """
@@ -149,6 +152,7 @@ class Transport:
         max_connections: int,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         on_retry: RetryHook | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -158,7 +162,12 @@ class Transport:
         self.on_retry = on_retry
         self._max_connections = max_connections
         self._max_body = max_response_bytes
+        if session is not None and ssl_context is not None:
+            raise ConfigurationError(
+                "Pass ssl_context or session, not both: give your session's connector the context."
+            )
         self._session = session
+        self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
         self._owns_session = session is None
         self._closed = False
         self.timeout = aiohttp.ClientTimeout(
@@ -190,7 +199,9 @@ class Transport:
         if self._closed:
             raise ClientClosedError("The client is closed; create a new RunflowClient.")
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, ssl=self._ssl
+            )
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 

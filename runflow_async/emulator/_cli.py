@@ -10,6 +10,7 @@ import signal
 import sys
 from decimal import Decimal
 
+from runflow_async.emulator._cli_fidelity import add_fidelity_flags, fidelity_options
 from runflow_async.emulator._config import (
     BATCH_BODIES,
     BATCH_MODELS,
@@ -69,6 +70,7 @@ def add_emulator_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--credit-usd", type=amount, default=None, help="answer 402 once this much is billed"
     )
     _add_server_fault_flags(emu)
+    add_fidelity_flags(emu)
     _add_limit_flags(emu)
     _add_fault_flags(emu)
 
@@ -318,6 +320,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         batch_body=args.batch_body,
         batch_models=args.batch_models,
         faults=faults,
+        **fidelity_options(args),
     )
 
 
@@ -328,6 +331,8 @@ def _serve(config: EmulatorConfig) -> int:
         nonlocal bound
         bound = True
         print(f"Runflow emulator on {emu.url} (Ctrl-C stops it)", flush=True)
+        if emu.ca_file is not None:
+            print(f"TLS CA certificate (trust it to connect): {emu.ca_file}", flush=True)
 
     async def run() -> None:
         # Handle Ctrl-C and SIGTERM ourselves: a process started in the background

@@ -24,6 +24,7 @@ from runflow_async.emulator._rates import (
 )
 
 __all__ = [
+    "ASSET_REF_MODES",
     "BATCH_BODIES",
     "BATCH_MODELS",
     "CALLBACK",
@@ -55,6 +56,9 @@ REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 
 IDEMPOTENCY_MODES = ("at_receipt", "at_commit", "ignored")
 """Values of ``EmulatorConfig.idempotency_mode``."""
+
+ASSET_REF_MODES = ("resolve", "refuse")
+"""Values of ``EmulatorConfig.asset_refs``."""
 
 
 @checked_fields()
@@ -153,6 +157,21 @@ class EmulatorConfig:
             the edit model) or ``none``; the others answer the batch route ``422
             BATCH_NOT_SUPPORTED`` ("only binding-capable models support batches"),
             nothing created.
+        tls: Serve HTTPS with a certificate generated at start-up for 127.0.0.1,
+            ::1 and localhost by a CA of its own (``Emulator.ca_file``, the path
+            the CLI prints); ``url`` and every presigned URL are then ``https://``.
+        reject_unknown_input_fields: Refuse ``input`` fields the model page does
+            not list (``422``, code ``unknown_field``), as the emulator did before;
+            by default they are accepted, ignored for generation and kept in the
+            run's ``input`` echo (no source says the real API refuses them).
+        asset_refs: ``resolve`` (default): ``runflow://assets/{id}`` in
+            ``image_urls`` names a confirmed asset of the organisation, resolved
+            when the run is created (an unknown or unconfirmed one is ``422``,
+            nothing billed); ``refuse``: the older answer, ``422`` "media URL
+            must use HTTP(S) or data URI, got 'runflow'".
+        data_uri_max_bytes: Largest decoded ``data:`` image accepted in
+            ``image_urls`` (default 1 MiB, from the docs' "< 1 MiB inline is
+            fine"); a larger or undecodable one is ``422``; 0 refuses them all.
     """
 
     host: str = "127.0.0.1"
@@ -187,6 +206,10 @@ class EmulatorConfig:
     callback_null_output_rate: float = 0.0
     batch_body: str = "openapi"
     batch_models: str = "all"
+    tls: bool = False
+    reject_unknown_input_fields: bool = False
+    asset_refs: str = "resolve"
+    data_uri_max_bytes: int = 1_048_576
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -221,6 +244,16 @@ class EmulatorConfig:
         self._check_idempotency()
         self._check_limits()
         self._check_lists()
+        self._check_fidelity()
+
+    def _check_fidelity(self) -> None:
+        for name, value, choices in (("asset_refs", self.asset_refs, ASSET_REF_MODES),):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if self.data_uri_max_bytes < 0:
+            raise ValueError(
+                f"data_uri_max_bytes must not be negative, got {self.data_uri_max_bytes}"
+            )
 
     def _check_lists(self) -> None:
         if self.list_filters not in LIST_FILTER_MODES:

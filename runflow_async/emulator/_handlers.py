@@ -12,7 +12,7 @@ from aiohttp import web
 from runflow_async.emulator._access import presigned_refusal, unauthorized
 from runflow_async.emulator._filters import filter_kind, refusal
 from runflow_async.emulator._images import PillowMissingError
-from runflow_async.emulator._inputs import edit_input_sizes
+from runflow_async.emulator._inputs import edit_input_sizes, unresolved_refs
 from runflow_async.emulator._listing import parse_list_params, walk
 from runflow_async.emulator._middleware import FORCED_FAILURE, LATE_COMMIT, REQUEST_ID
 from runflow_async.emulator._query import QuerySyntaxError, named_values
@@ -76,8 +76,10 @@ async def create_run(request: web.Request) -> web.Response:
     digest = fingerprint(model, body) if key else b""
     if key and (replay := await _replay(request, key, digest, at_receipt=mode == "at_receipt")):
         return replay
-    valid, errors = validate_create(body, model)
-    if valid is None:
+    valid, errors = validate_create(body, model, state.input_rules)
+    if valid is not None:
+        errors = unresolved_refs(valid, state.assets)
+    if valid is None or errors:
         count = len(errors)
         message = f"The request has {count} invalid field{'s' if count > 1 else ''}."
         return error_response(422, "VALIDATION_ERROR", message, errors)
@@ -88,7 +90,13 @@ async def create_run(request: web.Request) -> web.Response:
         valid,
         REQUEST_ID.get(),
         forced_failure=FORCED_FAILURE.get(),
-        inputs=edit_input_sizes(valid, request.host, store.by_id.get, state.assets.image_size),
+        inputs=edit_input_sizes(
+            valid,
+            request.host,
+            store.by_id.get,
+            state.assets.image_size,
+            state.config.data_uri_max_bytes,
+        ),
         idempotency=(key, digest) if key else None,
         base=base_url(request),
         commit_after=delay,

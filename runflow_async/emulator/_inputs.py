@@ -1,11 +1,15 @@
 """Sizes of edit inputs: known for the emulator's own URLs, assumed for anything else.
 
 An edit chained on an earlier run passes that run's output URL as an input, and an
-edit of a local file passes the URL of the asset it was uploaded as. The emulator
-knows the size of both (outputs are rendered at a chosen size; an asset's size is
-read from its bytes at confirmation), so it bills them at their real size, exactly
-as a client that measured the image would estimate. Any other URL is left
-``None``, and the pricing policy assumes its size.
+edit of a local file passes the URL of the asset it was uploaded as, or its
+``runflow://assets/{id}`` ref, or a small ``data:`` image. The emulator knows the
+size of all of these (outputs are rendered at a chosen size; an asset's size is
+read from its bytes at confirmation; a ``data:`` image is decoded), so it bills
+them at their real size, exactly as a client that measured the image would
+estimate. Any other URL is left ``None``, and the pricing policy assumes its size.
+
+Refs are resolved when the run is created (:func:`unresolved_refs`): each must
+name a confirmed asset of the organisation, or the create is ``422``.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
 from runflow_async._pricing import EDIT_MODEL, Size
+from runflow_async.emulator._assets import AssetStore
+from runflow_async.emulator._media import asset_ref_id, data_uri_size
 from runflow_async.emulator._runs import RunRecord
-from runflow_async.emulator._validation import CreateRequest
+from runflow_async.emulator._validation import CreateRequest, FieldError, field_error
 
-__all__ = ["edit_input_sizes", "own_input_size", "own_output_size"]
+__all__ = ["edit_input_sizes", "own_input_size", "own_output_size", "unresolved_refs"]
 
 _FILE_PATH = re.compile(r"/files/(?P<run_id>[^/]+)/(?P<index>\d+)\.(?P<ext>[a-z]+)")
 _ASSET_PATH = re.compile(r"/assets/(?P<asset_id>[^/]+)/content")
@@ -75,11 +81,59 @@ def own_input_size(url: str, own_netloc: str, find: FindRun, asset_size: AssetSi
     return own_output_size(url, own_netloc, find)
 
 
+def _input_size(
+    url: str, own_netloc: str, find: FindRun, asset_size: AssetSize, data_limit: int
+) -> Size | None:
+    if url.startswith("data:"):
+        return data_uri_size(url, data_limit)
+    asset_id = asset_ref_id(url)
+    if asset_id is not None:
+        return asset_size(asset_id)
+    return own_input_size(url, own_netloc, find, asset_size)
+
+
 def edit_input_sizes(
-    request: CreateRequest, own_netloc: str, find: FindRun, asset_size: AssetSize
+    request: CreateRequest,
+    own_netloc: str,
+    find: FindRun,
+    asset_size: AssetSize,
+    data_limit: int = 1_048_576,
 ) -> tuple[Size | None, ...]:
-    """Return the known size (or ``None``) of each input of an edit; ``()`` otherwise."""
+    """Return the known size (or ``None``) of each input of an edit; ``()`` otherwise.
+
+    Args:
+        request: The validated create.
+        own_netloc: ``host:port`` clients reach this emulator by.
+        find: Looks a kept run up by id.
+        asset_size: The pixel size of a confirmed asset by id.
+        data_limit: ``EmulatorConfig.data_uri_max_bytes`` (``data:`` inputs passed it).
+    """
     if request.model != EDIT_MODEL:
         return ()
     urls: list[str] = request.input["image_urls"]
-    return tuple(own_input_size(url, own_netloc, find, asset_size) for url in urls)
+    return tuple(_input_size(url, own_netloc, find, asset_size, data_limit) for url in urls)
+
+
+def unresolved_refs(request: CreateRequest, assets: AssetStore) -> list[FieldError]:
+    """Return a ``422`` error for each ``runflow://assets/{id}`` input that names no asset.
+
+    A ref must name an upload of this organisation that has been confirmed; an
+    upload session still open (bytes PUT or not) is not an asset yet. The emulator
+    serves one organisation, so another's asset is an unknown id here. Call it on
+    a validated create before admitting it, so that a refused ref bills nothing.
+    """
+    if request.model != EDIT_MODEL:
+        return []
+    errors: list[FieldError] = []
+    for index, url in enumerate(request.input["image_urls"]):
+        asset_id = asset_ref_id(url)
+        if asset_id is None:
+            continue
+        field = f"input.image_urls.{index}"
+        if asset_id not in assets.by_id:
+            message = f"asset {asset_id} does not exist in this organisation"
+            errors.append(field_error(field, message, "asset_not_found"))
+        elif assets.confirmed(asset_id) is None:
+            message = f"asset {asset_id} is not confirmed yet; confirm the upload first"
+            errors.append(field_error(field, message, "asset_not_confirmed"))
+    return errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from types import TracebackType
@@ -19,6 +20,7 @@ from runflow_async.emulator._counters import EmulatorCounters
 from runflow_async.emulator._faults import FaultScript
 from runflow_async.emulator._middleware import inject_faults, observe, refuse_credentials
 from runflow_async.emulator._state import STATE, EmulatorState
+from runflow_async.emulator._tls import TlsMaterial
 
 __all__ = ["Emulator", "build_app", "serve"]
 
@@ -28,10 +30,16 @@ _SHUTDOWN_TIMEOUT = 5.0  # seconds aiohttp waits for handlers still running at c
 # aiohttp's default 8 KiB request line is too short for a batch poller's
 # ``q=id:... OR id:...`` with 200 ids; a real gateway may well be as strict as 8 KiB.
 _MAX_LINE_SIZE = 64 * 1024
+_BASE_BODY = 1024 * 1024  # aiohttp's default request body limit
 
 
-def _base_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _max_body(config: EmulatorConfig) -> int:
+    """Return the request body limit: room for four ``data:`` images at the cap, base64."""
+    return _BASE_BODY + 4 * (config.data_uri_max_bytes * 4 // 3 + 4)
+
+
+def _base_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def _callbacks(app: web.Application) -> AsyncIterator[None]:
@@ -45,7 +53,10 @@ def build_app(state: EmulatorState) -> web.Application:
 
     Callbacks are sent from the application's startup to its cleanup.
     """
-    app = web.Application(middlewares=[observe, refuse_credentials, inject_faults])
+    app = web.Application(
+        middlewares=[observe, refuse_credentials, inject_faults],
+        client_max_size=_max_body(state.config),
+    )
     app[STATE] = state
     app.cleanup_ctx.append(_callbacks)
     router = app.router
@@ -121,6 +132,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closed = False
+        self._tls: TlsMaterial | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -151,8 +163,11 @@ class Emulator:
         )
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
+            if self.config.tls:
+                self._tls = TlsMaterial(self.config.host)
+            context = None if self._tls is None else self._tls.server_context
+            site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=context)
             await site.start()
         except BaseException:  # a port in use: the app's cleanup still runs
             await self.aclose()
@@ -166,6 +181,8 @@ class Emulator:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        if self._tls is not None:
+            self._tls.remove()
 
     @property
     def port(self) -> int:
@@ -180,8 +197,41 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        """Return the base URL, e.g. ``http://127.0.0.1:8787``."""
-        return _base_url(self.config.host, self.port)
+        """Return the base URL, e.g. ``http://127.0.0.1:8787`` (``https://`` with ``tls``)."""
+        return _base_url(self.config.host, self.port, self.scheme)
+
+    @property
+    def base_url(self) -> str:
+        """Return the base URL (the same as :attr:`url`)."""
+        return self.url
+
+    @property
+    def scheme(self) -> str:
+        """Return ``https`` when the emulator serves TLS (``EmulatorConfig.tls``), else ``http``."""
+        return "https" if self.config.tls else "http"
+
+    @property
+    def ca_file(self) -> str | None:
+        """Return the path of the CA certificate (PEM) to trust, or ``None`` without TLS.
+
+        The file lives in a temporary directory the emulator removes when it closes.
+
+        Raises:
+            RuntimeError: If TLS is on and the emulator has not been started.
+        """
+        if not self.config.tls:
+            return None
+        if self._tls is None:
+            raise RuntimeError("the Emulator has not been started")
+        return self._tls.ca_file
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """Return an ``SSLContext`` trusting the emulator's CA (``None`` without TLS).
+
+        The same as ``ssl.create_default_context(cafile=emu.ca_file)``.
+        """
+        ca_file = self.ca_file
+        return None if ca_file is None else ssl.create_default_context(cafile=ca_file)
 
     @property
     def counters(self) -> EmulatorCounters:
@@ -239,7 +289,7 @@ class Emulator:
                 creates made.
         """
         state = self._state
-        base = _base_url(self.config.host, self._port or self.config.port)
+        base = _base_url(self.config.host, self._port or self.config.port, self.scheme)
         now = state.clock.now()
         state.store.settle(now)  # evicts what ``retain_runs`` no longer keeps
         url_for = state.url_for(base, now)

@@ -25,12 +25,13 @@ from runflow_async.emulator._counters import EmulatorCounters, Tally
 from runflow_async.emulator._dice import FaultDice
 from runflow_async.emulator._faults import FaultScript
 from runflow_async.emulator._images import ImageRenderer
+from runflow_async.emulator._media import MediaRules
 from runflow_async.emulator._ratelimit import RateLimiter
 from runflow_async.emulator._runs import RunRecord, UrlFor
 from runflow_async.emulator._secrets import SecretStore
 from runflow_async.emulator._signing import UrlSigner
 from runflow_async.emulator._store import RunStore
-from runflow_async.emulator._validation import CreateRequest
+from runflow_async.emulator._validation import CreateRequest, InputRules
 
 __all__ = ["STATE", "EmulatorState", "fingerprint"]
 
@@ -84,6 +85,7 @@ class EmulatorState:
         last_run_id: Id of the run the latest create made (for ``Fault.reused_run_id``).
         batches: The batches.
         batch_rng: Draws batch and item ids (its own stream: runs draw as without it).
+        input_rules: The validation switches of ``config`` (unknown fields, refs, ``data:``).
     """
 
     def __init__(self, config: EmulatorConfig) -> None:
@@ -116,6 +118,8 @@ class EmulatorState:
         self.last_run_id: str | None = None
         self.batches = BatchStore()
         self.batch_rng = random.Random(f"runflow-emulator-batches:{config.seed}")
+        media = MediaRules(config.asset_refs, config.data_uri_max_bytes)
+        self.input_rules = InputRules(config.reject_unknown_input_fields, media)
 
     def set_credit(self, credit_usd: Decimal | None) -> None:
         """Replace the credit: a top-up, or ``None`` to lift the limit.

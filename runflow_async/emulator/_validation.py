@@ -8,14 +8,23 @@ optional field means "use the default".
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from runflow_async._pricing import EDIT_MODEL, PRESET_SIZES, Size
+from runflow_async.emulator._media import MediaRules, check_media_url
 
-__all__ = ["CreateRequest", "FieldError", "field_error", "validate_create"]
+__all__ = [
+    "DEFAULT_RULES",
+    "CreateRequest",
+    "FieldError",
+    "InputRules",
+    "field_error",
+    "validate_create",
+]
 
 FieldError = dict[str, str]
 """One entry of the envelope's ``errors``: ``{field, message, code}``."""
@@ -43,6 +52,24 @@ _SIDE = (64, 2048)
 _MAX_IMAGE_URLS = 4
 _MAX_CLIENT_REF = 255
 _MAX_CALLBACK_URL = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class InputRules:
+    """The switches of input validation (``EmulatorConfig`` fields of the same names).
+
+    Attributes:
+        reject_unknown_input_fields: Refuse ``input`` fields the model page does
+            not list; by default they are kept (echoed in ``input``) and ignored.
+        media: What ``image_urls`` may hold besides http(s) URLs.
+    """
+
+    reject_unknown_input_fields: bool = False
+    media: MediaRules = dataclasses.field(default_factory=MediaRules)
+
+
+DEFAULT_RULES = InputRules()
+"""The emulator's default rules: unknown fields kept, refs and small ``data:`` images taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +145,7 @@ def _check_image_size(value: Any, errors: list[FieldError]) -> Size | None:
     return (sides[0], sides[1]) if len(sides) == 2 else None
 
 
-def _check_image_urls(value: Any, errors: list[FieldError]) -> int:
+def _check_image_urls(value: Any, errors: list[FieldError], media: MediaRules) -> int:
     field = "input.image_urls"
     if value is None:
         errors.append(_err(field, "is required", "required"))
@@ -128,21 +155,22 @@ def _check_image_urls(value: Any, errors: list[FieldError]) -> int:
         return 0
     if not 1 <= len(value) <= _MAX_IMAGE_URLS:
         errors.append(_err(field, "must hold 1 to 4 URLs", "out_of_range"))
-    errors.extend(
-        _err(f"{field}.{index}", "must be an http(s) URL", "invalid_url")
-        for index, url in enumerate(value)
-        if not _is_http_url(url)
-    )
+    for index, url in enumerate(value):
+        if (problem := check_media_url(url, media)) is not None:
+            errors.append(_err(f"{field}.{index}", *problem))
     return len(value)
 
 
 def _check_input(
-    data: dict[str, Any], edit: bool, errors: list[FieldError]
+    data: dict[str, Any], edit: bool, errors: list[FieldError], rules: InputRules
 ) -> tuple[Size | None, int]:
     allowed = _EDIT_FIELDS if edit else _COMMON_FIELDS
-    errors.extend(
-        _err(f"input.{key}", "unknown field", "unknown_field") for key in data if key not in allowed
-    )
+    if rules.reject_unknown_input_fields:
+        errors.extend(
+            _err(f"input.{key}", "unknown field", "unknown_field")
+            for key in data
+            if key not in allowed
+        )
     prompt = data.get("prompt")
     if prompt is None:
         errors.append(_err("input.prompt", "is required", "required"))
@@ -167,7 +195,7 @@ def _check_input(
     if fmt is not None and fmt not in _FORMATS:
         errors.append(_err("input.output_format", "must be jpeg, png or webp", "invalid_choice"))
     size = None if data.get("image_size") is None else _check_image_size(data["image_size"], errors)
-    num_inputs = _check_image_urls(data.get("image_urls"), errors) if edit else 0
+    num_inputs = _check_image_urls(data.get("image_urls"), errors, rules.media) if edit else 0
     return size, num_inputs
 
 
@@ -189,8 +217,13 @@ def _check_envelope(body: dict[str, Any], errors: list[FieldError]) -> None:
         errors.append(_err("metadata", "must be an object", "invalid_type"))
 
 
-def validate_create(body: Any, model: str) -> tuple[CreateRequest | None, list[FieldError]]:
-    """Check a create body for ``model``.
+def validate_create(
+    body: Any, model: str, rules: InputRules = DEFAULT_RULES
+) -> tuple[CreateRequest | None, list[FieldError]]:
+    """Check a create body for ``model`` under ``rules`` (the emulator's: ``state.input_rules``).
+
+    Asset refs are checked for their form only: whether each names an asset is
+    :func:`runflow_async.emulator._inputs.unresolved_refs`'s question.
 
     Returns:
         The resolved request and no errors, or ``None`` and every error found.
@@ -202,7 +235,7 @@ def validate_create(body: Any, model: str) -> tuple[CreateRequest | None, list[F
     size: Size | None = None
     num_inputs = 0
     if isinstance(data, dict):
-        size, num_inputs = _check_input(data, model == EDIT_MODEL, errors)
+        size, num_inputs = _check_input(data, model == EDIT_MODEL, errors, rules)
     elif data is None:
         errors.append(_err("input", "is required", "required"))
     else:
