@@ -70,6 +70,7 @@ _DERIVED = (
     "failure_code",
     "failure_message",
     "failure_stage_code",
+    "error",  # only with ``EmulatorConfig.failure_shape`` both or error
 )
 _STORED = (
     "id",
@@ -126,6 +127,7 @@ class RunRecord:
             kept here so that they are forgotten with the run.
         background: Made by another client of the organisation
             (``EmulatorConfig.background_runs``), not by a create we answered.
+        failure_shape: ``EmulatorConfig.failure_shape``: how a failure is shown.
     """
 
     seq: int
@@ -145,6 +147,7 @@ class RunRecord:
     cost_delay: float = 0.0
     deliveries: list[Delivery] | None = None
     background: bool = False
+    failure_shape: str = "documented"
 
     @property
     def end(self) -> float:
@@ -197,7 +200,7 @@ class RunRecord:
         done = status in ("succeeded", "failed")
         started = now >= self.created + self.duration * _RUNNING_AT
         failure = self.failure if done else None
-        return {
+        derived = {
             "status_code": status,
             "output": self._output(url_for) if output and status == "succeeded" else None,
             "duration_ms": round(self.duration * 1000) if done else None,
@@ -210,6 +213,14 @@ class RunRecord:
             "failure_message": failure[1] if failure else None,
             "failure_stage_code": "execution" if failure else None,
         }
+        if self.failure_shape != "documented":
+            # The older shape, which the official JS SDK reads (``error.message``).
+            derived["error"] = (
+                None if failure is None else {"message": failure[1], "code": failure[0]}
+            )
+            if self.failure_shape == "error":
+                derived["failure_code"] = derived["failure_message"] = None
+        return derived
 
     def _stored(self) -> dict[str, Any]:
         request = self.request
@@ -260,5 +271,5 @@ class RunRecord:
         if name in _CONSTANTS:
             return _CONSTANTS[name]
         if name in _DERIVED:
-            return self._derived(now, url_for, output=name == "output")[name]
+            return self._derived(now, url_for, output=name == "output").get(name, MISSING)
         return self._stored().get(name, MISSING)

@@ -71,6 +71,8 @@ def build_app(state: EmulatorState) -> web.Application:
     router.add_post(
         "/v1/asset-uploads/{asset_id}/confirmations", assets.confirm_upload, name="asset_confirm"
     )
+    # Before ``{asset_id}``, which "types" would match.
+    router.add_get("/v1/assets/types", assets.get_asset_types, name="asset_types")
     router.add_get("/v1/assets/{asset_id}", assets.get_asset, name="get_asset")
     router.add_get("/assets/{asset_id}/content", assets.get_asset_file, name="asset_file")
     callbacks = _callback_routes
