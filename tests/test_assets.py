@@ -441,8 +441,8 @@ async def test_storage_errors_are_mapped_whatever_their_body(inline_server: Serv
     async with make_client(await inline_server(handler)) as client:
         with pytest.raises(BadRequestError) as caught:
             await client.upload(DATA, filename="fox.png")
-    assert str(caught.value).startswith("HTTP 400 uploading to http://127.0.0.1:")
-    assert caught.value.code is None
+    assert str(caught.value).startswith("HTTP 400 BadDigest uploading to http://127.0.0.1:")
+    assert caught.value.code == "BadDigest"
     assert "secret" not in str(caught.value)
 
 

@@ -9,7 +9,9 @@ not chained (its message may quote the full URL).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from xml.sax.saxutils import unescape
 
 import aiohttp
 
@@ -23,7 +25,32 @@ from runflow_async._core.errors import (
 from runflow_async._core.models import parse_error_body
 from runflow_async._http.retry import parse_retry_after
 
-__all__ = ["CLIENT_ERRORS", "client_error", "status_error"]
+__all__ = ["CLIENT_ERRORS", "client_error", "status_error", "storage_xml_error"]
+
+
+_XML_ENTITIES = {"&quot;": '"', "&apos;": "'"}
+_XML_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_XML_MESSAGE = re.compile(rb"<Message>([^<]{1,500})</Message>")
+
+
+def _xml_text(pattern: re.Pattern[bytes], head: bytes) -> str | None:
+    match = pattern.search(head)
+    if match is None:
+        return None
+    return unescape(match[1].decode("utf-8", "replace"), _XML_ENTITIES).strip()[:200] or None
+
+
+def storage_xml_error(body: bytes) -> tuple[str | None, str | None]:
+    """Return ``(Code, Message)`` of an S3-style XML error document, or ``(None, None)``.
+
+    Only those two elements are read (by pattern, never by an XML parser): S3's
+    ``SignatureDoesNotMatch`` also carries ``<SignatureProvided>`` and
+    ``<StringToSign>``, parts of the presigned credential that no message may quote.
+    """
+    head = body[:8192].lstrip()
+    if not head.startswith((b"<?xml", b"<Error")):
+        return None, None
+    return _xml_text(_XML_CODE, head), _xml_text(_XML_MESSAGE, head)
 
 
 CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
@@ -92,14 +119,17 @@ def status_error(
 ) -> APIStatusError:
     """The error for an error status: the subclass for it, code and message from the body.
 
-    A body that is not JSON (an HTML page from a proxy, XML from storage) adds
-    its first 200 characters to the message, for the API only.
+    An S3-style XML error (storage's answer to a presigned PUT or GET) gives its
+    ``Code`` and ``Message``. Another body that is not JSON (an HTML page from a
+    proxy) adds its first 200 characters to the message, for the API only.
     """
     try:
         data = json.loads(body) if body.strip() else None
     except (ValueError, RecursionError):
         data = None  # an HTML error page, XML from storage, absurdly deep nesting
     code, message, errors = parse_error_body(data)
+    if data is None:
+        code, message = storage_xml_error(body)
     if not message and data is None and target is None:
         message = body[:200].decode("utf-8", "replace").strip() or None
     summary = f"HTTP {status}" + (f" {code}" if code else "")

@@ -36,6 +36,14 @@ optionally confined to some routes (``FaultRates.only_on``: say, server errors o
 status reads only). Credit runs out with 402 ``INSUFFICIENT_CREDIT`` and can be
 topped up while running (``Emulator.set_credit``, ``POST /_emulator/credit``).
 
+Where the API is unknown or has changed, a switch picks the reading (README: "The
+emulator's switches"): HTTPS with a CA made at start-up (``tls``, ``Emulator.ca_file``),
+the clock's start (``clock_anchor``, default the real time), unknown input fields
+(``reject_unknown_input_fields``), the failure shape (``failure_shape``),
+``runflow://assets/{id}`` refs (``asset_refs``) and inline ``data:`` images
+(``data_uri_max_bytes``). ``GET /v1/assets/types`` lists the upload types, and the
+presigned PUT refuses in S3-style XML.
+
 Run it standalone with ``runflow-async emulator --port 8787`` (``--help`` lists
 the limits and the fault flags, e.g. ``--rate-5xx 0.05 --fault-only
 5xx=get_run,list_runs``); ``--port 0`` picks a free port and prints the URL.

@@ -13,6 +13,7 @@ the asset are billed by its real size.
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,12 @@ from runflow_async.emulator._validation import FieldError, field_error
 __all__ = [
     "MAX_UPLOAD_BYTES",
     "SUPPORTED_MIME_TYPES",
+    "TYPES_HINT",
     "AssetRecord",
     "AssetStore",
     "UploadSession",
+    "asset_types",
+    "is_uuid",
     "validate_upload_session",
 ]
 
@@ -36,7 +40,45 @@ MAX_UPLOAD_BYTES = 52_428_800
 """The documented upload limit: 50 MiB."""
 
 SUPPORTED_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
-"""Image types an upload session accepts (``GET /v1/assets/types`` lists more kinds)."""
+"""Image types an upload session accepts, as ``GET /v1/assets/types`` lists them."""
+
+_EXTENSIONS = {
+    "image/gif": ["gif"],
+    "image/jpeg": ["jpg", "jpeg"],
+    "image/png": ["png"],
+    "image/webp": ["webp"],
+}
+_UNTYPED = "application/octet-stream"
+_ACCEPTED = ", ".join(sorted(SUPPORTED_MIME_TYPES))
+TYPES_HINT = f"accepted types: {_ACCEPTED} (GET /v1/assets/types lists them)"
+"""The hint a refused ``mime_type`` carries."""
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def is_uuid(value: str) -> bool:
+    """Return whether ``value`` is a UUID in its canonical 8-4-4-4-12 hex form."""
+    return _UUID.fullmatch(value) is not None
+
+
+def asset_types() -> dict[str, Any]:
+    """Return the body of ``GET /v1/assets/types``.
+
+    The docs name the route ("supported MIME list") but not its shape; this one is
+    an assumption in the API's list style: ``items`` of ``{mime_type, asset_type,
+    extensions, max_size_bytes}``, plus the bare ``mime_types`` for a reader that
+    only wants the names.
+    """
+    items = [
+        {
+            "mime_type": mime_type,
+            "asset_type": "image",
+            "extensions": _EXTENSIONS[mime_type],
+            "max_size_bytes": MAX_UPLOAD_BYTES,
+        }
+        for mime_type in sorted(SUPPORTED_MIME_TYPES)
+    ]
+    return {"items": items, "mime_types": sorted(SUPPORTED_MIME_TYPES)}
+
 
 _MAX_FILENAME = 500
 _MAX_MIME_TYPE = 255
@@ -74,8 +116,11 @@ def validate_upload_session(body: Any) -> tuple[UploadSession | None, list[Field
     _check_text(body, "mime_type", _MAX_MIME_TYPE, errors)
     mime_type = body.get("mime_type")
     if isinstance(mime_type, str) and mime_type and mime_type not in SUPPORTED_MIME_TYPES:
-        supported = ", ".join(sorted(SUPPORTED_MIME_TYPES))
-        errors.append(field_error("mime_type", f"must be one of {supported}", "unsupported"))
+        if mime_type.split(";")[0].strip().lower() == _UNTYPED:
+            message = f"{_UNTYPED} is an untyped upload; declare the image's type: {TYPES_HINT}"
+        else:
+            message = f"{mime_type[:50]!r} is not supported; {TYPES_HINT}"
+        errors.append(field_error("mime_type", message, "unsupported"))
     size = body.get("size_bytes")
     if size is None:
         errors.append(field_error("size_bytes", "is required", "required"))

@@ -1,4 +1,10 @@
-"""The emulator's scaled clock: no background task ever ticks, every read asks the clock."""
+"""The emulator's scaled clock: no background task ever ticks, every read asks the clock.
+
+An emulated instant is a float: emulated seconds since :data:`EPOCH`. A new clock
+starts at its anchor, by default the real wall time when it is made (so
+``created_at`` is near now), and then advances ``1 / time_scale`` times as fast as
+real time. Pass ``EPOCH`` as the anchor for the former fixed start.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from functools import lru_cache
 __all__ = ["EPOCH", "EmulatedClock"]
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-"""Emulated wall time of a freshly started emulator, so timestamps are deterministic."""
+"""Wall time of the emulated instant 0 (the former fixed start of every emulator)."""
 
 _EPOCH_SECONDS = EPOCH.timestamp()
 
@@ -21,18 +27,31 @@ def _whole_second(days: int, seconds: int) -> str:
 
 
 class EmulatedClock:
-    """Monotonic emulated time: real elapsed seconds divided by ``time_scale``."""
+    """Monotonic emulated time: the anchor plus real elapsed seconds divided by ``time_scale``.
 
-    __slots__ = ("_offset", "_start", "_time_scale")
+    Args:
+        time_scale: Real seconds per emulated second.
+        anchor: Wall time the clock starts at (an aware datetime); ``None`` for
+            the real time now.
+    """
 
-    def __init__(self, time_scale: float) -> None:
+    __slots__ = ("_offset", "_start", "_time_scale", "origin")
+
+    def __init__(self, time_scale: float, anchor: datetime | None = None) -> None:
         self._time_scale = time_scale
+        start = datetime.now(UTC) if anchor is None else anchor
+        self.origin = (start - EPOCH).total_seconds()
+        """The emulated instant the clock started at."""
         self._start = time.monotonic()
-        self._offset = 0.0
+        self._offset = self.origin
 
     def now(self) -> float:
-        """Return emulated seconds since the emulator started."""
+        """Return the emulated instant now (emulated seconds since :data:`EPOCH`)."""
         return (time.monotonic() - self._start) / self._time_scale + self._offset
+
+    def since_start(self, emulated: float) -> float:
+        """Return emulated seconds from the clock's start to the instant ``emulated``."""
+        return emulated - self.origin
 
     def advance(self, seconds: float) -> None:
         """Jump ``seconds`` emulated seconds into the future.

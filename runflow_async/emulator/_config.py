@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from decimal import Decimal
 
 from runflow_async._keywords import checked_fields
@@ -33,6 +34,7 @@ __all__ = [
     "CREATE_ROUTES",
     "DEFAULT_FAULT_ROUTES",
     "DOWNLOAD_ROUTES",
+    "FAILURE_SHAPES",
     "FAULTABLE_ROUTES",
     "IDEMPOTENCY_MODES",
     "LIST_FILTER_MODES",
@@ -56,6 +58,9 @@ REPORTED_COSTS = ("billed", "negative", "huge", "nan", "missing")
 
 IDEMPOTENCY_MODES = ("at_receipt", "at_commit", "ignored")
 """Values of ``EmulatorConfig.idempotency_mode``."""
+
+FAILURE_SHAPES = ("documented", "both", "error")
+"""Values of ``EmulatorConfig.failure_shape``."""
 
 ASSET_REF_MODES = ("resolve", "refuse")
 """Values of ``EmulatorConfig.asset_refs``."""
@@ -160,10 +165,19 @@ class EmulatorConfig:
         tls: Serve HTTPS with a certificate generated at start-up for 127.0.0.1,
             ::1 and localhost by a CA of its own (``Emulator.ca_file``, the path
             the CLI prints); ``url`` and every presigned URL are then ``https://``.
+        clock_anchor: Wall time of the emulated instant 0 (an aware datetime);
+            ``None`` (the default) anchors the clock to the real time at start, so
+            ``created_at`` is near now and advances at ``time_scale``. Pass one
+            (e.g. ``datetime(2026, 1, 1, tzinfo=UTC)``, the former fixed epoch)
+            for deterministic timestamps.
         reject_unknown_input_fields: Refuse ``input`` fields the model page does
             not list (``422``, code ``unknown_field``), as the emulator did before;
             by default they are accepted, ignored for generation and kept in the
             run's ``input`` echo (no source says the real API refuses them).
+        failure_shape: How a failed run states why: ``documented``
+            (``failure_code``/``failure_message``, per the OpenAPI), ``both``
+            (those plus the older ``error: {message, code}``, which the official
+            JS SDK reads) or ``error`` (only ``error``; ``failure_*`` are null).
         asset_refs: ``resolve`` (default): ``runflow://assets/{id}`` in
             ``image_urls`` names a confirmed asset of the organisation, resolved
             when the run is created (an unknown or unconfirmed one is ``422``,
@@ -207,7 +221,9 @@ class EmulatorConfig:
     batch_body: str = "openapi"
     batch_models: str = "all"
     tls: bool = False
+    clock_anchor: datetime | None = None
     reject_unknown_input_fields: bool = False
+    failure_shape: str = "documented"
     asset_refs: str = "resolve"
     data_uri_max_bytes: int = 1_048_576
 
@@ -247,13 +263,19 @@ class EmulatorConfig:
         self._check_fidelity()
 
     def _check_fidelity(self) -> None:
-        for name, value, choices in (("asset_refs", self.asset_refs, ASSET_REF_MODES),):
+        for name, value, choices in (
+            ("failure_shape", self.failure_shape, FAILURE_SHAPES),
+            ("asset_refs", self.asset_refs, ASSET_REF_MODES),
+        ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if self.data_uri_max_bytes < 0:
             raise ValueError(
                 f"data_uri_max_bytes must not be negative, got {self.data_uri_max_bytes}"
             )
+        anchor = self.clock_anchor
+        if anchor is not None and anchor.utcoffset() is None:
+            raise ValueError("clock_anchor must be an aware datetime (e.g. tzinfo=UTC)")
 
     def _check_lists(self) -> None:
         if self.list_filters not in LIST_FILTER_MODES:

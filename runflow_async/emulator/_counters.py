@@ -26,6 +26,7 @@ ROUTES = (
     "asset_confirm",
     "get_asset",
     "asset_file",
+    "asset_types",
     "callback_secret_create",
     "callback_secrets",
     "callback_secret_delete",

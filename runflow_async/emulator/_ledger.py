@@ -8,6 +8,7 @@ and how many requests named it ("reads"), which shows what that cost in polling.
 
 from __future__ import annotations
 
+import math
 from array import array
 from bisect import bisect_left, bisect_right
 from typing import Any
@@ -17,7 +18,7 @@ from runflow_async.emulator._runs import RunRecord, phase
 
 __all__ = ["RunLedger"]
 
-_UNSEEN = -1.0  # emulated times are never negative
+_UNSEEN = -math.inf  # no emulated instant
 _ID_BYTES = 16
 
 
@@ -63,11 +64,14 @@ class RunLedger:
         """Count one request that named run ``seq`` (a get by id, or an ``id:`` term of a list)."""
         self._reads[seq] += 1
 
-    def rows(self, now: float, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self, now: float, since: int = 0, limit: int | None = None, origin: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Return runs from creation index ``since`` on (``limit`` at most), as of ``now``.
 
         Each row holds ``id``, ``created``, ``duration``, ``end`` and ``noticed``
-        (emulated seconds, ``noticed`` ``None`` until a response showed the run
+        (emulated seconds since the instant ``origin``, the clock's start;
+        ``noticed`` ``None`` until a response showed the run
         terminal), ``status`` (the terminal status, or the current one) and
         ``reads`` (how many requests named the run; see :meth:`read`). Runs of
         another client (``RunRecord.background``) are left out: a page may hold
@@ -93,11 +97,11 @@ class RunLedger:
             rows.append(
                 {
                     "id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
-                    "created": start,
+                    "created": start - origin,
                     "duration": length,
-                    "end": start + length,
+                    "end": start + length - origin,
                     "status": phase(start, length, bool(failed[seq]), now),
-                    "noticed": None if seen == _UNSEEN else seen,
+                    "noticed": None if seen == _UNSEEN else seen - origin,
                     "reads": reads[seq],
                 }
             )

@@ -69,6 +69,7 @@ _DERIVED = (
     "failure_code",
     "failure_message",
     "failure_stage_code",
+    "error",  # only with ``EmulatorConfig.failure_shape`` both or error
 )
 _STORED = (
     "id",
@@ -127,6 +128,7 @@ class RunRecord:
         background: Made by another client of the organisation
             (``EmulatorConfig.background_runs``), not by a create we answered.
         batch_id: The batch that made it, if a batch create did.
+        failure_shape: ``EmulatorConfig.failure_shape``: how a failure is shown.
     """
 
     seq: int
@@ -147,6 +149,7 @@ class RunRecord:
     deliveries: list[Delivery] | None = None
     background: bool = False
     batch_id: str | None = None
+    failure_shape: str = "documented"
 
     @property
     def end(self) -> float:
@@ -204,7 +207,7 @@ class RunRecord:
         done = status in ("succeeded", "failed")
         started = now >= self.created + self.duration * _RUNNING_AT
         failure = self.failure if done else None
-        return {
+        derived = {
             "status_code": status,
             "output": self._output(url_for) if output and status == "succeeded" else None,
             "duration_ms": round(self.duration * 1000) if done else None,
@@ -215,6 +218,14 @@ class RunRecord:
             "failure_message": failure[1] if failure else None,
             "failure_stage_code": "execution" if failure else None,
         }
+        if self.failure_shape != "documented":
+            # The older shape, which the official JS SDK reads (``error.message``).
+            derived["error"] = (
+                None if failure is None else {"message": failure[1], "code": failure[0]}
+            )
+            if self.failure_shape == "error":
+                derived["failure_code"] = derived["failure_message"] = None
+        return derived
 
     def _stored(self) -> dict[str, Any]:
         request = self.request
@@ -266,5 +277,5 @@ class RunRecord:
         if name in _CONSTANTS:
             return _CONSTANTS[name]
         if name in _DERIVED:
-            return self._derived(now, url_for, output=name == "output")[name]
+            return self._derived(now, url_for, output=name == "output").get(name, MISSING)
         return self._stored().get(name, MISSING)

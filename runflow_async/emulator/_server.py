@@ -83,6 +83,8 @@ def build_app(state: EmulatorState) -> web.Application:
     router.add_post(
         "/v1/asset-uploads/{asset_id}/confirmations", assets.confirm_upload, name="asset_confirm"
     )
+    # Before ``{asset_id}``, which "types" would match.
+    router.add_get("/v1/assets/types", assets.get_asset_types, name="asset_types")
     router.add_get("/v1/assets/{asset_id}", assets.get_asset, name="get_asset")
     router.add_get("/assets/{asset_id}/content", assets.get_asset_file, name="asset_file")
     callbacks = _callback_routes
@@ -219,19 +221,23 @@ class Emulator:
         Raises:
             RuntimeError: If TLS is on and the emulator has not been started.
         """
+        material = self._material()
+        return None if material is None else material.ca_file
+
+    def _material(self) -> TlsMaterial | None:
         if not self.config.tls:
             return None
         if self._tls is None:
             raise RuntimeError("the Emulator has not been started")
-        return self._tls.ca_file
+        return self._tls
 
     def client_ssl_context(self) -> ssl.SSLContext | None:
         """Return an ``SSLContext`` trusting the emulator's CA (``None`` without TLS).
 
         The same as ``ssl.create_default_context(cafile=emu.ca_file)``.
         """
-        ca_file = self.ca_file
-        return None if ca_file is None else ssl.create_default_context(cafile=ca_file)
+        material = self._material()
+        return None if material is None else material.client_context()
 
     @property
     def counters(self) -> EmulatorCounters:

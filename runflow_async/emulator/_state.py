@@ -91,7 +91,7 @@ class EmulatorState:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.credit_usd = config.credit_usd
-        self.clock = EmulatedClock(config.time_scale)
+        self.clock = EmulatedClock(config.time_scale, config.clock_anchor)
         self.store = RunStore(config.retain_runs)
         self.assets = AssetStore(config.seed)
         self.tally = Tally()
@@ -236,6 +236,7 @@ class EmulatorState:
             cost=cost,
             reported_cost=_reported(config.reported_cost, cost),
             cost_delay=config.cost_report_delay,
+            failure_shape=config.failure_shape,
         )
 
     def _price(
@@ -328,14 +329,15 @@ class EmulatorState:
 
         See :meth:`runflow_async.emulator.Emulator.report` for the format.
         """
-        now = self.clock.now()
+        clock = self.clock
+        now = clock.now()
         self.store.settle(now)
         return {
             "time_scale": self.config.time_scale,
-            "now": now,
+            "now": clock.since_start(now),
             "since": max(since, 0),
             "total": self.store.created,
-            "runs": self.store.ledger.rows(now, since, limit),
+            "runs": self.store.ledger.rows(now, since, limit, clock.origin),
         }
 
 

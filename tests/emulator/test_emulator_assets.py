@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from tests.emulator.emulator_support import AUTH, EDIT, FROZEN, Harness, running
 
 POLICY = PricingPolicy()
 UPLOADS = "/v1/asset-uploads"
+FOLDER = "0b5a2c9e-1f0d-4b8e-9a6f-3c2d1e0f9a8b"
 
 
 def png(size: tuple[int, int] = (640, 480)) -> bytes:
@@ -46,7 +48,19 @@ async def put(
         url, data=io.BytesIO(data), headers={"Content-Type": content_type, **(headers or {})}
     ) as resp:
         body = await resp.read()
-        return resp.status, (await resp.json()) if body else None
+        if not body:
+            return resp.status, None
+        if resp.content_type == "application/xml":  # storage's refusal, S3-style
+            return resp.status, storage_refusal(body)
+        return resp.status, await resp.json()
+
+
+def storage_refusal(body: bytes) -> dict[str, Any]:
+    """The ``Code``, ``Message`` and ``RequestId`` of an S3-style XML error document."""
+    text = body.decode()
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'), text
+    found = {k: re.search(f"<{k}>(.*?)</{k}>", text) for k in ("Code", "Message", "RequestId")}
+    return {key.lower(): match[1] if match else None for key, match in found.items()}
 
 
 async def fetch(
@@ -153,12 +167,17 @@ async def test_the_put_checks_type_and_length_and_the_last_put_wins() -> None:
         second = await put(h, url, DATA)
         asset = await h.post(f"{UPLOADS}/{session['asset_id']}/confirmations", {})
         served = await fetch(h, asset["url"])
-    assert wrong_type[0] == no_type[0] == 400
+    # A Content-Type other than the signed one is a signature mismatch, as on S3.
+    assert wrong_type[0] == no_type[0] == 403
     assert wrong_type[1] is not None
-    assert wrong_type[1]["code"] == "CONTENT_TYPE_MISMATCH"
-    assert short[0] == long[0] == 400
+    assert wrong_type[1]["code"] == "SignatureDoesNotMatch"
+    assert wrong_type[1]["message"].endswith("Content-Type must be the declared image/png.")
+    assert (short[0], long[0]) == (400, 400)
     assert short[1] is not None
-    assert short[1]["code"] == "SIZE_MISMATCH"
+    assert long[1] is not None
+    assert short[1]["code"] == "IncompleteBody"
+    assert short[1]["message"].endswith(f"{len(DATA) - 1} of {len(DATA)}.")
+    assert long[1]["code"] == "EntityTooLarge"
     assert first[0] == second[0] == 200
     assert served[2] == DATA
 
@@ -181,25 +200,33 @@ async def test_an_expired_or_tampered_upload_url_is_403() -> None:
         confirm = await h.post(f"{UPLOADS}/{session['asset_id']}/confirmations", {}, expect=409)
     assert tampered[0] == expired[0] == 403
     assert tampered[1] is not None
-    assert tampered[1]["code"] == "SIGNATURE_MISMATCH"
+    assert tampered[1]["code"] == "SignatureDoesNotMatch"
+    assert tampered[1]["requestid"].startswith("req_")
     assert expired[1] is not None
-    assert expired[1]["code"] == "URL_EXPIRED"
+    assert expired[1] == {
+        "code": "AccessDenied",
+        "message": "Request has expired",
+        "requestid": expired[1]["requestid"],
+    }
     assert confirm["code"] == "UPLOAD_INCOMPLETE"
 
 
 async def test_a_signed_put_to_no_such_session_is_404_and_after_confirmation_409() -> None:
     async with running(**FROZEN) as h:
         signer = UrlSigner(h.emu.config.seed)
-        expires = EmulatedClock.epoch_seconds(1000.0)
+        clock = h.emu._state.clock
+        expires = clock.epoch_seconds(clock.now() + 1000.0)
         missing = await put(h, signer.sign("", "/uploads/nope", expires), DATA)
         session = await h.post(UPLOADS, session_body())
         await put(h, session["upload_url"], DATA)
         await h.post(f"{UPLOADS}/{session['asset_id']}/confirmations", {})
         late = await put(h, session["upload_url"], DATA)
     assert missing[0] == 404
+    assert missing[1] is not None
+    assert missing[1]["code"] == "NoSuchUpload"
     assert late[0] == 409
     assert late[1] is not None
-    assert late[1]["code"] == "ALREADY_CONFIRMED"
+    assert late[1]["code"] == "OperationAborted"
 
 
 @pytest.mark.parametrize(
@@ -207,6 +234,8 @@ async def test_a_signed_put_to_no_such_session_is_404_and_after_confirmation_409
     [
         ([], 422, "VALIDATION_ERROR"),
         ({"folder_id": 5}, 422, "VALIDATION_ERROR"),
+        ({"folder_id": "f1"}, 422, "VALIDATION_ERROR"),
+        ({"folder_id": "0b5a2c9e-1f0d-4b8e-9a6f"}, 422, "VALIDATION_ERROR"),
     ],
 )
 async def test_a_bad_confirmation_body_is_refused(body: Any, status: int, code: str) -> None:
@@ -228,10 +257,11 @@ async def test_a_confirmation_takes_no_body_or_a_folder_and_unknown_ids_are_404(
             first = await resp.json()
         other = await h.post(UPLOADS, session_body())
         await put(h, other["upload_url"], DATA)
-        filed = await h.post(f"{UPLOADS}/{other['asset_id']}/confirmations", {"folder_id": "f1"})
+        folder = {"folder_id": FOLDER}
+        filed = await h.post(f"{UPLOADS}/{other['asset_id']}/confirmations", folder)
     assert missing["code"] == "UPLOAD_NOT_FOUND"
     assert first["folder_id"] is None
-    assert filed["folder_id"] == "f1"
+    assert filed["folder_id"] == FOLDER
     assert filed["id"] != first["id"]
 
 
@@ -256,7 +286,8 @@ async def test_an_unconfirmed_or_unknown_asset_is_404_to_read_and_to_fetch() -> 
         await h.get("/v1/assets/nope", expect=404)
         signer = UrlSigner(h.emu.config.seed)
         path = f"/assets/{session['asset_id']}/content"
-        content = await fetch(h, signer.sign("", path, EmulatedClock.epoch_seconds(1000.0)))
+        clock = h.emu._state.clock
+        content = await fetch(h, signer.sign("", path, clock.epoch_seconds(clock.now() + 1000.0)))
     assert unconfirmed["code"] == "ASSET_NOT_FOUND"
     assert content[0] == 404
 

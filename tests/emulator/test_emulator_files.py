@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from runflow_async.emulator._clock import EmulatedClock
 from runflow_async.emulator._images import ImageRenderer
 from runflow_async.emulator._signing import UrlSigner
 from tests.emulator.emulator_support import EDIT, FROZEN, Harness, running
@@ -110,7 +109,8 @@ async def test_a_validly_signed_url_for_no_such_file_is_404(name: str) -> None:
         run = await _succeeded(h)
         queued = await h.create()
         signer = UrlSigner(h.emu.config.seed)
-        expires = EmulatedClock.epoch_seconds(h.emu.config.url_ttl + 2000.0)
+        clock = h.emu._state.clock
+        expires = clock.epoch_seconds(clock.now() + h.emu.config.url_ttl + 2000.0)
         paths = [f"/files/{run['id']}/{name}", f"/files/{queued['id']}/0.png", "/files/nope/0.png"]
         statuses = [(await _fetch(h, signer.sign("", path, expires)))[0] for path in paths]
     assert statuses == [404, 404, 404]
