@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from runflow_async._pricing import GENERATE_MODEL
+from runflow_async.emulator._assets import AssetStore
+from runflow_async.emulator._inputs import unresolved_refs
 from runflow_async.emulator._validation import (
+    DEFAULT_RULES,
     CreateRequest,
     FieldError,
+    InputRules,
     field_error,
     validate_create,
 )
@@ -134,14 +138,16 @@ def _renamed(error: FieldError, index: int, shape: str) -> FieldError:
 
 
 def _items(
-    entries: list[Any], model: str, shape: str
+    entries: list[Any], model: str, shape: str, rules: InputRules, assets: AssetStore | None
 ) -> tuple[list[CreateRequest], list[FieldError]]:
     valid: list[CreateRequest] = []
     errors: list[FieldError] = []
     for index, entry in enumerate(entries):
         data, ref = _split(entry, shape)
-        request, found = validate_create({"input": data, "client_ref": ref}, model)
-        if request is None:
+        request, found = validate_create({"input": data, "client_ref": ref}, model, rules)
+        if request is not None and assets is not None:
+            found = unresolved_refs(request, assets)  # each ref names a confirmed asset
+        if request is None or found:
             errors.extend(_renamed(error, index, shape) for error in found)
         else:
             valid.append(request)
@@ -149,9 +155,16 @@ def _items(
 
 
 def parse_batch(
-    body: Any, model: str, accepted: str
+    body: Any,
+    model: str,
+    accepted: str,
+    rules: InputRules = DEFAULT_RULES,
+    assets: AssetStore | None = None,
 ) -> tuple[BatchRequest | None, list[FieldError]]:
     """Check a batch create body for ``model``, the server taking the ``accepted`` shape.
+
+    Each item is checked as a run create is, under the same ``rules`` (unknown
+    fields, refs, ``data:``), and its refs against ``assets`` when given.
 
     Returns:
         The request and no errors, or ``None`` and every error found.
@@ -171,7 +184,7 @@ def parse_batch(
     if not 1 <= len(entries) <= MAX_ITEMS:
         message = f"must hold 1 to {MAX_ITEMS} items, got {len(entries)}"
         return None, [field_error(key, message, "out_of_range"), *errors]
-    items, item_errors = _items(entries, model, shape)
+    items, item_errors = _items(entries, model, shape, rules, assets)
     errors.extend(item_errors)
     if errors:
         return None, errors

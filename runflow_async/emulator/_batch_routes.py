@@ -98,9 +98,10 @@ def _make(
     item_ids = [seeded_uuid(rng) for _ in parsed.items]
     request_id, base, forced = REQUEST_ID.get(), base_url(request), FORCED_FAILURE.get()
     find, image_size = state.store.by_id.get, state.assets.image_size
+    limit = state.config.data_uri_max_bytes
     runs = []
     for item in parsed.items:
-        sizes = edit_input_sizes(item, request.host, find, image_size)
+        sizes = edit_input_sizes(item, request.host, find, image_size, limit)
         run = state.create_run(
             item, request_id, forced_failure=forced, inputs=sizes, base=base, commit_after=delay
         )
@@ -155,7 +156,7 @@ async def create_batch(request: web.Request) -> web.Response:
     digest = fingerprint(f"{model}/batches", body) if key else b""
     if key and (replay := await _replay(state, key, digest, at_receipt=mode == "at_receipt")):
         return replay
-    parsed, errors = parse_batch(body, model, config.batch_body)
+    parsed, errors = parse_batch(body, model, config.batch_body, state.input_rules, state.assets)
     if parsed is None:
         return invalid(errors)
     if (refused := _admission(state, state.clock.now())) is not None:

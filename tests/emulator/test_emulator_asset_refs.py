@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from runflow_async._pricing import PricingPolicy
-from tests.emulator.emulator_support import AUTH, EDIT, FROZEN, Harness, running
+from tests.emulator.emulator_support import AUTH, EDIT, FROZEN, GENERATE, Harness, running
 
 POLICY = PricingPolicy()
 UPLOADS = "/v1/asset-uploads"
@@ -244,3 +244,26 @@ async def test_a_percent_encoded_data_uri_image_is_decoded_too() -> None:
         h.emu.advance(1000.0)
         done = await h.get(f"/v1/runs/{run['id']}")
     assert Decimal(done["cost"]) == POLICY.edit_cost([(300, 200)], None)
+
+
+async def test_batch_items_follow_the_same_input_rules_as_run_creates() -> None:
+    # Refs resolve per item, an unknown one refuses the batch naming its index,
+    # unknown fields are accepted, and the switch that refuses them holds too.
+    batches = f"/v1/models/{EDIT}/batches"
+    async with running(**FROZEN) as h:
+        asset = await uploaded(h, png((640, 480)))
+        good = {"prompt": "a", "image_urls": [ref(asset["id"])], "not_a_field": 1}
+        unknown = {"prompt": "b", "image_urls": [ref(str(uuid.uuid4()))]}
+        answer = await h.post(batches, {"input": [good, unknown]}, expect=422)
+        assert h.emu.counters.runs_created == 0
+        created = await h.post(batches, {"input": [good, good]})
+        runs = {run["id"]: run for run in h.emu.runs()}
+    assert [e["field"] for e in answer["errors"]] == ["input.1.image_urls.0"]
+    assert answer["errors"][0]["message"].startswith("item 1: ")
+    children = [runs[item["run_id"]] for item in created["items"]]
+    assert [run["input"]["image_urls"] for run in children] == [[ref(asset["id"])]] * 2
+    assert all(run["input"]["not_a_field"] == 1 for run in children)
+    async with running(reject_unknown_input_fields=True) as h:
+        generate = batches.replace(EDIT, GENERATE)
+        strict = await h.post(generate, {"input": [{"prompt": "c", "x": 1}]}, expect=422)
+    assert [e["code"] for e in strict["errors"]] == ["unknown_field"]
