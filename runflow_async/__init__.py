@@ -40,6 +40,7 @@ from runflow_async._core.errors import (
     RunTimeoutError,
     ServerError,
     ServiceUnavailableError,
+    TLSVerificationError,
     UnprocessableEntityError,
     WebhookVerificationError,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "RunflowError",
     "ServerError",
     "ServiceUnavailableError",
+    "TLSVerificationError",
     "Timeouts",
     "UnprocessableEntityError",
     "WebhookVerificationError",

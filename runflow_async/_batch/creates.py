@@ -45,6 +45,7 @@ from runflow_async._core.errors import (
     InsufficientCreditError,
     NotSubmittedError,
     PermissionDeniedError,
+    TLSVerificationError,
 )
 from runflow_async._core.models import Run
 from runflow_async._core.requests import RunRequest
@@ -71,6 +72,7 @@ STOP_MESSAGES = {
     "cancelled": "the batch was cancelled",
     "closed": "the client was closed",
     "authentication": "the API refused the key or its permissions (401/403)",
+    "tls": "the API's TLS certificate did not verify (trust its CA: ssl_context)",
     "error": "the batch failed",
 }
 
@@ -81,6 +83,7 @@ _STOPPING: dict[type[APIError], str] = {
     InsufficientCreditError: "insufficient_credit",
     AuthenticationError: "authentication",
     PermissionDeniedError: "authentication",
+    TLSVerificationError: "tls",
 }
 
 

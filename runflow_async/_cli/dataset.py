@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
-from runflow_async._cli.options import IMAGE_SIZE_HELP, amount, positive_int, time_scale
+from runflow_async._cli.options import IMAGE_SIZE_HELP, amount, ca_file, positive_int, time_scale
 from runflow_async._cli.progress import ProgressPrinter
 from runflow_async._client.client import RunflowClient
 from runflow_async._core.config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
@@ -85,6 +85,12 @@ def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         cmd.add_argument("--json", action="store_true", help="print a JSON summary at the end")
         cmd.add_argument("--base-url", help="API root (default: RUNFLOW_BASE_URL or the API)")
         cmd.add_argument("--api-key", help=f"API key (default: {ENV_API_KEY})")
+        cmd.add_argument(
+            "--ca-file",
+            type=ca_file,
+            metavar="PEM",
+            help="also trust the CAs in this PEM file (a private CA, the emulator's --tls)",
+        )
         cmd.add_argument("--emulator", action="store_true", help="run on an in-process emulator")
         cmd.add_argument(
             "--time-scale",
@@ -147,7 +153,9 @@ async def _client(args: argparse.Namespace, api_key: str) -> AsyncIterator[Runfl
     scale = args.time_scale or (EMULATOR_TIME_SCALE if args.emulator else 1.0)
     retry, poll = RetryPolicy(time_scale=scale), PollPolicy(time_scale=scale)
     if not args.emulator:
-        async with RunflowClient(api_key, base_url=args.base_url, retry=retry, poll=poll) as c:
+        async with RunflowClient(
+            api_key, base_url=args.base_url, retry=retry, poll=poll, ssl_context=args.ca_file
+        ) as c:
             yield c
         return
     from runflow_async.emulator import Emulator  # only with --emulator

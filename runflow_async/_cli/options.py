@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import ssl
 import sys
 from collections.abc import Iterable, Iterator
 from decimal import Decimal, InvalidOperation
@@ -24,6 +25,7 @@ __all__ = [
     "Parser",
     "add_verbose",
     "amount",
+    "ca_file",
     "out_problem",
     "positive_int",
     "time_scale",
@@ -94,6 +96,18 @@ def time_scale(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a number above 0: {text!r}")
     return value
+
+
+def ca_file(text: str) -> ssl.SSLContext:
+    """A PEM file of CAs to trust besides the system's (``--ca-file``): a verifying context."""
+    context = ssl.create_default_context()  # the system's CAs, verifying host names
+    try:
+        context.load_verify_locations(cafile=text)
+    except FileNotFoundError as exc:
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise argparse.ArgumentTypeError(f"not a PEM file of certificates: {text!r}") from exc
+    return context
 
 
 def add_verbose(parser: argparse.ArgumentParser, *, top: bool) -> None:

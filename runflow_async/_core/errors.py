@@ -8,7 +8,8 @@
     ├── RequestValidationError (ValueError, TypeError) bad request, caught before sending
     ├── APIError                                 the API call failed
     │   ├── APIConnectionError                   no usable response
-    │   │   └── APITimeoutError (TimeoutError)
+    │   │   ├── APITimeoutError (TimeoutError)
+    │   │   └── TLSVerificationError             the server's certificate did not verify
     │   ├── APIResponseError                     a response we cannot read
     │   │   └── DownloadError                    a download that is not the image
     │   ├── CreateOutcomeUnknownError            a create may or may not have happened
@@ -76,6 +77,7 @@ __all__ = [
     "RunflowError",
     "ServerError",
     "ServiceUnavailableError",
+    "TLSVerificationError",
     "UnprocessableEntityError",
     "WebhookVerificationError",
     "error_for_status",
@@ -104,8 +106,7 @@ class RequestValidationError(RunflowError, ValueError, TypeError):
     """A request was invalid; nothing was sent.
 
     Also a ``TypeError``, like :class:`ConfigurationError`: an unknown field
-    (``unknown option 'sede'; did you mean 'seed'?``) is what Python reports as a
-    ``TypeError``.
+    (``unknown option 'sede'; did you mean 'seed'?``) is what Python reports so.
 
     Attributes:
         errors: One ``{"field", "message"}`` mapping per problem.
@@ -167,8 +168,7 @@ class APIConnectionError(APIError):
     """No usable response arrived (refused, reset, dropped).
 
     Attributes:
-        sent: Whether the request may have reached the server. ``False`` means
-            the connection failed before anything was sent.
+        sent: Whether the request may have reached the server (``False``: nothing was sent).
     """
 
     retryable_by_default = True
@@ -180,6 +180,12 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError, TimeoutError):
     """The request took longer than its timeout."""
+
+
+class TLSVerificationError(APIConnectionError):
+    """The server's TLS certificate did not verify: nothing was sent, and nothing will be."""
+
+    retryable_by_default = False
 
 
 class APIResponseError(APIError):
@@ -382,8 +388,6 @@ class NotSubmittedError(RunflowError):
 
 class WebhookVerificationError(RunflowError):
     """A callback's ``Runflow-Signature`` did not verify; treat the body as forged.
-
-    The message never contains a secret or the expected signature.
 
     Attributes:
         reason: ``"missing"`` (no header), ``"malformed"`` (not 64 hex digits),

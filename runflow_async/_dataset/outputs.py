@@ -39,12 +39,14 @@ _AGAIN = "run the same command again to finish (nothing is billed twice)"
 _NEXT = {
     "authentication": "check the API key (--api-key or RUNFLOW_API_KEY), then run the same command",
     "budget": "raise --max-cost and run the same command",
+    "tls": "the API's TLS certificate did not verify: trust its CA with --ca-file PATH "
+    "(or SSL_CERT_FILE), then run the same command",
     "insufficient_credit": "add credit, then run the same command",
     "outcome unknown": "run the same command: creates whose answer was lost are looked up by "
     "client_ref before anything is sent again (nothing is billed twice)",
     "to collect": "run the same command: created runs are collected by id, never created again",
 }
-_URGENCY = ("authentication", "insufficient_credit", "budget")
+_URGENCY = ("tls", "authentication", "insufficient_credit", "budget")
 
 
 def _by_urgency(reason: str) -> tuple[int, str]:

@@ -20,6 +20,7 @@ from runflow_async._core.errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    TLSVerificationError,
     error_for_status,
 )
 from runflow_async._core.models import parse_error_body
@@ -84,9 +85,10 @@ def client_error(
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         # Verification failed before anything was sent; trying again cannot help.
         reason = getattr(exc.certificate_error, "verify_message", None) or name
-        return APIConnectionError(
+        return TLSVerificationError(
             f"The TLS certificate of {where} did not verify ({reason}); to trust a private "
-            "CA, pass RunflowClient(ssl_context=ssl.create_default_context(cafile=...))",
+            "CA, pass RunflowClient(ssl_context=ssl.create_default_context(cafile=...)) "
+            "(the CLI: --ca-file PATH)",
             sent=False,
             retryable=False,
             method=method,

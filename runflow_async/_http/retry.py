@@ -46,6 +46,7 @@ from runflow_async._core.errors import (
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
+    TLSVerificationError,
 )
 
 __all__ = [
@@ -137,6 +138,8 @@ def decide(kind: CallKind, exc: APIError, attempt: int) -> Action:
     """The table in the module docstring."""
     if kind is not CallKind.CREATE:
         return Action.RETRY if exc.retryable else Action.RAISE
+    if isinstance(exc, TLSVerificationError):
+        return Action.RAISE  # nothing was sent, and a retry would be refused the same way
     if not_created(exc):
         return Action.RETRY
     if isinstance(exc, APIConnectionError | ServerError):
