@@ -34,6 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runflow_async._batch.budget import BudgetLedger
 from runflow_async._batch.creates import Creating
+from runflow_async._batch.grouping import BatchRoutes, CreateGroups
 from runflow_async._batch.groups import exit_group
 from runflow_async._batch.handover import Handover
 from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
@@ -69,6 +70,7 @@ class Engine(ItemLife):
         outcome_buffer: How many outcomes :attr:`outcomes` holds before items
             wait for a reader (holding their slots): ``0`` for backpressure.
         spent_usd: Money spent earlier that counts against ``max_cost_usd``.
+        batch_routes: The client's record of refused batch routes (``create_via``).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Engine(ItemLife):
         hooks: EngineHooks | None = None,
         outcome_buffer: float = float("inf"),
         spent_usd: Decimal = Decimal(0),
+        batch_routes: BatchRoutes | None = None,
     ) -> None:
         clock = transport.clock
         self._started_at = clock.now()  # maybe_created items were sent before it, if at all
@@ -109,6 +112,17 @@ class Engine(ItemLife):
         )
         rx = options.callbacks
         self._callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
+        self._groups = (
+            None
+            if options.create_via == "runs"
+            else CreateGroups(
+                transport,
+                batch_routes or BatchRoutes(),
+                mode=options.create_via,
+                shape=options.batch_body_shape,
+                start=self.start,
+            )
+        )
         self._stop_reason: str | None = None
         self._unfinished: dict[int, str] = {}
         self._unsettled: dict[int, str] = {}

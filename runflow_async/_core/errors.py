@@ -20,6 +20,7 @@
     │       ├── NotFoundError                    404
     │       ├── ConflictError                    409
     │       ├── UnprocessableEntityError         422
+    │       │   └── BatchRouteRefusedError       the batch route made nothing
     │       ├── RateLimitError                   429
     │       └── ServerError                      5xx
     │           └── ServiceUnavailableError      503
@@ -55,6 +56,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchRouteRefusedError",
     "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
@@ -255,6 +257,10 @@ class ConflictError(APIStatusError):
 
 class UnprocessableEntityError(APIStatusError):
     """422: the API rejected the input; ``errors`` names the fields."""
+
+
+class BatchRouteRefusedError(UnprocessableEntityError):
+    """422 on the batch route naming no item (not batch-capable, body shape): nothing was made."""
 
 
 class RateLimitError(APIStatusError):

@@ -1,0 +1,183 @@
+"""Gathering items' creates into batch creates (``create_via="batches"`` or ``"auto"``).
+
+Each item keeps its own life in the engine: it holds its slot of the window
+and its budget reservation from admission on, so a batch of N items takes N
+slots and reserves all N estimates before its create is sent; its outcome is
+its own. Only the create is shared: an item about to be created joins its
+model's group (:meth:`CreateGroups.create`) and waits for its run.
+
+A group is sent when it holds :data:`BATCH_MAX` items, or once every item the
+dispatcher started at the same moment has joined (the group waits a few
+passes of the event loop, never a timer): items whose slots freed together
+(the list poller reports finished runs a tick at a time) go out together.
+
+``auto`` sends a group of fewer than :data:`AUTO_THRESHOLD` items as per-run
+creates (a batch pays off from there; a small one is no cheaper and its
+ambiguity costs a lookup per item). A 422 on the batch route that names no
+item (the model is not batch-capable, or the body shape is refused) created
+nothing: ``auto`` then creates those items and every later one of the model
+per run, remembered for the client's life (:class:`BatchRoutes`);
+``batches`` ends them with :class:`~runflow_async.BatchRouteRefusedError`,
+and later items of the model get the same error without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from runflow_async._core.errors import APIError, BatchRouteRefusedError
+from runflow_async._core.models import Run
+from runflow_async._http.batch_answer import BATCH_MAX, BatchBodyShape, BatchSend
+from runflow_async._http.batch_create import batch_unknown, create_batch
+from runflow_async._http.create import CreateProgress
+from runflow_async._http.retry import RetryHook
+from runflow_async._http.transport import Transport
+
+__all__ = ["AUTO_THRESHOLD", "BATCH_MAX", "BatchRoutes", "CreateGroups", "CreateVia"]
+
+logger = logging.getLogger("runflow_async")
+
+CreateVia = Literal["auto", "runs", "batches"]
+"""``runs``: one create per run; ``batches``: batch creates of up to 100 runs;
+``auto``: batches when at least :data:`AUTO_THRESHOLD` items are ready together."""
+
+AUTO_THRESHOLD = 10
+"""Items ready together from which ``auto`` sends a batch create."""
+
+_GATHER_PASSES = 3  # event-loop passes a group waits for the items started with it
+
+
+@dataclass(slots=True)
+class BatchRoutes:
+    """What one client learned of the batch route: the models whose route refused it."""
+
+    refused: dict[str, BatchRouteRefusedError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Joined:
+    send: BatchSend
+    answer: asyncio.Future[Run | APIError | None]
+
+
+Start = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+class CreateGroups:
+    """The groups of one engine (module doc).
+
+    Args:
+        transport: The HTTP layer.
+        routes: The client's record of refused batch routes.
+        mode: ``auto`` or ``batches``.
+        shape: The batch body shape the server speaks.
+        start: Runs a task in the engine's task group.
+        on_retry: Told about each retry of a batch create.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        routes: BatchRoutes,
+        *,
+        mode: CreateVia,
+        shape: BatchBodyShape,
+        start: Start,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self._transport = transport
+        self._routes = routes
+        self._mode = mode
+        self._shape = shape
+        self._start = start
+        self._on_retry = on_retry
+        self._pending: dict[str, list[_Joined]] = {}
+        self.sent = 0  # batch creates sent (each with its retries)
+
+    async def create(
+        self, model: str, client_ref: str, item_input: dict[str, Any], progress: CreateProgress
+    ) -> Run | APIError | None:
+        """Join ``model``'s group: the item's run, its error, or ``None`` to create it alone."""
+        refused = self._routes.refused.get(model)
+        if refused is not None:
+            return None if self._mode == "auto" else refused
+        answer: asyncio.Future[Run | APIError | None] = asyncio.get_running_loop().create_future()
+        group = self._pending.get(model)
+        if group is None:
+            group = self._pending[model] = []
+            self._start(lambda: self._gather(model))
+        group.append(_Joined(BatchSend(client_ref, item_input, progress), answer))
+        if len(group) >= BATCH_MAX:  # full: out now; the next joiner starts a new group
+            del self._pending[model]
+            self._start(lambda: self._send(model, group))
+        return await answer
+
+    async def _gather(self, model: str) -> None:
+        group = self._pending.get(model)
+        for _ in range(_GATHER_PASSES):
+            await asyncio.sleep(0)  # the items started with this one join meanwhile
+        if group is not None and self._pending.get(model) is group:
+            del self._pending[model]
+            await self._send(model, group)
+
+    async def _send(self, model: str, group: list[_Joined]) -> None:
+        live = [j for j in group if not j.answer.done()]  # an item cancelled meanwhile is not sent
+        try:
+            if not live:
+                return
+            if self._mode == "auto" and (
+                len(live) < AUTO_THRESHOLD or model in self._routes.refused
+            ):
+                _answer(live, None)  # created one by one, by their items
+                return
+            await self._create(model, live)
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # the client closed, or a bug: the items raise it
+                for joined in live:
+                    if not joined.answer.done():
+                        joined.answer.set_exception(exc)
+                return
+            raise
+        finally:
+            for joined in live:
+                if not joined.answer.done():
+                    joined.answer.cancel()
+
+    async def _create(self, model: str, live: list[_Joined]) -> None:
+        self.sent += 1
+        try:
+            results = await create_batch(
+                self._transport,
+                model,
+                [j.send for j in live],
+                shape=self._shape,
+                on_retry=self._on_retry,
+            )
+        except BatchRouteRefusedError as exc:
+            self._routes.refused.setdefault(model, exc)
+            if self._mode == "auto":
+                logger.warning(
+                    "The API refused batch creates for %s (%s); creating its runs one by one "
+                    "from now on.",
+                    model,
+                    exc.message,
+                )
+                _answer(live, None)
+            else:
+                _answer(live, exc)
+            return
+        for joined in live:
+            ref = joined.send.client_ref
+            result = results.get(ref) or batch_unknown(ref, model, "its batch named no outcome")
+            if not joined.answer.done():
+                joined.answer.set_result(result)
+
+
+def _answer(group: list[_Joined], value: Run | APIError | None) -> None:
+    for joined in group:
+        if not joined.answer.done():
+            joined.answer.set_result(value)
