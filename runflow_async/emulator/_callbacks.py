@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from runflow_async._webhooks import sign
+from runflow_async.emulator._batches import BatchRecord, batch_payload
 from runflow_async.emulator._clock import EmulatedClock
 from runflow_async.emulator._config import CALLBACK, EmulatorConfig
 from runflow_async.emulator._counters import Tally
@@ -50,6 +51,8 @@ __all__ = ["CallbackCenter", "Render"]
 Render = Callable[[RunRecord, str, float, frozenset[str]], dict[str, Any]]
 """``(run, base URL, now, fields)`` -> those fields of the run as the API shows it."""
 
+_Owner = RunRecord | BatchRecord
+"""What a delivery reports on, and keeps it in its ``deliveries``."""
 _USER_AGENT = "Runflow-Emulator-Callbacks"
 _KEPT_BYTES = 1024
 
@@ -151,7 +154,13 @@ class CallbackCenter:
 
     def schedule(self, run: RunRecord, url: str, base: str) -> None:
         """Deliver ``run``'s callback to ``url`` when it ends; output URLs under ``base``."""
-        self._scheduler.at(run.end, functools.partial(self._run_ended, run, url, base))
+        new = functools.partial(self._new, run, url, base)
+        self._scheduler.at(run.end, functools.partial(self._ended, run, new))
+
+    def schedule_batch(self, batch: BatchRecord) -> None:
+        """Deliver ``batch``'s one callback to its ``callback_url`` when its last run ends."""
+        new = functools.partial(self._new_batch, batch)
+        self._scheduler.at(batch.end, functools.partial(self._ended, batch, new))
 
     def redeliver(self, run: RunRecord, url: str, base: str) -> Delivery:
         """Send a fresh payload of terminal ``run`` now, never faulted; return its record."""
@@ -159,19 +168,20 @@ class CallbackCenter:
         self._due(delivery, delivery.created)
         return delivery
 
-    def _run_ended(self, run: RunRecord, url: str, base: str) -> None:
+    def _ended(self, owner: _Owner, new: Callable[..., Delivery]) -> None:
+        """The subject of a callback ended: make its delivery (``new``), faulted or not."""
         scripted = self._script.take(CALLBACK)
         rolled = self._dice.roll()  # drawn even when scripted, so the sequence never shifts
         fault = scripted or rolled
         if fault is None:
-            delivery = self._new(run, url, base, automatic=True)
+            delivery = new(automatic=True)
             self._due(delivery, delivery.created)
             return
         self._tally.fault(f"callback_{fault.kind}")
         if fault.kind != "drop":
-            self._faulted(self._new(run, url, base, automatic=True), run, fault)
+            self._faulted(new(automatic=True), owner, fault)
 
-    def _faulted(self, delivery: Delivery, run: RunRecord, fault: Fault) -> None:
+    def _faulted(self, delivery: Delivery, run: _Owner, fault: Fault) -> None:
         now = delivery.created
         if fault.kind == "slow":
             self._due(delivery, now + fault.seconds)
@@ -186,19 +196,44 @@ class CallbackCenter:
             self._held.append((next(self._tickets), delivery))
             self._scheduler.at(delivery.next_at, functools.partial(self._release, delivery))
 
+    def _null_output(self, automatic: bool) -> bool:
+        rate = self._null_output_rate
+        return automatic and rate > 0 and self._output_rng.random() < rate
+
     def _new(self, run: RunRecord, url: str, base: str, *, automatic: bool) -> Delivery:
         now = self._clock.now()
-        rate = self._null_output_rate
-        null_output = automatic and rate > 0 and self._output_rng.random() < rate
+        null_output = self._null_output(automatic)
         view = self._render(run, base, now, PAYLOAD_FIELDS)
         event, body = payload(run.id, view, run.request.metadata, with_output=not null_output)
+        return self._record(run, (run.id, run.seq), url, (event, body), automatic, now)
+
+    def _new_batch(self, batch: BatchRecord, *, automatic: bool) -> Delivery:
+        now = self._clock.now()
+        null_output = self._null_output(automatic)
+        event, body = batch_payload(batch, now, with_output=not null_output)
+        url = batch.callback_url or ""
+        delivery = self._record(batch, (batch.id, -1), url, (event, body), automatic, now)
+        delivery.subject = "batch_id"
+        delivery.also_notices = tuple(run.seq for run in batch.runs)
+        return delivery
+
+    def _record(
+        self,
+        owner: _Owner,
+        subject: tuple[str, int],
+        url: str,
+        message: tuple[str, bytes],
+        automatic: bool,
+        now: float,
+    ) -> Delivery:
+        event, body = message
         secret = self._secrets.current()
         if secret is not None:
             secret.last_used = now
         delivery = Delivery(
             id=seeded_uuid(self._rng),
-            run_id=run.id,
-            run_seq=run.seq,
+            run_id=subject[0],
+            run_seq=subject[1],
             url=url,
             event=event,
             body=body,
@@ -207,11 +242,11 @@ class CallbackCenter:
             automatic=automatic,
             created=now,
         )
-        self._add(run, delivery)
+        self._add(owner, delivery)
         return delivery
 
     @staticmethod
-    def _add(run: RunRecord, delivery: Delivery) -> None:
+    def _add(run: _Owner, delivery: Delivery) -> None:
         if run.deliveries is None:
             run.deliveries = []
         run.deliveries.append(delivery)
@@ -268,7 +303,9 @@ class CallbackCenter:
             self._scheduler.at(delivery.next_at, functools.partial(self._spawn, delivery))
         elif delivery.status == "delivered":
             self._tally.callbacks_delivered += 1
-            self._ledger.notice(delivery.run_seq, now)
+            for seq in (delivery.run_seq, *delivery.also_notices):
+                if seq >= 0:
+                    self._ledger.notice(seq, now)
         else:
             self._tally.callbacks_failed += 1
         self._release_before(ticket)

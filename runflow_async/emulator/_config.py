@@ -8,10 +8,13 @@ from decimal import Decimal
 
 from runflow_async._keywords import checked_fields
 from runflow_async._pricing import PricingPolicy
+from runflow_async.emulator._batch_input import BATCH_BODIES, BATCH_MODELS
 from runflow_async.emulator._filters import LIST_FILTER_MODES
 from runflow_async.emulator._rates import (
     CALLBACK,
     CONTROL_ROUTES,
+    CREATE_ROUTES,
+    DEFAULT_FAULT_ROUTES,
     DOWNLOAD_ROUTES,
     FAULTABLE_ROUTES,
     SCOPED_FAULT_KINDS,
@@ -21,9 +24,13 @@ from runflow_async.emulator._rates import (
 )
 
 __all__ = [
+    "BATCH_BODIES",
+    "BATCH_MODELS",
     "CALLBACK",
     "CONFIG_FIELDS",
     "CONTROL_ROUTES",
+    "CREATE_ROUTES",
+    "DEFAULT_FAULT_ROUTES",
     "DOWNLOAD_ROUTES",
     "FAULTABLE_ROUTES",
     "IDEMPOTENCY_MODES",
@@ -136,6 +143,16 @@ class EmulatorConfig:
             ``"output": null`` (the docs say it "may be null or trimmed"), drawn per
             delivery from the seed; a duplicate carries its original's body, and a
             redelivery asked for through the API always carries the full output.
+        batch_body: The body ``POST /v1/models/{model}/batches`` takes: ``openapi``
+            (``{"input": [item, ...]}``, the OpenAPI's), ``guide`` (``{"items":
+            [{"input": {...}}, ...]}``, the batch guide's; its create is answered
+            with the guide's lean ``{id, status_code, items_total}``) or ``either``
+            (both; answered with the full batch object). A body in a shape the
+            server does not take is refused ``422``, nothing created.
+        batch_models: Which models take batches: ``all``, ``text-to-image`` (not
+            the edit model) or ``none``; the others answer the batch route ``422
+            BATCH_NOT_SUPPORTED`` ("only binding-capable models support batches"),
+            nothing created.
     """
 
     host: str = "127.0.0.1"
@@ -168,6 +185,8 @@ class EmulatorConfig:
     callback_timeout_floor: float = 1.0
     callback_faults: CallbackFaults = field(default_factory=CallbackFaults)
     callback_null_output_rate: float = 0.0
+    batch_body: str = "openapi"
+    batch_models: str = "all"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -213,6 +232,11 @@ class EmulatorConfig:
             raise ValueError("list_ignores_filter=True contradicts list_filters='no-id'")
         if not 0.0 <= self.background_runs < 1.0:
             raise ValueError(f"background_runs must be in [0, 1), got {self.background_runs!r}")
+        for name, values in (("batch_body", BATCH_BODIES), ("batch_models", BATCH_MODELS)):
+            if getattr(self, name) not in values:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(values)}, got {getattr(self, name)!r}"
+                )
 
     def _check_idempotency(self) -> None:
         if self.idempotency_mode not in IDEMPOTENCY_MODES:

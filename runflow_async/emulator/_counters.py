@@ -31,6 +31,11 @@ ROUTES = (
     "callback_secret_delete",
     "callback_history",
     "callback_redeliver",
+    "batch_create",
+    "get_batch",
+    "batch_items",
+    "batch_item",
+    "batch_callback_history",
 )
 """Named routes; any other path is counted as ``"other"``."""
 
@@ -41,6 +46,13 @@ _LIST_COUNTS = (
     "list_pages_continued",
     "listed_runs",
     "listed_background",
+)
+_BATCH_COUNTS = (
+    "batch_create_requests",
+    "batches_created",
+    "batch_runs_created",
+    "batch_replays",
+    "client_ref_duplicates",
 )
 
 
@@ -87,6 +99,14 @@ class EmulatorCounters:
         listed_runs: Items in those pages, all pages summed.
         listed_background: Of those items, runs of another client: a benchmark
             gets the share of a list's work spent on other clients' runs.
+        batch_create_requests: Requests to ``POST /v1/models/{model}/batches``
+            (every one, faulted, refused or replayed included).
+        batches_created: Batches stored (a late-committed one once stored).
+        batch_runs_created: Their child runs (also counted in ``runs_created``).
+        batch_replays: Batch creates answered from the idempotency cache (also
+            counted in ``idempotent_replays``).
+        client_ref_duplicates: Runs of ours stored with a ``client_ref`` an
+            earlier kept run already carried: an item created twice.
     """
 
     runs_created: int
@@ -117,6 +137,11 @@ class EmulatorCounters:
     list_pages_continued: int = 0
     listed_runs: int = 0
     listed_background: int = 0
+    batch_create_requests: int = 0
+    batches_created: int = 0
+    batch_runs_created: int = 0
+    batch_replays: int = 0
+    client_ref_duplicates: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``Decimal`` and status keys as strings)."""
@@ -142,7 +167,7 @@ class EmulatorCounters:
             "background_billed_usd": str(self.background_billed_usd),
             "background_failed": self.background_failed,
             "list_requests_by_filter": dict(self.list_requests_by_filter),
-            **{name: getattr(self, name) for name in _LIST_COUNTS},
+            **{name: getattr(self, name) for name in (*_LIST_COUNTS, *_BATCH_COUNTS)},
         }
 
     @classmethod
@@ -175,7 +200,7 @@ class EmulatorCounters:
             list_requests_by_filter=MappingProxyType(
                 {str(k): int(v) for k, v in data.get("list_requests_by_filter", {}).items()}
             ),
-            **{name: int(data.get(name, 0)) for name in _LIST_COUNTS},
+            **{name: int(data.get(name, 0)) for name in (*_LIST_COUNTS, *_BATCH_COUNTS)},
         )
 
 
@@ -183,6 +208,7 @@ class Tally:
     """Mutable request, response, fault, replay, rate-limit, leak, callback and list counts."""
 
     __slots__ = (
+        "batch_replays",
         "callbacks_delivered",
         "callbacks_failed",
         "callbacks_sent",
@@ -205,6 +231,7 @@ class Tally:
         self.responses: dict[int, int] = {}
         self.faults: dict[str, int] = {}
         self.idempotent_replays = 0
+        self.batch_replays = 0
         self.rate_limited = 0
         self.credentials_on_presigned = 0
         self.callbacks_sent = 0

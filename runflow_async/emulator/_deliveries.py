@@ -128,6 +128,10 @@ class Delivery:
         held: Held back by a ``reorder`` fault.
         failure: ``(failure_reason_code, failure_detail)`` once given up.
         attempts: Attempts made so far.
+        subject: The key its subject's id is shown under: ``run_id``, or
+            ``batch_id`` for a batch's callback (whose ``run_seq`` is -1).
+        also_notices: Creation indexes of the runs a delivered callback also
+            shows terminal (a batch's children).
     """
 
     id: str
@@ -145,6 +149,8 @@ class Delivery:
     held: bool = False
     failure: tuple[str, str] | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    subject: str = "run_id"
+    also_notices: tuple[int, ...] = ()
 
     def headers(self, request_id: str) -> dict[str, str]:
         """Return the headers of one attempt."""
@@ -173,7 +179,7 @@ class Delivery:
         reason, detail = self.failure or (None, None)
         return {
             "id": self.id,
-            "run_id": self.run_id,
+            self.subject: self.run_id,
             "event": self.event,
             "status_code": self.status,
             "attempt_count": len(self.attempts),

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import random
 
-from runflow_async.emulator._config import DOWNLOAD_ROUTES, CallbackFaults, FaultRates
+from runflow_async.emulator._config import (
+    CREATE_ROUTES,
+    DOWNLOAD_ROUTES,
+    CallbackFaults,
+    FaultRates,
+)
 from runflow_async.emulator._faults import Fault
 
 __all__ = ["CallbackDice", "FaultDice"]
@@ -46,12 +51,13 @@ class FaultDice:
         if draw < (edge := edge + rates.rate_drop):
             return Fault.drop() if rates.applies("drop", route) else None
         if draw < (edge := edge + rates.rate_lost_create):
-            return Fault.lost_response() if route == "create" else None
+            return Fault.lost_response() if route in CREATE_ROUTES else None
         if draw < (edge := edge + rates.rate_slow):
             return Fault.slow(rates.slow_seconds) if rates.applies("slow", route) else None
         if draw < (edge := edge + rates.rate_late_commit):
-            return Fault.late_commit(rates.late_commit_seconds) if route == "create" else None
-        if route == "create":
+            seconds = rates.late_commit_seconds
+            return Fault.late_commit(seconds) if route in CREATE_ROUTES else None
+        if route in CREATE_ROUTES:
             return _create_fault(rates, draw - edge)
         if route in DOWNLOAD_ROUTES:
             return _download_fault(rates, draw - edge)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from runflow_async.emulator._config import (
     CALLBACK,
+    CREATE_ROUTES,
     DOWNLOAD_ROUTES,
     FAULTABLE_ROUTES,
 )
@@ -323,6 +324,8 @@ class FaultScript:
 
         Args:
             route: ``"create"``, ``"get_run"``, ``"list_runs"``, ``"file"``,
+                the batch routes (``"batch_create"``, ``"get_batch"``, ``"batch_items"``,
+                ``"batch_item"``, ``"batch_callback_history"``),
                 ``"health"``, the asset routes (``"asset_upload"``, ``"upload_put"``,
                 ``"asset_confirm"``, ``"get_asset"``, ``"asset_file"``), the callback
                 routes (``"callback_secret_create"``, ``"callback_secrets"``,
@@ -342,8 +345,8 @@ class FaultScript:
                 raise ValueError(f"a {fault.kind} fault does not apply to callbacks")
         elif route != "any" and route not in FAULTABLE_ROUTES:
             raise ValueError(f"unknown route {route!r}")
-        elif fault.create_only and route != "create":
-            raise ValueError(f"a {fault.kind} fault only applies to the create route")
+        elif fault.create_only and route not in CREATE_ROUTES:
+            raise ValueError(f"a {fault.kind} fault only applies to the create routes")
         elif fault.download_only and route not in DOWNLOAD_ROUTES:
             raise ValueError(f"a {fault.kind} fault only applies to {sorted(DOWNLOAD_ROUTES)}")
         elif fault.kind in _CALLBACK_ONLY:

@@ -205,7 +205,9 @@ async def _on_create(request: web.Request, handler: Handler, fault: Fault) -> we
         return response
     if fault.kind == "bad_run_id":
         return _with_run_id(await handler(request), fault.value)
-    previous = request.app[STATE].last_run_id
+    state = request.app[STATE]
+    batch = route_name(request) == "batch_create"
+    previous = state.batches.last_id if batch else state.last_run_id
     response = await handler(request)
     return response if previous is None else _with_run_id(response, previous)
 

@@ -13,6 +13,8 @@ from runflow_async.emulator._counters import ROUTES
 __all__ = [
     "CALLBACK",
     "CONTROL_ROUTES",
+    "CREATE_ROUTES",
+    "DEFAULT_FAULT_ROUTES",
     "DOWNLOAD_ROUTES",
     "FAULTABLE_ROUTES",
     "READ_FAULT_RATES",
@@ -27,6 +29,14 @@ CONTROL_ROUTES: frozenset[str] = frozenset({"counters", "report", "credit"})
 
 FAULTABLE_ROUTES: frozenset[str] = frozenset(ROUTES) - CONTROL_ROUTES
 """Routes a fault can target: every API route, none of the control plane."""
+
+CREATE_ROUTES: frozenset[str] = frozenset({"create", "batch_create"})
+"""Routes that create runs: the create-only faults (lost answers, late commits) apply to both."""
+
+DEFAULT_FAULT_ROUTES: frozenset[str] = frozenset(
+    {"create", "get_run", "list_runs", "batch_create", "get_batch", "batch_items", "batch_item"}
+)
+"""Routes that draw random faults unless ``FaultRates.applies_to`` says otherwise."""
 
 DOWNLOAD_ROUTES: frozenset[str] = frozenset({"file", "asset_file"})
 """Routes that serve files (output images, uploaded assets): the download faults' targets."""
@@ -107,10 +117,12 @@ class FaultRates:
             ``oversized_bytes`` (``Fault.oversized``; about half of them chunked, by the draw).
         oversized_bytes: Size of those bodies (default 17 MiB: just over the
             client's default 16 MiB response cap).
-        applies_to: Routes that draw (see ``FAULTABLE_ROUTES``).
+        applies_to: Routes that draw (see ``FAULTABLE_ROUTES``); by default
+            ``DEFAULT_FAULT_ROUTES``: the run create and reads, and the batch create and reads.
         only_on: Confines a kind of fault (``"429"``, ``"5xx"``, ``"drop"``, ``"slow"``)
             to these routes of ``applies_to``; a kind not named applies to all of them.
-            A lost create or a late commit only ever happens on ``create``, a download
+            A lost create or a late commit only ever happens on a create route
+            (``CREATE_ROUTES``: ``create``, ``batch_create``), a download
             fault only on the ``DOWNLOAD_ROUTES`` (with a download rate set,
             ``applies_to`` must name one).
     """
@@ -137,7 +149,7 @@ class FaultRates:
     rate_oversized: float = 0.0
     oversized_bytes: int = 17 * 1024 * 1024
     rate_download_404: float = 0.0
-    applies_to: frozenset[str] = frozenset({"create", "get_run", "list_runs"})
+    applies_to: frozenset[str] = DEFAULT_FAULT_ROUTES
     only_on: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )

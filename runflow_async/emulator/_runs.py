@@ -43,7 +43,6 @@ _NULL_FIELDS = (
     "nodes_total",
     "nodes_completed",
     "resolved_template_id",
-    "batch_id",
     "jurisdiction_code",
     "flow_version_id",
     "created_by",
@@ -77,6 +76,7 @@ _STORED = (
     "org_id",
     "input",
     "client_ref",
+    "batch_id",
     "callback_url",
     "metadata",
     "request_id",
@@ -126,6 +126,7 @@ class RunRecord:
             kept here so that they are forgotten with the run.
         background: Made by another client of the organisation
             (``EmulatorConfig.background_runs``), not by a create we answered.
+        batch_id: The batch that made it, if a batch create did.
     """
 
     seq: int
@@ -145,11 +146,17 @@ class RunRecord:
     cost_delay: float = 0.0
     deliveries: list[Delivery] | None = None
     background: bool = False
+    batch_id: str | None = None
 
     @property
     def end(self) -> float:
         """Return the emulated time the run reaches its terminal state."""
         return self.created + self.duration
+
+    @property
+    def started(self) -> float:
+        """Return the emulated time the run starts ``running`` (its ``started_at``)."""
+        return self.created + self.duration * _RUNNING_AT
 
     @property
     def extension(self) -> str:
@@ -202,9 +209,7 @@ class RunRecord:
             "output": self._output(url_for) if output and status == "succeeded" else None,
             "duration_ms": round(self.duration * 1000) if done else None,
             "cost": (self._cost_shown(now) if failure is None else "0") if done else None,
-            "started_at": (
-                EmulatedClock.iso(self.created + self.duration * _RUNNING_AT) if started else None
-            ),
+            "started_at": EmulatedClock.iso(self.started) if started else None,
             "completed_at": EmulatedClock.iso(self.end) if done else None,
             "failure_code": failure[0] if failure else None,
             "failure_message": failure[1] if failure else None,
@@ -219,6 +224,7 @@ class RunRecord:
             "org_id": self.org_id,
             "input": request.input,
             "client_ref": request.client_ref,
+            "batch_id": self.batch_id,
             "callback_url": request.callback_url,
             "metadata": request.metadata,
             "request_id": self.request_id,

@@ -13,7 +13,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from runflow_async._keywords import check_names
-from runflow_async.emulator import _asset_routes, _callback_routes, _handlers
+from runflow_async.emulator import _asset_routes, _batch_routes, _callback_routes, _handlers
 from runflow_async.emulator._config import CONFIG_FIELDS, EmulatorConfig
 from runflow_async.emulator._counters import EmulatorCounters
 from runflow_async.emulator._faults import FaultScript
@@ -50,6 +50,18 @@ def build_app(state: EmulatorState) -> web.Application:
     app.cleanup_ctx.append(_callbacks)
     router = app.router
     router.add_post("/v1/models/{model_id:.+}/runs", _handlers.create_run, name="create")
+    batches = _batch_routes
+    router.add_post("/v1/models/{model_id:.+}/batches", batches.create_batch, name="batch_create")
+    router.add_get("/v1/batches/{batch_id}", batches.get_batch, name="get_batch")
+    router.add_get("/v1/batches/{batch_id}/items", batches.list_batch_items, name="batch_items")
+    router.add_get(
+        "/v1/batches/{batch_id}/items/{item_id}", batches.get_batch_item, name="batch_item"
+    )
+    router.add_get(
+        "/v1/batches/{batch_id}/callback",
+        batches.batch_callback_history,
+        name="batch_callback_history",
+    )
     router.add_get("/v1/runs", _handlers.list_runs, name="list_runs")
     router.add_get("/v1/runs/{run_id}", _handlers.get_run, name="get_run")
     router.add_get("/v1/health", _handlers.health, name="health")

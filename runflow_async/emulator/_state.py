@@ -17,6 +17,7 @@ from aiohttp import web
 
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, PRESET_SIZES, Size
 from runflow_async.emulator._assets import AssetRecord, AssetStore
+from runflow_async.emulator._batches import BatchStore
 from runflow_async.emulator._callbacks import CallbackCenter
 from runflow_async.emulator._clock import EPOCH, EmulatedClock
 from runflow_async.emulator._config import EmulatorConfig, check_money
@@ -81,6 +82,8 @@ class EmulatorState:
         secrets: Callback signing secrets.
         callbacks: Callback deliveries.
         last_run_id: Id of the run the latest create made (for ``Fault.reused_run_id``).
+        batches: The batches.
+        batch_rng: Draws batch and item ids (its own stream: runs draw as without it).
     """
 
     def __init__(self, config: EmulatorConfig) -> None:
@@ -111,6 +114,8 @@ class EmulatorState:
         prefix = random.Random(f"runflow-emulator-requests:{config.seed}").getrandbits(24)
         self._request_ids = (f"req_{prefix:06x}{n:010x}" for n in itertools.count(1))
         self.last_run_id: str | None = None
+        self.batches = BatchStore()
+        self.batch_rng = random.Random(f"runflow-emulator-batches:{config.seed}")
 
     def set_credit(self, credit_usd: Decimal | None) -> None:
         """Replace the credit: a top-up, or ``None`` to lift the limit.
@@ -301,7 +306,18 @@ class EmulatorState:
             background_failed=store.background_failed,
             list_requests_by_filter=MappingProxyType(dict(tally.list_by_filter)),
             **tally.list_counts(),
+            **self._batch_counts(),
         )
+
+    def _batch_counts(self) -> dict[str, int]:
+        self.batches.settle()  # after ``in_flight`` settled the runs
+        return {
+            "batch_create_requests": self.tally.requests.get("batch_create", 0),
+            "batches_created": self.batches.created,
+            "batch_runs_created": self.batches.runs_created,
+            "batch_replays": self.tally.batch_replays,
+            "client_ref_duplicates": self.store.client_ref_duplicates,
+        }
 
     def report(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
         """Return the benchmark report: runs from creation index ``since`` on.

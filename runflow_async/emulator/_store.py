@@ -60,6 +60,8 @@ class RunStore:
         background_billed: Those that have succeeded so far.
         background_billed_usd: Their total cost.
         background_failed: Those that have failed so far.
+        client_ref_duplicates: Runs stored with a ``client_ref`` a kept run of
+            ours already carried.
     """
 
     __slots__ = (
@@ -79,6 +81,7 @@ class RunStore:
         "billed_usd",
         "by_client_ref",
         "by_id",
+        "client_ref_duplicates",
         "created",
         "idempotency",
         "ledger",
@@ -111,6 +114,7 @@ class RunStore:
         self.background_billed = 0
         self.background_billed_usd = Decimal(0)
         self.background_failed = 0
+        self.client_ref_duplicates = 0
         self._background_pending = 0
 
     def add(self, run: RunRecord, now: float, fingerprint: bytes = b"") -> None:
@@ -160,10 +164,12 @@ class RunStore:
             seen = self.by_client_ref.get(client_ref)
             if seen is None:
                 self.by_client_ref[client_ref] = run
-            elif isinstance(seen, RunRecord):
-                self.by_client_ref[client_ref] = [seen, run]
             else:
-                seen.append(run)
+                self.client_ref_duplicates += not run.background
+                if isinstance(seen, RunRecord):
+                    self.by_client_ref[client_ref] = [seen, run]
+                else:
+                    seen.append(run)
         key = run.idempotency_key
         if key is not None:
             self.idempotency.setdefault(key, (fingerprint, run))
