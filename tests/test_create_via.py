@@ -162,7 +162,10 @@ async def test_ambiguous_batch_creates_never_create_an_item_twice(mode: str) -> 
     # Answers lost after the batch was made (a 502 or a dropped connection),
     # and batches stored late: with the key honoured or ignored, never twice.
     faults = FaultRates(
-        rate_lost_create=0.3, rate_late_commit=0.2, late_commit_seconds=3.0, applies_to=BATCH_CREATES
+        rate_lost_create=0.3,
+        rate_late_commit=0.2,
+        late_commit_seconds=3.0,
+        applies_to=BATCH_CREATES,
     )
     async with (
         emulator(idempotency_mode=mode, faults=faults, list_lag=1.0, time_scale=0.01) as emu,

@@ -6,10 +6,10 @@ slots and reserves all N estimates before its create is sent; its outcome is
 its own. Only the create is shared: an item about to be created joins its
 model's group (:meth:`CreateGroups.create`) and waits for its run.
 
-A group is sent when it holds :data:`BATCH_MAX` items, or once every item the
-dispatcher started at the same moment has joined (the group waits a few
-passes of the event loop, never a timer): items whose slots freed together
-(the list poller reports finished runs a tick at a time) go out together.
+A group is sent when it holds :data:`BATCH_MAX` items, or once items stopped
+joining it (a few passes of the event loop went by without one; never a
+timer): items whose slots freed together (the list poller reports finished
+runs a tick at a time) go out together.
 
 ``auto`` sends a group of fewer than :data:`AUTO_THRESHOLD` items as per-run
 creates (a batch pays off from there; a small one is no cheaper and its
@@ -48,7 +48,11 @@ CreateVia = Literal["auto", "runs", "batches"]
 AUTO_THRESHOLD = 10
 """Items ready together from which ``auto`` sends a batch create."""
 
-_GATHER_PASSES = 3  # event-loop passes a group waits for the items started with it
+# A group is sent once this many passes of the event loop went by without a new
+# item joining (items fed one by one, as a dataset does, join a pass or two
+# apart), or after _MAX_PASSES in all (never a timer: nothing waits for time).
+_QUIET_PASSES = 3
+_MAX_PASSES = 1000
 
 
 @dataclass(slots=True)
@@ -118,8 +122,12 @@ class CreateGroups:
 
     async def _gather(self, model: str) -> None:
         group = self._pending.get(model)
-        for _ in range(_GATHER_PASSES):
+        quiet = passes = 0
+        while quiet < _QUIET_PASSES and passes < _MAX_PASSES and self._pending.get(model) is group:
+            size = len(group or ())
             await asyncio.sleep(0)  # the items started with this one join meanwhile
+            quiet = quiet + 1 if len(group or ()) == size else 0
+            passes += 1
         if group is not None and self._pending.get(model) is group:
             del self._pending[model]
             await self._send(model, group)
