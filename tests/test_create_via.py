@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from runflow_async import (
+    BatchEvent,
     BatchRouteRefusedError,
     ConfigurationError,
+    CreateOutcomeUnknownError,
     GenerateRequest,
     PollPolicy,
     RetryPolicy,
@@ -70,15 +73,25 @@ async def test_250_items_through_batches_take_at_most_3_batch_creates_and_all_se
 
 
 async def test_a_batch_takes_a_slot_per_item_and_reserves_every_estimate() -> None:
+    seen: list[tuple[int, Decimal]] = []
     async with emulator() as emu, client_for(emu.url, create_via="batches") as client:
-        async with client.batch(max_concurrency=30, max_cost_usd=100) as batch:
+
+        def observe(event: BatchEvent) -> None:
+            if event.kind == "submitted":  # told once the item's run is known
+                snap = batch._engine.snapshot()
+                seen.append((snap.in_flight, snap.committed_usd))
+
+        batch = client.batch(max_concurrency=30, max_cost_usd=100, probe_runs=30, observer=observe)
+        async with batch:
             batch.submit_many(requests(90))
-            snapshot = batch._engine.snapshot()
+            estimate = batch.estimate(requests(1)).total_usd
         outcomes = await batch.gather()
         counters = emu.counters
-    assert snapshot.in_flight <= 30
     assert all(o.ok for o in outcomes)
     assert counters.runs_created == 90
+    assert max(n for n, _ in seen) == 30  # a batch of 30 holds 30 slots, never more
+    # When the first batch's runs are known, all 30 estimates were reserved before it went out.
+    assert seen[0][1] >= 30 * estimate
     # Items of a 30-slot window go out 30 at a time (more when slots free together).
     assert 3 <= counters.requests_by_route["batch_create"] <= 90 // AUTO_THRESHOLD + 3
 
@@ -239,3 +252,47 @@ async def test_an_unknown_create_via_is_refused_with_the_closest_name() -> None:
     async with client_for("http://127.0.0.1:9") as client:
         with pytest.raises(ConfigurationError, match="create_via"):
             client.batch(create_vai="runs")  # type: ignore[call-arg]
+
+
+FAULTS = {
+    "lost_502": Fault.lost_response(),
+    "lost_dropped": Fault.lost_response(None),
+    "late_commit": Fault.late_commit(3.0),
+    "late_answer": Fault.late_commit(3.0, answer=True),
+    "html_ok": Fault.html_ok(),
+    "malformed": Fault.malformed(),
+    "bad_run_id": Fault.bad_run_id(None),
+    "reused_run_id": Fault.reused_run_id(),
+    "drop": Fault.drop(),
+    "status_500": Fault.status(500),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("mode", ["at_receipt", "ignored"])
+async def test_every_create_fault_on_the_batch_route_makes_each_item_once(
+    fault: str, mode: str
+) -> None:
+    async with (
+        emulator(idempotency_mode=mode, list_lag=0.5) as emu,
+        client_for(emu.url, create_via="batches") as client,
+    ):
+        async with client.batch(max_concurrency=30) as batch:
+            batch.submit_many(requests(30))  # a first batch, so that a reused id exists
+        first = await batch.gather()
+        emu.faults.next("batch_create", FAULTS[fault])
+        async with client.batch(max_concurrency=30) as batch:
+            batch.submit_many(requests(60, 30))
+        outcomes = await batch.gather()
+        per_item = runs_per_item(emu)
+        counters = emu.counters
+    assert counters.faults_injected  # it happened
+    assert [ref for ref, n in per_item.items() if n > 1] == []
+    assert counters.client_ref_duplicates == 0
+    assert all(o.ok for o in first)
+    if fault == "html_ok":  # a 2xx nobody made: it may exist, so it is never sent again
+        assert counters.runs_created == 30
+        assert all(isinstance(o.error, CreateOutcomeUnknownError) for o in outcomes)
+        return
+    assert counters.runs_created == 60
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok][:2]

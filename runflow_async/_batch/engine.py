@@ -34,7 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runflow_async._batch.budget import BudgetLedger
 from runflow_async._batch.creates import Creating
-from runflow_async._batch.grouping import BatchRoutes, CreateGroups
+from runflow_async._batch.grouping import BatchRoutes, CreateGroups, poller_tuning
 from runflow_async._batch.groups import exit_group
 from runflow_async._batch.handover import Handover
 from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
@@ -108,7 +108,13 @@ class Engine(ItemLife):
         self._poller = (
             None
             if strategy == "per_run"
-            else ListPoller(transport, stats, poll, allow_fallback=strategy == "auto")
+            else ListPoller(
+                transport,
+                stats,
+                poll,
+                allow_fallback=strategy == "auto",
+                **poller_tuning(options.create_via, options.max_concurrency),
+            )
         )
         rx = options.callbacks
         self._callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
@@ -121,6 +127,7 @@ class Engine(ItemLife):
                 mode=options.create_via,
                 shape=options.batch_body_shape,
                 start=self.start,
+                window=self._window,
             )
         )
         self._stop_reason: str | None = None

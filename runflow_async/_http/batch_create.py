@@ -34,6 +34,7 @@ from runflow_async._core.clock import shielded
 from runflow_async._core.errors import (
     APIConnectionError,
     APIError,
+    APIResponseError,
     APIStatusError,
     CreateOutcomeUnknownError,
     UnprocessableEntityError,
@@ -50,7 +51,7 @@ from runflow_async._http.batch_answer import (
 )
 from runflow_async._http.create import idempotency_key_for
 from runflow_async._http.lookup import LookupRefused, find
-from runflow_async._http.retry import CallKind, RetryHook, not_created, with_retries
+from runflow_async._http.retry import CallKind, CreateGate, RetryHook, not_created, with_retries
 from runflow_async._http.transport import Response, Transport, dump_json
 from runflow_async._http.visibility import LookupFailed, search
 
@@ -79,6 +80,7 @@ async def create_batch(
     items: Sequence[BatchSend],
     *,
     shape: BatchBodyShape = "openapi",
+    gate: CreateGate | None = None,
     on_retry: RetryHook | None = None,
 ) -> BatchResult:
     """Create ``items`` (1-100) by batch; rules in the module doc.
@@ -89,7 +91,7 @@ async def create_batch(
     results: BatchResult = {}
     pending = list(items)
     for _ in range(transport.retry.max_attempts):  # each round settles at least one item
-        got = await _one_batch(transport, model, pending, shape, on_retry)
+        got = await _one_batch(transport, model, pending, shape, (gate, on_retry))
         results.update(got)
         pending = [i for i in pending if i.client_ref not in results]
         if not pending or not got:
@@ -104,9 +106,10 @@ async def _one_batch(
     model: str,
     pending: Sequence[BatchSend],
     shape: BatchBodyShape,
-    on_retry: RetryHook | None,
+    hooks: tuple[CreateGate | None, RetryHook | None],
 ) -> BatchResult:
     """One batch create (with its retries); the items it settled."""
+    gate, on_retry = hooks
     path = batch_path(model)
     refs = [i.client_ref for i in pending]
     key = batch_key(refs)
@@ -133,6 +136,7 @@ async def _one_batch(
             method="POST",
             path=path,
             reconcile=lookup,
+            gate=gate,
             on_retry=on_retry,
             unknown=lambda exc: batch_unknown(refs[0], model, f"it ended in {type(exc).__name__}"),
         )
@@ -156,6 +160,10 @@ async def _send(
         response = await transport.send(
             "POST", path, body=payload, headers={"Idempotency-Key": key}
         )
+    except APIResponseError as exc:  # a 2xx we cannot read (not JSON, too large): it exists
+        for item in items:
+            item.progress.maybe_created = True
+        raise _Unread from exc
     except APIError as exc:
         if not (not_created(exc) or _refusal(exc)):
             for item in items:
