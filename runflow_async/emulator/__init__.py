@@ -26,6 +26,11 @@ Lists can be as strict as a server that only knows the documented filters
 another client's runs (``background_runs``), listed like ours and counted apart,
 with list counters by filter kind, pages and background items.
 
+Batches (``POST /v1/models/{model}/batches``, ``GET /v1/batches/{id}``, its
+``items`` and ``callback``) make ordinary runs carrying ``batch_id``; the body
+shape and which models take batches are switches (``batch_body``,
+``batch_models``), and every create fault hits the batch create route too.
+
 Random faults are seeded draws per request (``EmulatorConfig.faults``), each kind
 optionally confined to some routes (``FaultRates.only_on``: say, server errors on
 status reads only). Credit runs out with 402 ``INSUFFICIENT_CREDIT`` and can be

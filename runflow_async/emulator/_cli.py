@@ -11,6 +11,9 @@ import sys
 from decimal import Decimal
 
 from runflow_async.emulator._config import (
+    BATCH_BODIES,
+    BATCH_MODELS,
+    DEFAULT_FAULT_ROUTES,
     IDEMPOTENCY_MODES,
     LIST_FILTER_MODES,
     REPORTED_COSTS,
@@ -108,6 +111,20 @@ def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of the organisation's runs made by another client, 0 <= x < 1 "
         "(0.5: one per create); listed, counted apart",
+    )
+    emu.add_argument(
+        "--batch-body",
+        choices=BATCH_BODIES,
+        default="openapi",
+        help='body the batch route takes: openapi ({"input": [...]}), guide ({"items": '
+        '[{"input": ...}]}, answered {id, status_code, items_total}) or either (default openapi)',
+    )
+    emu.add_argument(
+        "--batch-models",
+        choices=BATCH_MODELS,
+        default="all",
+        help="models that take batches: all, text-to-image or none; the others answer the "
+        "batch route 422 BATCH_NOT_SUPPORTED (default all)",
     )
     emu.add_argument(
         "--idempotency-mode",
@@ -222,10 +239,10 @@ def _add_fault_flags(emu: argparse.ArgumentParser) -> None:
     faults.add_argument(
         "--fault-routes",
         type=_routes,
-        default=frozenset({"create", "get_run", "list_runs"}),
+        default=DEFAULT_FAULT_ROUTES,
         metavar="ROUTE[,ROUTE...]",
-        help="routes that draw faults (default create,get_run,list_runs; add file for the "
-        "download faults)",
+        help="routes that draw faults (default create,get_run,list_runs and the batch routes "
+        "batch_create,get_batch,batch_items,batch_item; add file for the download faults)",
     )
     faults.add_argument(
         "--fault-only",
@@ -298,6 +315,8 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         rate_limit_retry_after=args.rate_limit_retry_after,
         retain_runs=args.retain_runs,
         callback_null_output_rate=args.callback_null_output_rate,
+        batch_body=args.batch_body,
+        batch_models=args.batch_models,
         faults=faults,
     )
 

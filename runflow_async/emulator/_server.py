@@ -255,8 +255,9 @@ class Emulator:
 
         A run is *noticed* the first time a response carries it in a terminal state:
         ``GET /v1/runs/{id}``, or a ``GET /v1/runs`` item that includes ``status_code``
-        (an unprojected one, or one whose ``fields`` list it), or the first time a
-        receiver accepts (2xx) its callback. Times are emulated
+        (an unprojected one, or one whose ``fields`` list it), a batch read that
+        shows it terminal (``GET /v1/batches/{id}``, its items), or the first time a
+        receiver accepts (2xx) its callback or its batch's. Times are emulated
         seconds since the start; multiply a difference by ``time_scale`` to get real
         seconds.
 

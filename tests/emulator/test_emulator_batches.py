@@ -237,9 +237,13 @@ async def test_unknown_ids_answer_404() -> None:
         other_batch_item = two["items"][0]["id"]
         wrong = await h.get(f"/v1/batches/{one['id']}/items/{other_batch_item}", expect=404)
         no_model = await h.post("/v1/models/acme/none/batches", {"input": items(1)}, expect=404)
+        no_batch = await h.get(f"/v1/batches/nope/items/{other_batch_item}", expect=404)
         async with h.http.get(f"/v1/batches/{one['id']}") as resp:
             assert resp.status == 401
-    assert nobody["code"] == no_items["code"] == "BATCH_NOT_FOUND"
+        async with h.http.post(BATCHES, json={"input": items(1)}) as resp:
+            assert resp.status == 401
+        assert h.emu.counters.batches_created == 2
+    assert nobody["code"] == no_items["code"] == no_batch["code"] == "BATCH_NOT_FOUND"
     assert wrong["code"] == "ITEM_NOT_FOUND"
     assert no_model["code"] == "MODEL_NOT_FOUND"
 
