@@ -34,7 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runflow_async._batch.budget import BudgetLedger
 from runflow_async._batch.creates import Creating
-from runflow_async._batch.grouping import BatchRoutes, CreateGroups, poller_tuning
+from runflow_async._batch.grouping import BatchRoutes, create_groups, list_poller
 from runflow_async._batch.groups import exit_group
 from runflow_async._batch.handover import Handover
 from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
@@ -50,7 +50,6 @@ from runflow_async._core.requests import RunRequest
 from runflow_async._http.transport import Transport
 from runflow_async._pricing import PricingPolicy
 from runflow_async._waiting.durations import DurationStats
-from runflow_async._waiting.list_poller import ListPoller
 
 __all__ = ["Engine"]
 
@@ -104,32 +103,10 @@ class Engine(ItemLife):
             self._ledger.add_spent(spent_usd)
         rate = options.submits_per_second
         self._pacer = Pacer(rate, clock=clock) if rate else None
-        strategy = options.wait_strategy
-        self._poller = (
-            None
-            if strategy == "per_run"
-            else ListPoller(
-                transport,
-                stats,
-                poll,
-                allow_fallback=strategy == "auto",
-                **poller_tuning(options.create_via, options.max_concurrency),
-            )
-        )
+        self._poller = list_poller(transport, stats, poll, options)
         rx = options.callbacks
         self._callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
-        self._groups = (
-            None
-            if options.create_via == "runs"
-            else CreateGroups(
-                transport,
-                batch_routes or BatchRoutes(),
-                mode=options.create_via,
-                shape=options.batch_body_shape,
-                start=self.start,
-                window=self._window,
-            )
-        )
+        self._groups = create_groups(transport, options, batch_routes, self.start, self._window)
         self._stop_reason: str | None = None
         self._unfinished: dict[int, str] = {}
         self._unsettled: dict[int, str] = {}

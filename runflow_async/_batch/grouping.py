@@ -27,9 +27,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from runflow_async._batch.limits import AdaptiveWindow
+from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import APIError, BatchRouteRefusedError
 from runflow_async._core.models import Run
 from runflow_async._http.batch_answer import BATCH_MAX, BatchBodyShape, BatchSend
@@ -37,6 +38,11 @@ from runflow_async._http.batch_create import batch_unknown, create_batch
 from runflow_async._http.create import CreateProgress
 from runflow_async._http.retry import RetryHook
 from runflow_async._http.transport import Transport
+from runflow_async._waiting.durations import DurationStats
+from runflow_async._waiting.list_poller import ListPoller
+
+if TYPE_CHECKING:
+    from runflow_async._batch.options import EngineOptions
 
 __all__ = [
     "AUTO_THRESHOLD",
@@ -45,6 +51,8 @@ __all__ = [
     "CreateGroups",
     "CreateVia",
     "PollerTuning",
+    "create_groups",
+    "list_poller",
     "poller_tuning",
 ]
 
@@ -62,6 +70,37 @@ AUTO_THRESHOLD = 10
 # apart), or after _MAX_PASSES in all (never a timer: nothing waits for time).
 _QUIET_PASSES = 3
 _MAX_PASSES = 1000
+
+
+def list_poller(
+    transport: Transport, stats: DurationStats, poll: PollPolicy, options: EngineOptions
+) -> ListPoller | None:
+    """The list poller of an engine run with ``options`` (``None``: per-run polling)."""
+    strategy = options.wait_strategy
+    if strategy == "per_run":
+        return None
+    tuning = poller_tuning(options.create_via, options.max_concurrency)
+    return ListPoller(transport, stats, poll, allow_fallback=strategy == "auto", **tuning)
+
+
+def create_groups(
+    transport: Transport,
+    options: EngineOptions,
+    routes: BatchRoutes | None,
+    start: Start,
+    window: AdaptiveWindow,
+) -> CreateGroups | None:
+    """The create groups of an engine run with ``options`` (``None``: creates per run)."""
+    if options.create_via == "runs":
+        return None
+    return CreateGroups(
+        transport,
+        routes or BatchRoutes(),
+        mode=options.create_via,
+        shape=options.batch_body_shape,
+        start=start,
+        window=window,
+    )
 
 
 class PollerTuning(TypedDict):
