@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from runflow_async import (
     BatchEvent,
     BatchRouteRefusedError,
+    ClientClosedError,
     ConfigurationError,
     CreateOutcomeUnknownError,
     GenerateRequest,
@@ -19,13 +23,15 @@ from runflow_async import (
     RunflowClient,
     UnprocessableEntityError,
 )
-from runflow_async._batch.grouping import AUTO_THRESHOLD
+from runflow_async._batch.grouping import AUTO_THRESHOLD, BatchRoutes, CreateGroups
 from runflow_async._http.batch_answer import refused_items
+from runflow_async._http.create import CreateProgress
 from runflow_async.emulator import Emulator, Fault, FaultRates
 from tests.conftest import API_KEY
 
 SCALE = 0.002
 BATCH_CREATES = frozenset({"batch_create"})
+MODEL = "black-forest-labs/flux-2-klein-9b"
 
 
 def requests(n: int, start: int = 0) -> list[GenerateRequest]:
@@ -296,3 +302,48 @@ async def test_every_create_fault_on_the_batch_route_makes_each_item_once(
         return
     assert counters.runs_created == 60
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok][:2]
+
+
+def starter(tg: TaskGroup) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    def start(task: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await task()
+
+        tg.start_soon(run)
+
+    return start
+
+
+async def test_a_group_whose_create_raises_hands_the_error_to_each_of_its_items() -> None:
+    client = client_for("http://127.0.0.1:9")
+    async with client:
+        pass  # closed: its batch create raises ClientClosedError
+    errors: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        groups = CreateGroups(
+            client._transport, BatchRoutes(), mode="batches", shape="openapi", start=starter(tg)
+        )
+
+        async def one(i: int) -> None:
+            try:
+                await groups.create(MODEL, f"rfa-{i}", {"prompt": "x"}, CreateProgress())
+            except ClientClosedError as exc:
+                errors.append(exc)
+
+        for i in range(3):
+            tg.start_soon(one, i)
+    assert len(errors) == 3
+    assert groups.sent == 1
+
+
+async def test_an_item_cancelled_while_its_group_gathers_is_not_sent() -> None:
+    client = client_for("http://127.0.0.1:9")
+    async with client:
+        pass
+    async with anyio.create_task_group() as tg:
+        groups = CreateGroups(
+            client._transport, BatchRoutes(), mode="batches", shape="openapi", start=starter(tg)
+        )
+        with anyio.move_on_after(0):  # cancelled at its first wait
+            await groups.create(MODEL, "rfa-0", {"prompt": "x"}, CreateProgress())
+    assert groups.sent == 0
