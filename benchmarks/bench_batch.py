@@ -7,6 +7,9 @@ emulator process (log-normal durations, median 2 s, sigma 0.5, no faults):
   + ``gather``, each task creating its run and polling it every 1 s;
 * ``sdk_auto``: ``client.batch`` with the default strategy (shared list poller);
 * ``sdk_per_run``: ``client.batch`` with per-run polling that learns durations;
+* ``sdk_batches``: ``client.batch`` with ``create_via="batches"`` (batch creates
+  of up to 100 runs, status from the shared list poller), beside ``sdk_auto``'s
+  one create per run (issue 13);
 * ``sdk_callback``: ``client.batch(callbacks=receiver)``: the emulator POSTs each
   finished run to a local ``CallbackReceiver`` (signed with a secret created
   through the API), costs are looked up in bulk, slow polling is the safety net.
@@ -19,6 +22,7 @@ delay. One JSON line per contender.
 
     python benchmarks/bench_batch.py --runs 2000 --concurrency 200
     python benchmarks/bench_batch.py --contenders baseline,sdk_callback   # callbacks
+    python benchmarks/bench_batch.py --contenders sdk_auto,sdk_batches   # batch creates
     python benchmarks/bench_batch.py --map-items 1000000 --concurrency 100   # memory of map
     python benchmarks/bench_batch.py --contenders baseline,sdk_auto --list-filters none \
         --background-runs 0.5 --repeat 3   # the status chain, medians of 3 rounds
@@ -112,13 +116,16 @@ async def baseline(url: str, runs: int, concurrency: int) -> int:
     return ok
 
 
-async def sdk(url: str, runs: int, concurrency: int, strategy: str) -> int:
+async def sdk(
+    url: str, runs: int, concurrency: int, strategy: str, create_via: str = "runs"
+) -> int:
     async with (
         RunflowClient(
             "bench-key",
             base_url=url,
             max_connections=concurrency,
             wait_strategy=strategy,  # type: ignore[arg-type]
+            create_via=create_via,  # type: ignore[arg-type]
         ) as client,
         client.batch(max_concurrency=concurrency) as batch,
     ):
@@ -158,6 +165,10 @@ def run_contender(args: argparse.Namespace) -> None:
         work = sdk_map
     elif args.contender == "sdk_callback":
         work = sdk_callback
+    elif args.contender == "sdk_batches":
+
+        async def work(url: str, runs: int, concurrency: int) -> int:
+            return await sdk(url, runs, concurrency, "auto", create_via="batches")
     else:
         strategy = args.contender.removeprefix("sdk_")
 
@@ -168,6 +179,7 @@ def run_contender(args: argparse.Namespace) -> None:
     # measured in steady state; the orchestrator skips these runs.
     asyncio.run(work(args.url, WARMUP_RUNS, WARMUP_RUNS))
     start_requests = asyncio.run(request_count(args.url))
+    start_routes = asyncio.run(get_json(args.url + "/_emulator/counters"))["requests_by_route"]
     cpu, wall = time.process_time(), time.perf_counter()
     ok = asyncio.run(work(args.url, args.runs, args.concurrency))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -179,6 +191,7 @@ def run_contender(args: argparse.Namespace) -> None:
                 "wall_s": time.perf_counter() - wall,
                 "peak_rss_mb": round(peak_kib / 1024, 1),
                 "start_requests": start_requests,
+                "start_routes": start_routes,
             }
         )
     )
@@ -215,6 +228,10 @@ async def measure(url: str, name: str, runs: int, concurrency: int) -> dict[str,
     report = await get_json(f"{url}/_emulator/report?since={since}")
     rows = report["runs"][WARMUP_RUNS:]
     requests = await request_count(url) - client["start_requests"]
+    routes = (await get_json(url + "/_emulator/counters"))["requests_by_route"]
+    creates = sum(
+        routes.get(r, 0) - client["start_routes"].get(r, 0) for r in ("create", "batch_create")
+    )
     delays = [r["noticed"] - r["end"] for r in rows if r["noticed"] is not None]
     first_create = min(r["created"] for r in rows)
     makespan = max(r["noticed"] for r in rows if r["noticed"] is not None) - first_create
@@ -229,6 +246,8 @@ async def measure(url: str, name: str, runs: int, concurrency: int) -> dict[str,
         "ideal_makespan_s": round(ideal, 3),
         "makespan_over_ideal": round(makespan / ideal, 3),
         "requests_per_run": round(requests / runs, 3),
+        "creates_per_run": round(creates / runs, 4),
+        "status_requests_per_run": round((requests - creates) / runs, 4),
         "notice_delay_median_s": round(statistics.median(delays), 4),
         "notice_delay_p95_s": round(quantile(delays, 0.95), 4),
         "notice_delay_median_over_median_run": round(

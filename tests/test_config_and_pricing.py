@@ -16,8 +16,8 @@ from runflow_async import (
     Run,
     RunflowClient,
 )
-from runflow_async._core.errors import error_for_status
 from runflow_async._http.download import write_atomic
+from runflow_async._http.errors import error_for_status
 from runflow_async._pricing import EDIT_MODEL, GENERATE_MODEL, resolve_size
 
 

@@ -364,7 +364,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with conn:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.close()
-    with pytest.raises(JournalError, match=r"newer runflow-async \(journal schema 4; .* up to 3\)"):
+    with pytest.raises(JournalError, match=r"newer runflow-async \(journal schema 5; .* up to 4\)"):
         Journal.open(tmp_path)
 
 

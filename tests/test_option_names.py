@@ -490,9 +490,10 @@ async def test_batch_options_accepted_at_run_time_are_exactly_the_typed_dict(
             message = _refusal(functools.partial(open_options, client, entry, {name: object()}))
             assert f"{name} must be" in message, message
     assert "unknown option 'extra'" in _refusal(lambda: client.batch(extra=1))  # type: ignore[call-arg]
-    # What the engine runs on has exactly these fields, plus the client's strategy.
+    # What the engine runs on has exactly these fields, plus the client's strategy
+    # and the batch body shape its server speaks.
     engine_fields = {f.name for f in dataclasses.fields(EngineOptions)}
-    assert engine_fields == typed | {"wait_strategy"}
+    assert engine_fields == typed | {"wait_strategy", "batch_body_shape"}
     engine_signature = set(inspect.signature(RunflowClient.engine).parameters)
     assert engine_signature - {"self", "options"} == set(ENGINE_KEYWORDS)
 

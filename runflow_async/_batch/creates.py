@@ -23,13 +23,15 @@ else calls it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from runflow_async._batch.budget import BudgetLedger
+from runflow_async._batch.grouping import CreateGroups
 from runflow_async._batch.hooks import EngineHooks
 from runflow_async._batch.limits import AdaptiveWindow, Pacer, Slot
 from runflow_async._batch.observe import BatchEvent
@@ -87,6 +89,10 @@ _STOPPING: dict[type[APIError], str] = {
 }
 
 
+# What a batch item may carry: a callback_url or metadata are a batch's own, not an item's.
+_BATCHABLE = frozenset({"input", "client_ref"})
+
+
 class _GaveUp(Exception):
     """A throttled create was given up before it was sent again; ``reason`` says why."""
 
@@ -124,6 +130,7 @@ class CreateLife:
     _pacer: Pacer | None
     _poller: ListPoller | None
     _callbacks: CallbackWaiter | None
+    _groups: CreateGroups | None
     _stop_reason: str | None
     _unfinished: dict[int, str]
     _unsettled: dict[int, str]
@@ -183,15 +190,7 @@ class CreateLife:
             body["callback_url"] = self._callbacks.receiver.url
         gate = _Readmission(self, index, slot, est, creating) if self._options.adaptive else None
         try:
-            run = await create_run(
-                self._transport,
-                request.model,
-                body,
-                idempotency_key=idempotency_key_for(client_ref),
-                on_retry=lambda event: self._on_create_retry(index, event),
-                gate=gate,
-                progress=creating,
-            )
+            run = await self._create_call(index, request.model, body, gate, creating)
         except _GaveUp as exc:  # throttled, then stopped or priced out: never created
             del self._uncertain[index]
             return self.not_submitted(index, request, est, exc.reason)
@@ -206,6 +205,33 @@ class CreateLife:
         if creating.untrusted is not None:  # answered with another create's run, then found
             self.emit(BatchEvent("reconciled", index=index, run_id=run.id))
         return run
+
+    async def _create_call(
+        self,
+        index: int,
+        model: str,
+        body: dict[str, Any],
+        gate: _Readmission | None,
+        creating: Creating,
+    ) -> Run:
+        """The item's run: by its group's batch create when it may join one, else on its own."""
+        client_ref: str = body["client_ref"]
+        on_retry = functools.partial(self._on_create_retry, index)
+        if self._groups is not None and body.keys() <= _BATCHABLE:
+            got = await self._groups.create(model, client_ref, body["input"], creating)
+            if isinstance(got, APIError):
+                raise got
+            if got is not None:
+                return got
+        return await create_run(
+            self._transport,
+            model,
+            body,
+            idempotency_key=idempotency_key_for(client_ref),
+            on_retry=on_retry,
+            gate=gate,
+            progress=creating,
+        )
 
     def _create_failed(
         self, index: int, request: RunRequest, est: Decimal, exc: APIError

@@ -34,6 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runflow_async._batch.budget import BudgetLedger
 from runflow_async._batch.creates import Creating
+from runflow_async._batch.grouping import BatchRoutes, create_groups, list_poller
 from runflow_async._batch.groups import exit_group
 from runflow_async._batch.handover import Handover
 from runflow_async._batch.hooks import EngineHooks, EngineSnapshot, NoHooks, WorkItem
@@ -49,7 +50,6 @@ from runflow_async._core.requests import RunRequest
 from runflow_async._http.transport import Transport
 from runflow_async._pricing import PricingPolicy
 from runflow_async._waiting.durations import DurationStats
-from runflow_async._waiting.list_poller import ListPoller
 
 __all__ = ["Engine"]
 
@@ -69,6 +69,7 @@ class Engine(ItemLife):
         outcome_buffer: How many outcomes :attr:`outcomes` holds before items
             wait for a reader (holding their slots): ``0`` for backpressure.
         spent_usd: Money spent earlier that counts against ``max_cost_usd``.
+        batch_routes: The client's record of refused batch routes (``create_via``).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Engine(ItemLife):
         hooks: EngineHooks | None = None,
         outcome_buffer: float = float("inf"),
         spent_usd: Decimal = Decimal(0),
+        batch_routes: BatchRoutes | None = None,
     ) -> None:
         clock = transport.clock
         self._started_at = clock.now()  # maybe_created items were sent before it, if at all
@@ -101,14 +103,10 @@ class Engine(ItemLife):
             self._ledger.add_spent(spent_usd)
         rate = options.submits_per_second
         self._pacer = Pacer(rate, clock=clock) if rate else None
-        strategy = options.wait_strategy
-        self._poller = (
-            None
-            if strategy == "per_run"
-            else ListPoller(transport, stats, poll, allow_fallback=strategy == "auto")
-        )
+        self._poller = list_poller(transport, stats, poll, options)
         rx = options.callbacks
         self._callbacks = CallbackWaiter(transport, rx, stats, poll) if rx is not None else None
+        self._groups = create_groups(transport, options, batch_routes, self.start, self._window)
         self._stop_reason: str | None = None
         self._unfinished: dict[int, str] = {}
         self._unsettled: dict[int, str] = {}

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypedDict
 
+from runflow_async._batch.grouping import CreateVia
 from runflow_async._batch.observe import BatchObserver
 from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._core.errors import ConfigurationError
+from runflow_async._http.batch_answer import BatchBodyShape
 from runflow_async._keywords import check_names, check_types
 from runflow_async._waiting.list_poller import WaitStrategy
 
@@ -44,6 +46,12 @@ class BatchOptions(TypedDict, total=False):
             ``url`` as ``callback_url`` and noticed by callback, with slow
             polling as the safety net (``PollPolicy.callback_fallback_*``).
             Defaults to the client's ``callbacks``; ``None`` turns it off.
+        create_via: ``"runs"`` (a create per run), ``"batches"`` (batch creates
+            of up to 100 runs, each run still one slot and one reservation) or
+            ``"auto"`` (batches when at least 10 items are ready together, else
+            per run; per run for good once the route refuses it). Items with a
+            ``callback_url`` or ``metadata`` (or waited for by callback) are
+            created per run. Defaults to the client's ``create_via``.
     """
 
     max_concurrency: int
@@ -56,6 +64,7 @@ class BatchOptions(TypedDict, total=False):
     timeout: float | None
     observer: BatchObserver | None
     callbacks: CallbackReceiver | None
+    create_via: CreateVia
 
 
 BATCH_OPTION_NAMES: frozenset[str] = BatchOptions.__required_keys__ | BatchOptions.__optional_keys__
@@ -98,6 +107,8 @@ class EngineOptions:
     wait_strategy: WaitStrategy = "auto"
     observer: BatchObserver | None = None
     callbacks: CallbackReceiver | None = None
+    create_via: CreateVia = "runs"
+    batch_body_shape: BatchBodyShape = "openapi"
 
     @classmethod
     def build(
@@ -106,6 +117,8 @@ class EngineOptions:
         *,
         wait_strategy: WaitStrategy,
         callbacks: CallbackReceiver | None = None,
+        create_via: CreateVia = "runs",
+        batch_body_shape: BatchBodyShape = "openapi",
         where: str = "client.batch()",
         also: Collection[str] = (),
     ) -> EngineOptions:
@@ -115,6 +128,8 @@ class EngineOptions:
             options: What the user passed.
             wait_strategy: The client's.
             callbacks: The client's default receiver.
+            create_via: The client's default.
+            batch_body_shape: The client's.
             where: The entry point, as error messages start.
             also: The entry point's other keywords, suggested for a misspelling too.
 
@@ -137,6 +152,8 @@ class EngineOptions:
             wait_strategy=wait_strategy,
             observer=options.get("observer"),
             callbacks=options.get("callbacks", callbacks),
+            create_via=options.get("create_via", create_via),
+            batch_body_shape=batch_body_shape,
         )
         built._check(where)
         return built

@@ -74,6 +74,14 @@ def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         cmd.add_argument("--out", type=Path, required=True, help="output folder")
         cmd.add_argument("--concurrency", type=positive_int, default=16, help="runs at once")
         cmd.add_argument("--max-cost", type=amount, help="budget in USD")
+        cmd.add_argument(
+            "--create-via",
+            choices=["runs", "batches", "auto"],
+            default="runs",
+            help="one create per run (default), batch creates of up to 100 runs, or auto "
+            "(batches when 10 or more are ready, per run if the API refuses the batch route); "
+            "another value is bad usage (exit 2)",
+        )
         _request_options(cmd)
         cmd.add_argument(
             "--retry-failed",
@@ -152,9 +160,10 @@ def _confirmed(args: argparse.Namespace, estimate: Estimate, spent: Decimal) -> 
 async def _client(args: argparse.Namespace, api_key: str) -> AsyncIterator[RunflowClient]:
     scale = args.time_scale or (EMULATOR_TIME_SCALE if args.emulator else 1.0)
     retry, poll = RetryPolicy(time_scale=scale), PollPolicy(time_scale=scale)
+    how = {"retry": retry, "poll": poll, "create_via": args.create_via}
     if not args.emulator:
         async with RunflowClient(
-            api_key, base_url=args.base_url, retry=retry, poll=poll, ssl_context=args.ca_file
+            api_key, base_url=args.base_url, ssl_context=args.ca_file, **how
         ) as c:
             yield c
         return
@@ -162,7 +171,7 @@ async def _client(args: argparse.Namespace, api_key: str) -> AsyncIterator[Runfl
 
     async with (
         Emulator(time_scale=scale) as emu,
-        RunflowClient(api_key, base_url=emu.url, retry=retry, poll=poll) as client,
+        RunflowClient(api_key, base_url=emu.url, **how) as client,
     ):
         yield client
 

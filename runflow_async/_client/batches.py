@@ -10,12 +10,14 @@ from typing import Any, Unpack
 
 from runflow_async._batch.batch import Batch
 from runflow_async._batch.engine import Engine
+from runflow_async._batch.grouping import BatchRoutes, CreateVia
 from runflow_async._batch.hooks import EngineHooks
 from runflow_async._batch.map import MapRun, RequestSource
 from runflow_async._batch.options import BatchOptions, EngineOptions
 from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._core.config import PollPolicy
 from runflow_async._core.errors import ConfigurationError
+from runflow_async._http.batch_answer import BatchBodyShape
 from runflow_async._http.transport import Transport
 from runflow_async._keywords import check_types
 from runflow_async._pricing import PricingPolicy
@@ -37,6 +39,9 @@ class BatchesMixin:
     poll_policy: PollPolicy
     wait_strategy: WaitStrategy
     callbacks: CallbackReceiver | None
+    create_via: CreateVia
+    batch_body_shape: BatchBodyShape
+    _batch_routes: BatchRoutes
 
     def batch(self, **options: Unpack[BatchOptions]) -> Batch:
         """Open a batch: futures for many runs under one window, rate and budget.
@@ -45,7 +50,7 @@ class BatchesMixin:
         Options (all keyword, see :class:`BatchOptions`): ``max_concurrency``,
         ``max_cost_usd``, ``probe_runs``, ``billing_margin``,
         ``submits_per_second``, ``adaptive``, ``fail_fast``, ``timeout``,
-        ``observer``, ``callbacks``.
+        ``observer``, ``callbacks``, ``create_via``.
 
         Raises:
             ConfigurationError: An unknown option (naming the closest valid one),
@@ -115,6 +120,8 @@ class BatchesMixin:
             options,
             wait_strategy=self.wait_strategy,
             callbacks=self.callbacks,
+            create_via=self.create_via,
+            batch_body_shape=self.batch_body_shape,
             where=where,
             also=also,
         )
@@ -127,6 +134,7 @@ class BatchesMixin:
             hooks=hooks,
             outcome_buffer=outcome_buffer,
             spent_usd=spent_usd,
+            batch_routes=self._batch_routes,
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Self
 import aiohttp
 import anyio
 
+from runflow_async._batch.grouping import BatchRoutes, CreateVia
 from runflow_async._batch.options import check_serving
 from runflow_async._callbacks.receiver import CallbackReceiver
 from runflow_async._callbacks.waiter import CallbackWaiter
@@ -35,6 +36,7 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.models import GenerationResult, Run, RunPage, RunStatus
 from runflow_async._core.requests import GenerateRequest, RunRequest, build_request
+from runflow_async._http.batch_answer import BatchBodyShape
 from runflow_async._http.create import create_run, idempotency_key_for, new_client_ref
 from runflow_async._http.reclaim import not_ours, reclaim
 from runflow_async._http.retry import RetryHook
@@ -98,6 +100,12 @@ class RunflowClient(FilesMixin, BatchesMixin):
         callbacks: A started :class:`CallbackReceiver`: ``run``/``generate``/``edit``,
             batches and maps create runs with its ``url`` as ``callback_url`` and
             wait for its signed deliveries, polling slowly as a safety net.
+        create_via: How batches and maps create runs: ``"runs"`` (one create
+            each, the default), ``"batches"`` (batch creates of up to 100) or
+            ``"auto"`` (batches when 10 or more items are ready together, per
+            run after the route refuses them); see :class:`BatchOptions`.
+        batch_body_shape: The batch body the server expects: ``"openapi"``
+            (``{"input": [...]}``, the default) or ``"guide"`` (``{"items": [...]}``).
 
     Raises:
         ConfigurationError: No API key, a malformed key or URL, an unknown option
@@ -123,6 +131,8 @@ class RunflowClient(FilesMixin, BatchesMixin):
         pricing: PricingPolicy | None = None,
         wait_strategy: WaitStrategy = "auto",
         callbacks: CallbackReceiver | None = None,
+        create_via: CreateVia = "runs",
+        batch_body_shape: BatchBodyShape = "openapi",
     ) -> None:
         if max_connections < 1:
             raise ConfigurationError("max_connections must be at least 1.")
@@ -133,6 +143,9 @@ class RunflowClient(FilesMixin, BatchesMixin):
         self.pricing = pricing or PricingPolicy()
         self.wait_strategy: WaitStrategy = wait_strategy
         self.callbacks = callbacks
+        self.create_via: CreateVia = create_via
+        self.batch_body_shape: BatchBodyShape = batch_body_shape
+        self._batch_routes = BatchRoutes()  # batch routes refused, for the client's life
         self._durations = DurationStats()
         retry = retry or RetryPolicy()
         self._transport = Transport(

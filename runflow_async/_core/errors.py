@@ -21,7 +21,8 @@
     │       ├── NotFoundError                    404
     │       ├── ConflictError                    409
     │       ├── UnprocessableEntityError         422
-    │       │   └── AssetRefRefusedError         a runflow://assets ref refused (_core/assets.py)
+    │       │   ├── AssetRefRefusedError         a runflow://assets ref refused (_core/assets.py)
+    │       │   └── BatchRouteRefusedError       the batch route made nothing
     │       ├── RateLimitError                   429
     │       └── ServerError                      5xx
     │           └── ServiceUnavailableError      503
@@ -57,6 +58,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchRouteRefusedError",
     "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
@@ -80,7 +82,6 @@ __all__ = [
     "TLSVerificationError",
     "UnprocessableEntityError",
     "WebhookVerificationError",
-    "error_for_status",
 ]
 
 
@@ -264,6 +265,10 @@ class UnprocessableEntityError(APIStatusError):
     """422: the API rejected the input; ``errors`` names the fields."""
 
 
+class BatchRouteRefusedError(UnprocessableEntityError):
+    """422 on the batch route naming no item (not batch-capable, body shape): nothing was made."""
+
+
 class RateLimitError(APIStatusError):
     """429 ``RATE_LIMITED``: slow down."""
 
@@ -278,28 +283,6 @@ class ServerError(APIStatusError):
 
 class ServiceUnavailableError(ServerError):
     """503: the service or the model's provider (``MODEL_UNAVAILABLE``) is down."""
-
-
-_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    402: InsufficientCreditError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: UnprocessableEntityError,
-    429: RateLimitError,
-    503: ServiceUnavailableError,
-}
-
-
-def error_for_status(status: int) -> type[APIStatusError]:
-    """Return the error class for an HTTP error ``status``."""
-    if status in _STATUS_CLASSES:
-        return _STATUS_CLASSES[status]
-    if status >= 500:
-        return ServerError
-    return APIStatusError
 
 
 class RunError(RunflowError):

@@ -85,7 +85,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from runflow_async._dataset.journal_commit import GROUP_ENTRIES, GROUP_SECONDS, Pending
+from runflow_async._dataset.journal_commit import GROUP_ENTRIES, GROUP_SECONDS, Pending, run_sets
 from runflow_async._dataset.journal_file import SCHEMA_VERSION, JournalError, connect
 from runflow_async._dataset.journal_item import ItemState, JournalItem, summarize_items
 from runflow_async._dataset.journal_read import JournalReads, JournalStateError
@@ -187,28 +187,28 @@ class Journal(JournalReads):
             now=True,  # committed (with every waiting mark) before the create is sent
         )
 
-    def mark_created(self, key: str, run_id: str) -> None:
-        """Record the run a create returned (marking the same run again is a no-op)."""
-        if self._try_move(key, _C, {"run_id": run_id}):
+    def mark_created(self, key: str, run_id: str, batch_id: str | None = None) -> None:
+        """Record the run a create returned, and its batch (the same run again: a no-op)."""
+        if self._try_move(key, _C, run_sets(run_id, batch_id)):
             return  # no statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id == run_id:
             return
         self._move(key, _C, {"run_id": run_id})  # refused: raises
 
-    def own_run(self, key: str, run_id: str) -> None:
+    def own_run(self, key: str, run_id: str, batch_id: str | None = None) -> None:
         """Record ``run_id`` as the item's run: :meth:`mark_created`, or :meth:`move_run`.
 
         The engine names an item's run a second time only when the first proved
         another create's, so a created item with another run moves to this one.
         """
-        if self._try_move(key, _C, {"run_id": run_id}):
+        if self._try_move(key, _C, run_sets(run_id, batch_id)):
             return  # no statement on the hot path: the item was not created yet
         item = self._get(key)
         if item.state is _C and item.run_id is not None and item.run_id != run_id:
             self.move_run(key, item.run_id, run_id)
         else:
-            self.mark_created(key, run_id)
+            self.mark_created(key, run_id, batch_id)
 
     def move_run(self, key: str, wrong_run_id: str, run_id: str) -> None:
         """Record that a created item's run is ``run_id``, not the ``wrong_run_id`` it had.
@@ -316,8 +316,8 @@ class Journal(JournalReads):
             ref = item.client_ref if item.run_id is None else None
             cursor = self._conn.execute(
                 "UPDATE items SET state = ?, updated_at = ?, client_ref = ?, run_id = NULL,"
-                " cost_usd = NULL, reserved_usd = NULL, prior_cost_usd = ?, error_type = NULL,"
-                " error = NULL, files = '[]', retries = retries + ?"
+                " batch_id = NULL, cost_usd = NULL, reserved_usd = NULL, prior_cost_usd = ?,"
+                " error_type = NULL, error = NULL, files = '[]', retries = retries + ?"
                 " WHERE key = ? AND state IN (?, ?)",
                 (_P.value, _now(), ref, str(prior), int(item.run_id is not None), key, _F, _N),
             )

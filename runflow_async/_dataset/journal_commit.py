@@ -30,6 +30,7 @@ __all__ = [
     "GroupCommit",
     "JournalStateError",
     "Pending",
+    "run_sets",
 ]
 
 GROUP_ENTRIES = 64
@@ -45,12 +46,17 @@ class JournalStateError(JournalError, KeyError):
         return str(self.args[0])
 
 
-COLUMNS = ("run_id", "cost_usd", "files", "reserved_usd", "error_type", "error")
+COLUMNS = ("run_id", "cost_usd", "files", "reserved_usd", "error_type", "error", "batch_id")
 """The columns a waiting mark may set (besides the state, ``client_ref`` and ``attempts``)."""
 _ROW = f"({', '.join('?' * (6 + len(COLUMNS)))})"
 _SETS = ", ".join(
     f"{c} = CASE WHEN v.m & {1 << i} THEN v.{c} ELSE items.{c} END" for i, c in enumerate(COLUMNS)
 )
+
+
+def run_sets(run_id: str, batch_id: str | None) -> dict[str, object]:
+    """What a mark of an item's run sets: its id, and its batch's when it has one."""
+    return {"run_id": run_id} if batch_id is None else {"run_id": run_id, "batch_id": batch_id}
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ class JournalHooks(NoHooks):
 
     def on_created(self, index: int, run: Run, /) -> None:
         # Told again with its own run if the first proved another item's.
-        self._journal.own_run(self._items[index].key, run.id)
+        self._journal.own_run(self._items[index].key, run.id, run.batch_id)
 
 
 def client_ref_of(dataset_id: str, key: str, retries: int) -> str:

@@ -52,6 +52,7 @@ class JournalItem:
             each retry creates under a new ``client_ref`` derived from it.
         reserved_usd: For a succeeded run whose cost is unknown: the estimate
             at the billing factor it was reserved at (what it counts as).
+        batch_id: The batch its run was created in (``create_via``), if any.
     """
 
     key: str
@@ -70,6 +71,7 @@ class JournalItem:
     prior_cost_usd: Decimal
     retries: int
     reserved_usd: Decimal | None = None
+    batch_id: str | None = None
 
     @property
     def cost_unknown(self) -> bool:

@@ -20,18 +20,55 @@ from runflow_async._core.errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InsufficientCreditError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
     TLSVerificationError,
-    error_for_status,
+    UnprocessableEntityError,
 )
 from runflow_async._core.models import parse_error_body
 from runflow_async._http.retry import parse_retry_after
 
-__all__ = ["CLIENT_ERRORS", "client_error", "status_error", "storage_xml_error"]
+__all__ = [
+    "CLIENT_ERRORS",
+    "client_error",
+    "error_for_status",
+    "status_error",
+    "storage_xml_error",
+]
 
 
 _XML_ENTITIES = {"&quot;": '"', "&apos;": "'"}
 _XML_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(rb"<Message>([^<]{1,500})</Message>")
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
+
+
+def error_for_status(status: int) -> type[APIStatusError]:
+    """Return the error class for an HTTP error ``status``."""
+    if status in _STATUS_CLASSES:
+        return _STATUS_CLASSES[status]
+    if status >= 500:
+        return ServerError
+    return APIStatusError
 
 
 def _xml_text(pattern: re.Pattern[bytes], head: bytes) -> str | None:

@@ -60,6 +60,7 @@ Step = Literal["id", "documented", "newest", "per_run"]
 """The chain's steps, in order (see the module docstring)."""
 
 _STEPS: tuple[Step, ...] = ("id", "documented", "newest", "per_run")
+_DOCUMENTED_FIRST: tuple[Step, ...] = ("documented", "id", "newest", "per_run")
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
@@ -86,6 +87,10 @@ class ListPoller:
         min_tick: Shortest tick in seconds.
         max_tick: Longest tick in seconds.
         runs_per_page: Steps 2-3: runs in flight that justify one page per tick.
+        documented_first: Start with step 2, then step 1, 3, 4: for batches
+            whose runs in flight outnumber ``chunk_size`` (step 1 then costs
+            a request per ``chunk_size`` runs each tick, step 2 about one page).
+        ticks_per_run: Ticks per median run (the tick's divisor, default 15).
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class ListPoller:
         min_tick: float = 0.1,
         max_tick: float = 2.0,
         runs_per_page: int = 4,
+        documented_first: bool = False,
+        ticks_per_run: float = 15.0,
     ) -> None:
         self._transport = transport
         self._stats = stats
@@ -120,7 +127,9 @@ class ListPoller:
             "documented": Scan(transport, documented=True, runs_per_page=runs_per_page),
             "newest": Scan(transport, documented=False, runs_per_page=runs_per_page),
         }
-        self.step: Step = "id"
+        self._ticks_per_run = ticks_per_run
+        self._steps = _DOCUMENTED_FIRST if documented_first else _STEPS
+        self.step: Step = self._steps[0]
         self.verified = False
 
     @property
@@ -131,7 +140,7 @@ class ListPoller:
     @property
     def tick(self) -> float:
         """Seconds between polls (emulated seconds, as the clock counts them)."""
-        return min(self._max_tick, max(self._min_tick, self._stats.median / 15))
+        return min(self._max_tick, max(self._min_tick, self._stats.median / self._ticks_per_run))
 
     async def wait(self, run_id: str, created_at: datetime | None = None) -> Run | None:
         """Wait until ``run_id`` is terminal; ``None`` means "poll it yourself".
@@ -202,7 +211,7 @@ class ListPoller:
         return True
 
     def _advance(self, exc: ChainBroken) -> None:
-        following = _STEPS[_STEPS.index(self.step) + 1]
+        following = self._steps[self._steps.index(self.step) + 1]
         if following == "per_run" and not self._allow_fallback:
             logger.warning("Run list poll unusable (%s); trying again.", exc)
             return

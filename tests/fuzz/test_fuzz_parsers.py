@@ -23,9 +23,8 @@ from runflow_async import (
     RunPage,
     RunStatus,
 )
-from runflow_async._core.errors import error_for_status
 from runflow_async._core.models import parse_error_body
-from runflow_async._http.errors import status_error
+from runflow_async._http.errors import error_for_status, status_error
 from runflow_async._http.jsonio import parse_json as _parse_json
 from runflow_async._http.runs import check_outcome
 from tests.fuzz.support import (

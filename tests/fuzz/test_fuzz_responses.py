@@ -30,7 +30,7 @@ from runflow_async import (
     RunPage,
     RunTimeoutError,
 )
-from runflow_async._core.errors import error_for_status
+from runflow_async._http.errors import error_for_status
 from tests.conftest import Handler, make_client
 from tests.fuzz.support import (
     NO_BODY,
