@@ -84,7 +84,7 @@ class ChaosMix:
             "--failure-rate", str(self.failure_rate),
         ]  # fmt: skip
         if not self.hostile:
-            return [*flags, "--fault-routes", "create,get_run,list_runs"]
+            return [*flags, "--fault-routes", "create,batch_create,get_run,list_runs"]
         return [
             *flags,
             "--rate-late-commit", str(self.rate_late_commit),
@@ -100,7 +100,7 @@ class ChaosMix:
             "--rate-not-image", str(self.rate_not_image),
             "--rate-download-404", str(self.rate_download_404),
             "--cost-multiplier", self.cost_multiplier,
-            "--fault-routes", "create,get_run,list_runs,file",
+            "--fault-routes", "create,batch_create,get_run,list_runs,file",
         ]  # fmt: skip
 
 

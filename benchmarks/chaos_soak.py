@@ -126,6 +126,7 @@ class SoakSettings:
     budget_fraction: Decimal = Decimal("0.80")
     timeout: float = 900.0
     list_filters: Literal["all", "no-id", "none"] = "all"
+    create_via: Literal["runs", "batches", "auto"] = "runs"
     mix: ChaosMix = field(default_factory=ChaosMix)
 
 
@@ -157,6 +158,7 @@ async def drive(url: str, settings: SoakSettings, cap: Decimal, tally: Tally) ->
         max_connections=settings.concurrency,
         on_retry=tally.on_retry,
         wait_strategy=settings.wait_strategy,
+        create_via=settings.create_via,
     ) as client:
         options: BatchOptions = {
             "max_concurrency": settings.concurrency,
@@ -277,6 +279,7 @@ def report(
         "time_scale": settings.time_scale,
         "seed": settings.seed,
         "list_filters": settings.list_filters,
+        "create_via": settings.create_via,
         "fault_mix": asdict(settings.mix),
         "submitted": pulled,
         "succeeded": len(ok),
@@ -310,6 +313,10 @@ def report(
         "throttled_429": tally.events["throttled"],
         "emulator_429s": by_status.get("429", 0),
         "emulator_faults": counters["faults_injected"],
+        "emulator_create_requests": {
+            route: counters["requests_by_route"].get(route, 0)
+            for route in ("create", "batch_create")
+        },
         "emulator_requests": sum(
             n for route, n in counters["requests_by_route"].items() if route in API_ROUTES
         ),
@@ -369,8 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="all",
         help="which list filters the emulator accepts (no-id: only the documented ones)",
     )
+    parser.add_argument(
+        "--create-via",
+        choices=["runs", "batches", "auto"],
+        default="runs",
+        help="create runs one by one or up to 100 per batch create (the faults hit both routes)",
+    )
     args = parser.parse_args(argv)
     settings = SoakSettings(
+        create_via=args.create_via,
         credit_fraction=args.credit_fraction or None,
         budget_fraction=args.budget_fraction,
         runs=args.runs,

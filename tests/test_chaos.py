@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from benchmarks import chaos_resume, chaos_soak
+from benchmarks.chaos_emulator import ChaosMix
 from runflow_async import (
     CallbackReceiver,
     GenerateRequest,
@@ -252,3 +253,33 @@ async def test_the_callback_fallback_reads_a_run_again_after_a_failed_read(refus
         assert outcomes[1].ok
     else:
         assert [o.ok for o in outcomes] == [True, True]
+
+
+@pytest.mark.parametrize("api", ["batch", "map"])
+async def test_a_soak_through_batch_creates_loses_nothing_and_bills_nothing_twice(
+    api: Literal["batch", "map"],
+) -> None:
+    # Every fault hits the batch route too (lost answers, late commits with the key
+    # ignored, reused ids, malformed answers), ten times as often as in the soak's mix
+    # since a batch create carries many items: each item is created once or never.
+    mix = ChaosMix(
+        rate_lost_create=0.2, rate_late_commit=0.1, rate_reused_run_id=0.05, rate_malformed=0.05
+    )
+    settings = chaos_soak.SoakSettings(
+        runs=1000, api=api, concurrency=50, create_via="batches", timeout=60.0, mix=mix
+    )
+    result = await chaos_soak.main_async(settings)
+    assert result["create_via"] == "batches"
+    assert result["missed"] == []
+    assert result["unaccounted"] == 0
+    assert result["duplicate_billed_runs"] == result["items_with_two_runs"] == 0
+    assert result["paid_results_lost"] == 0
+    assert result["not_submitted_but_created"] == 0
+    assert Decimal(result["budget_overshoot_usd"]) == 0
+    assert result["emulator_runs_billed"] == result["succeeded"]
+    assert result["emulator_billed_usd"] == result["client_billed_usd"]
+    creates = result["emulator_create_requests"]
+    assert creates["create"] == 0, creates  # every create went by batch, several items each
+    assert 0 < creates["batch_create"] < result["submitted"] / 2, creates
+    faults = result["emulator_faults"]
+    assert all(faults.get(kind, 0) > 0 for kind in ("lost_response", "late_commit")), faults
