@@ -252,10 +252,13 @@ def audit_folder(
         bad_rows += row["run_id"] is not None and run.get("status_code") != "failed"
     listed = {row["file_name"] for row in rows}
     skip = {"metadata.jsonl", "failures.jsonl", ".runflow"}
-    extra = [p.name for p in out.iterdir() if p.name not in skip and p.name not in listed]
+    # Images sit in their shard's subfolder (``00000/KEY-0.png``, as ``file_name`` says).
+    files = (p for p in out.rglob("*") if p.is_file() and ".runflow" not in p.parts)
+    names = (p.relative_to(out).as_posix() for p in files)
+    extra = [name for name in names if name not in skip and name not in listed]
     # A download killed mid-write leaves its hidden temp file (``.<name>.<random>``);
     # `datasets` skips hidden files, so these are reported apart from stray files.
-    temps = [name for name in extra if name.startswith(".")]
+    temps = [name for name in extra if Path(name).name.startswith(".")]
     delivered = {row["run_id"] for row in rows}
     spent = sum((Decimal(row["cost_usd"]) for row in rows), Decimal(0))
     return {

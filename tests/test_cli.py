@@ -28,7 +28,7 @@ def test_demo_writes_images_and_reports_matching_costs(
 ) -> None:
     assert main(["demo", "--out", str(tmp_path), "--count", "3"]) == 0
     out = capsys.readouterr().out
-    files = sorted(tmp_path.glob("*.png"))
+    files = sorted(tmp_path.glob("00000/*.png"))  # the first shard's subfolder
     assert len(files) == 3
     for f in files:
         assert str(f) in out

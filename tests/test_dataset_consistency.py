@@ -31,12 +31,12 @@ from tests.test_dataset_cli import ROOT, SCALE, cli_args, manifest, prompts_file
 
 
 def images_on_disk(out: Path) -> set[str]:
-    """The images a reader (``imagefolder``) sees: visible files with an image suffix."""
+    """The images a reader (``imagefolder``) sees: visible files with an image suffix, by
+    their path from ``out`` (``00000/KEY-0.png``: in their shard's subfolder)."""
     if not out.is_dir():
         return set()
-    return {
-        p.name for p in out.iterdir() if p.suffix in IMAGE_SUFFIXES and not p.name.startswith(".")
-    }
+    found = (p.relative_to(out) for p in out.rglob("*") if p.suffix in IMAGE_SUFFIXES)
+    return {p.as_posix() for p in found if not any(part.startswith(".") for part in p.parts)}
 
 
 def check_folder(out: Path) -> tuple[list[dict[str, Any]], set[str]]:
@@ -79,7 +79,8 @@ async def load_with_datasets(out: Path) -> dict[str, tuple[str, str]]:
         seen = {}
         for record in table:
             path = Path(record["image"]["path"])
-            seen[path.name] = (record["prompt"], hashlib.sha256(path.read_bytes()).hexdigest())
+            name = path.relative_to(out).as_posix()  # its file_name: the subfolder too
+            seen[name] = (record["prompt"], hashlib.sha256(path.read_bytes()).hexdigest())
         return seen
 
     return await anyio.to_thread.run_sync(load)
@@ -132,7 +133,7 @@ async def test_at_every_kill_each_image_on_disk_has_exactly_one_row(
     assert renaming == set()
     assert len(rows) == n == len(images_on_disk(out))  # exactly one row per image
     assert len({row["key"] for row in rows}) == n
-    assert not list(out.glob(".*.rfa-*"))  # nothing half-published is left
+    assert not list(out.rglob(".*.rfa-*"))  # nothing half-published is left
     assert counters.runs_created == n
     assert sum(Decimal(row["cost_usd"]) for row in rows) == counters.billed_usd
     if datasets_available():
@@ -269,7 +270,7 @@ def folder_modes(out: Path) -> tuple[dict[str, int], dict[str, int]]:
     shown = [out / MANIFEST, out / "failures.jsonl", *(out / n for n in images_on_disk(out))]
     private = (out / JOURNAL_PATH).parent.glob(f"{JOURNAL_PATH.name}*")
     return (
-        {p.name: stat.S_IMODE(p.stat().st_mode) for p in shown},
+        {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in shown},
         {p.name: stat.S_IMODE(p.stat().st_mode) for p in private},
     )
 

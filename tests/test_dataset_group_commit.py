@@ -138,6 +138,8 @@ def _snapshot(out: Path, dest: Path) -> None:
     for path in out.iterdir():
         if path.is_file():
             shutil.copy2(path, dest / path.name)
+        elif path.name != ".runflow":  # a shard's subfolder, hidden ready files and all
+            shutil.copytree(path, dest / path.name)
     with sqlite3.connect(out / ".runflow" / "journal.sqlite3") as src:
         with sqlite3.connect(dest / ".runflow" / "journal.sqlite3") as copy:
             src.backup(copy)

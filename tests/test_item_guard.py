@@ -79,7 +79,7 @@ async def test_a_disk_error_for_one_item_ends_only_that_item(
     inp.write_text("".join(f"a tiny test image number {i}\n" for i in range(6)))
     items = read_generate_file(inp, Defaults(image_size=(64, 64)))
     out = tmp_path / "out"
-    blocked = out / f"{items[2].key}-0.png"
+    blocked = out / "00000" / f"{items[2].key}-0.png"  # in the first shard's subfolder
     blocked.mkdir(parents=True)  # a directory where one image goes: renaming onto it fails
     async with Emulator(api_keys=frozenset({API_KEY}), time_scale=TIME_SCALE) as emu:
         first = await run_cli(cli_args("generate", inp, out, emu.url))

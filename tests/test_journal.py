@@ -364,7 +364,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with conn:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.close()
-    with pytest.raises(JournalError, match=r"newer runflow-async \(journal schema 5; .* up to 4\)"):
+    newer = rf"journal schema {SCHEMA_VERSION + 1}; .* up to {SCHEMA_VERSION}\)"
+    with pytest.raises(JournalError, match=rf"newer runflow-async \({newer}"):
         Journal.open(tmp_path)
 
 

@@ -41,6 +41,7 @@ from runflow_async._dataset.input import (
 from runflow_async._dataset.journal import Journal
 from runflow_async._dataset.outputs import DatasetSummary, interrupted_summary, unfinished
 from runflow_async._dataset.pipeline import run_dataset
+from runflow_async._dataset.shards import DEFAULT_SHARD_SIZE, DatasetFormat
 from runflow_async._pricing import PricingPolicy
 
 __all__ = ["add_dataset_commands", "run_command"]
@@ -88,6 +89,18 @@ def add_dataset_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
             action="store_true",
             help="create the items that failed again (runs that failed server-side are not "
             "billed); without it a re-run leaves them failed",
+        )
+        cmd.add_argument(
+            "--format",
+            dest="dataset_format",
+            type=DatasetFormat,
+            choices=list(DatasetFormat),
+            help="a new folder's layout (default imagefolder; a folder keeps its own)",
+        )
+        cmd.add_argument(
+            "--shard-size",
+            type=positive_int,
+            help=f"images per subfolder or shard (default {DEFAULT_SHARD_SIZE:,})",
         )
         cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         cmd.add_argument("--json", action="store_true", help="print a JSON summary at the end")
@@ -229,6 +242,8 @@ async def _run(
                 on_progress=printer,
                 estimates=estimates,
                 retry_failed=args.retry_failed,
+                dataset_format=args.dataset_format,
+                shard_size=args.shard_size,
             )
     except asyncio.CancelledError:
         printer.close()

@@ -126,9 +126,6 @@ class Journal(JournalReads):
         path: The SQLite file.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        super().__init__(conn, path)
-
     @classmethod
     def open(cls, out_dir: Path) -> Journal:
         """Open (creating if need be) the journal of ``out_dir``.
@@ -236,11 +233,12 @@ class Journal(JournalReads):
         cost_usd: Decimal | None,
         files: Sequence[str],
         reserved_usd: Decimal | None = None,
+        shard: int | None = None,
     ) -> None:
-        """Record that the item finished with ``files`` (what the pipeline wants to keep).
+        """Record that the item finished with ``files`` (what the pipeline keeps), in ``shard``.
 
         ``reserved_usd``: with ``cost_usd=None``, what the run was reserved at
-        (kept: it counts against budgets until :meth:`record_cost`).
+        (it counts against budgets until :meth:`record_cost`).
         """
         reserved = None if cost_usd is not None else reserved_usd
         self._move(
@@ -252,6 +250,7 @@ class Journal(JournalReads):
                 "reserved_usd": _money(reserved),
                 "error_type": None,
                 "error": None,
+                "shard": shard,
             },
         )
 

@@ -46,7 +46,9 @@ class JournalStateError(JournalError, KeyError):
         return str(self.args[0])
 
 
-COLUMNS = ("run_id", "cost_usd", "files", "reserved_usd", "error_type", "error", "batch_id")
+COLUMNS = (
+    "run_id", "cost_usd", "files", "reserved_usd", "error_type", "error", "batch_id", "shard"
+)  # fmt: skip
 """The columns a waiting mark may set (besides the state, ``client_ref`` and ``attempts``)."""
 _ROW = f"({', '.join('?' * (6 + len(COLUMNS)))})"
 _SETS = ", ".join(

@@ -11,7 +11,7 @@ from runflow_async._core.errors import RunflowError
 
 __all__ = ["SCHEMA_VERSION", "JournalError", "connect"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -21,7 +21,7 @@ _SCHEMA = (
     " error_type TEXT, error TEXT, files TEXT NOT NULL DEFAULT '[]',"
     " attempts INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,"
     " prior_cost_usd TEXT NOT NULL DEFAULT '0', retries INTEGER NOT NULL DEFAULT 0,"
-    " reserved_usd TEXT, batch_id TEXT)",
+    " reserved_usd TEXT, batch_id TEXT, shard INTEGER)",
     "CREATE INDEX items_by_ordinal ON items (ordinal)",
 )
 # Each step upgrades a journal of the version before it (index 0: 1 -> 2).
@@ -29,6 +29,7 @@ _MIGRATIONS = (
     "ALTER TABLE items ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE items ADD COLUMN reserved_usd TEXT",
     "ALTER TABLE items ADD COLUMN batch_id TEXT",
+    "ALTER TABLE items ADD COLUMN shard INTEGER",  # 5: the shard holding the item
 )
 
 

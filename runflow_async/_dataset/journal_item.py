@@ -53,6 +53,7 @@ class JournalItem:
         reserved_usd: For a succeeded run whose cost is unknown: the estimate
             at the billing factor it was reserved at (what it counts as).
         batch_id: The batch its run was created in (``create_via``), if any.
+        shard: The shard (subfolder, tar or Parquet file) holding its images, if any.
     """
 
     key: str
@@ -72,6 +73,7 @@ class JournalItem:
     retries: int
     reserved_usd: Decimal | None = None
     batch_id: str | None = None
+    shard: int | None = None
 
     @property
     def cost_unknown(self) -> bool:

@@ -56,6 +56,23 @@ class JournalReads(GroupCommit):
         for row in self._conn.execute(f"{sql} ORDER BY ordinal, key", args):
             yield item_from_row(row)
 
+    def shard_images(self) -> dict[int, int]:
+        """How many images each shard holds (items in no shard left out)."""
+        self.commit()
+        sql = "SELECT shard, SUM(json_array_length(files)) FROM items WHERE shard IS NOT NULL"
+        return {int(s): int(n) for s, n in self._conn.execute(f"{sql} GROUP BY shard")}
+
+    def iter_shard(self, shard: int) -> Iterator[JournalItem]:
+        """Yield the items in ``shard``, in input order."""
+        self.commit()
+        sql = f"{_SELECT} WHERE shard = ? ORDER BY ordinal, key"
+        for row in self._conn.execute(sql, (shard,)):
+            yield item_from_row(row)
+
+    def set_shard(self, key: str, shard: int) -> None:
+        """Record that ``shard`` holds the (succeeded) item ``key``."""
+        self._execute("UPDATE items SET shard = ? WHERE key = ?", (shard, key))
+
     def _merged(self, item: JournalItem) -> JournalItem:
         """``item`` as its waiting changes (if any) leave it."""
         p = self._pending.get(item.key)

@@ -67,7 +67,8 @@ _MAY_ROLL_FORWARD = (ItemState.CREATED, ItemState.SUBMITTING)
 
 def ready_path(out_dir: Path, name: str) -> Path:
     """Where the image ``name`` is downloaded to before it is published."""
-    return out_dir / f".{name}{READY_SUFFIX}"
+    path = out_dir / name  # in its shard's subfolder, if it has one
+    return path.with_name(f".{path.name}{READY_SUFFIX}")
 
 
 def named_by_type(guess: str, saved: DownloadedFile) -> str:
@@ -143,15 +144,18 @@ def reconcile(out_dir: Path, journal: Journal) -> int:
         if whole:  # a torn last line: roll nothing forward, download those items again
             _roll_forward(out_dir, journal, rows)
     unfinished = {e.key for e in journal.iter_items(states=set(ItemState) - {ItemState.SUCCEEDED})}
-    with os.scandir(out_dir) as found:
-        for file in found:
-            if _owner(file.name) in unfinished and file.is_file(follow_symlinks=False):
-                os.unlink(file.path)  # before its row goes: never an image without a row
+    for folder in (out_dir, *(d for d in out_dir.iterdir() if d.name.isdigit() and d.is_dir())):
+        prefix = "" if folder == out_dir else f"{folder.name}/"
+        with os.scandir(folder) as found:
+            for file in found:
+                owner = _owner(prefix + file.name)
+                if owner in unfinished and file.is_file(follow_symlinks=False):
+                    os.unlink(file.path)  # before its row goes: never an image without a row
     kept = (
         line for entry in journal.iter_items(states=(ItemState.SUCCEEDED,)) for line in entry.files
     )
     count = _write_lines(out_dir / MANIFEST, kept)
-    for ready in out_dir.glob(f".*{READY_SUFFIX}"):
+    for ready in (*out_dir.glob(f".*{READY_SUFFIX}"), *out_dir.glob(f"[0-9]*/.*{READY_SUFFIX}")):
         ready.unlink(missing_ok=True)
     return count
 
@@ -262,8 +266,9 @@ def _publishable(out_dir: Path, entry: JournalItem, rows: Sequence[dict[str, Any
 
 def _owner(name: str) -> str | None:
     """The item key an image name of ours derives from (``KEY-N.EXT``), else ``None``."""
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or f".{suffix}" not in IMAGE_SUFFIXES or "/" in name:
+    sub, slash, base = name.rpartition("/")  # a shard's subfolder (``00000/``), or none
+    stem, dot, suffix = base.rpartition(".")
+    if not dot or f".{suffix}" not in IMAGE_SUFFIXES or (slash and not sub.isdigit()):
         return None
     key, dash, number = stem.rpartition("-")
     return key if dash and number.isdigit() else None

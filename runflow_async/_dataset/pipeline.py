@@ -24,10 +24,9 @@ item's manifest rows are appended as it finishes, before its images take
 their names (:mod:`runflow_async._dataset.manifest`), so the folder loads at
 every instant; the folder is reconciled with the journal when a run starts
 and when it ends, so it never holds duplicates or stale rows.
-
-With ``retry_failed``, items whose run failed are sent back to pending first
-and created again under a new ``client_ref`` (``rfa-<dataset>-<key>-r<N>``,
-``N`` the journal's retry count): the old one names the failed run.
+``retry_failed`` creates failed items again under a new ``client_ref``
+(``rfa-<dataset>-<key>-r<N>``, ``N`` the retry count). Shards and formats:
+:mod:`runflow_async._dataset.placement`.
 """
 
 from __future__ import annotations
@@ -71,12 +70,10 @@ from runflow_async._dataset.journal import (
 )
 from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
 from runflow_async._dataset.manifest import Appender, publish, reconcile
-from runflow_async._dataset.outputs import (
-    DatasetSummary,
-    summarize,
-    write_outputs,
-)
+from runflow_async._dataset.outputs import DatasetSummary, summarize
+from runflow_async._dataset.placement import Placement
 from runflow_async._dataset.progress import DatasetProgress
+from runflow_async._dataset.shards import DatasetFormat
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
@@ -93,9 +90,9 @@ class _Runner:
     def __init__(
         self,
         client: RunflowClient,
-        out_dir: Path,
         items: Sequence[DatasetItem],
         journal: Journal,
+        placement: Placement,
         *,
         concurrency: int,
         max_cost_usd: Decimal | None,
@@ -106,14 +103,15 @@ class _Runner:
     ) -> None:
         self.client = client
         self.retry_failed = retry_failed
-        self.out_dir = out_dir
+        self.out_dir = out_dir = placement.out_dir
         self.items = items
         self.journal = journal
         self.concurrency = concurrency
         self.max_cost_usd = max_cost_usd
         self.downloads = anyio.CapacityLimiter(download_concurrency)
         self.download_concurrency = download_concurrency
-        self.images = ImageFetcher(client, out_dir, self.downloads, max_image_bytes)
+        self.placement, self.images_dir = placement, placement.images_dir  # or the staging
+        self.images = ImageFetcher(client, self.images_dir, self.downloads, max_image_bytes)
         self.progress = DatasetProgress(total=len(items))
         self.failures = FailureList(out_dir, items)
         self._engine: Engine | None = None
@@ -144,23 +142,21 @@ class _Runner:
                     self.journal.reset_for_retry(entry.key)
         self.failures.rewrite(self.journal)  # failures are listed as they happen from here on
         if await refresh_unknown_costs(self.client, self.journal, self.downloads):
-            reconcile(self.out_dir, self.journal)  # their rows now show the costs
+            reconcile(self.images_dir, self.journal)  # their rows now show the costs
         engine = self.client.engine(
             hooks=JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
             spent_usd=self.journal.summary()["spent_usd"],
             max_concurrency=self.concurrency,
             max_cost_usd=self.max_cost_usd,
-            # Backpressure: outcomes not yet recorded wait, holding their runs'
-            # slots, so no backlog of finished runs grows while downloads lag.
+            # Backpressure: unrecorded outcomes hold their runs' slots (no backlog).
             outcome_buffer=self.concurrency,
         )
         # The engine outside, its reader inside: the reader has every outcome
         # (and its downloads end) before the engine, and its stream, close.
         self._engine = engine
-        # Group commit: the later marks wait for the next write-ahead commit (or
-        # the timer), and are all committed when the block ends, however it ends.
-        self.manifest = Appender(self.out_dir)  # closed before the folder is reconciled again
+        # Group commit: later marks wait for a write-ahead commit, the timer, or the end.
+        self.manifest = Appender(self.images_dir)  # closed before the folder is reconciled again
         try:
             with self.journal.grouped():
                 async with anyio.create_task_group() as timer:
@@ -308,11 +304,13 @@ class _Runner:
             # the next run re-reads it (fresh URLs) and downloads again.
             cost, reserved = outcome.billed_usd, self._reserved(outcome)
             rows, saved = await self.images.download(item, outcome.result, cost, reserved)
-            # Rows first, then the images' names: never an image without its row.
-            # On the loop, like the journal's commits: an append and a rename or
-            # two in the output folder cost less than a worker thread's round trip.
-            files = publish(self.out_dir, rows, saved, self.manifest)
-            self.journal.mark_succeeded(item.key, cost_usd=cost, files=files, reserved_usd=reserved)
+            # Rows first, then the images' names (on the loop: cheaper than a thread).
+            shard = self.placement.place(rows)
+            files = publish(self.images_dir, rows, saved, self.manifest)
+            self.journal.mark_succeeded(
+                item.key, cost_usd=cost, files=files, reserved_usd=reserved, shard=shard
+            )
+            self.placement.done()
             if item.key in self.failures:  # a collectable item from an earlier run
                 self._listed(item.key)  # leaves the list
             self.progress.done += 1
@@ -362,6 +360,8 @@ async def run_dataset(
     on_progress: Callable[[DatasetProgress], None] | None = None,
     estimates: Mapping[str, Decimal] | None = None,
     retry_failed: bool = False,
+    dataset_format: DatasetFormat | None = None,
+    shard_size: int | None = None,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
 
@@ -370,6 +370,7 @@ async def run_dataset(
     downloaded image (a larger one is a ``DownloadError``; its run stays collectable).
     ``retry_failed`` creates the items that failed (e.g. runs that failed
     server-side, which are not billed) again; without it they stay failed.
+    ``dataset_format``/``shard_size``: a new folder's layout (default imagefolder, 1,000).
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -379,12 +380,12 @@ async def run_dataset(
     """
     await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     with exclusive_folder(out_dir), Journal.open(out_dir) as journal:
-        reconcile(out_dir, journal)  # what a killed run left: rolled forward or back
+        placement = Placement.start(out_dir, journal, dataset_format, shard_size)
         runner = _Runner(
             client,
-            out_dir,
             items,
             journal,
+            placement,
             concurrency=concurrency,
             max_cost_usd=max_cost_usd,
             download_concurrency=download_concurrency,
@@ -395,5 +396,5 @@ async def run_dataset(
         try:
             await runner.run(estimates or {})
         finally:  # also when cancelled: the folder always matches the journal
-            images, _ = write_outputs(out_dir, journal, items)
+            images = placement.write_outputs(items)
         return summarize(out_dir, journal, items, images=images)
