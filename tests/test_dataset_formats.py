@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,3 +99,53 @@ async def test_a_folder_keeps_its_format(
         assert await run_cli(cli_args(inp, out, emu.url, "--shard-size", "9")) != 0
         assert await run_cli(cli_args(inp, out, emu.url)) == 0  # as it was made
         assert emu.counters.runs_created == 2
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "parquet", "webdataset"])
+async def test_an_edit_dataset_of_local_inputs_killed_then_resumed_each_item_once(
+    tmp_path: Path, fmt: str
+) -> None:
+    from PIL import Image
+
+    count = 12
+    lines = []
+    for i in range(count):
+        local = tmp_path / f"in{i}.png"
+        Image.new("RGB", (96, 64), (10 * i, 120, 200)).save(local)
+        lines.append(json.dumps({"prompt": f"make it night {i}", "image_urls": [local.name]}))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(f"{line}\n" for line in lines))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with Emulator(
+        api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=4
+    ) as emu:
+        args = ["edit", *cli_args(jobs, out, emu.url, "--format", fmt, "--shard-size", "5")[1:]]
+        args[args.index("--image-size") : args.index("--image-size") + 2] = []  # follows input
+        args[args.index("--time-scale") + 1] = "0.01"
+        argv = [sys.executable, "-m", "runflow_async", *args]
+        quiet = subprocess.DEVNULL
+        proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
+        try:
+            with anyio.fail_after(60):
+                while journal_counts(out).get("succeeded", 0) < 4:
+                    assert proc.returncode is None, "finished before the kill point"
+                    await anyio.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            await proc.wait()
+        assert await run_cli(args) == 0
+        assert emu.counters.runs_created == count  # nothing created twice
+        uploads = emu.counters.requests_by_route["upload_put"]
+    assert count <= uploads <= 2 * count  # a killed item's upload may be made again, unbilled
+    rows = manifest(out)
+    records = await anyio.to_thread.run_sync(load, fmt, out)
+    assert len(rows) == len(records) == count
+    by_run = {r["run_id"]: r for r in rows}
+    assert len({r["run_id"] for r in records}) == count  # every item exactly once
+    for record in records:
+        row = by_run[record["run_id"]]
+        assert record["prompt"] == row["prompt"]
+        assert record["image"].size == (row["width"], row["height"]) == (96, 64)
+        if fmt == "webdataset":  # the sample's JSON names its inputs
+            assert record["inputs"], record
