@@ -84,6 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the dataset card
     if args.command in {"demo", "generate", "edit"} and (problem := out_problem(args.out)):
         print(f"runflow-async {args.command}: {problem}", file=sys.stderr)
         return EXIT_USAGE

@@ -57,6 +57,7 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.estimate import estimate_requests
 from runflow_async._core.requests import EditRequest, RunRequest
+from runflow_async._dataset.card import CardSource
 from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
@@ -71,11 +72,7 @@ from runflow_async._dataset.journal import (
 )
 from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
 from runflow_async._dataset.manifest import Appender, publish, reconcile
-from runflow_async._dataset.outputs import (
-    DatasetSummary,
-    summarize,
-    write_outputs,
-)
+from runflow_async._dataset.outputs import DatasetSummary, summarize, write_outputs
 from runflow_async._dataset.progress import DatasetProgress
 from runflow_async._http.retry import not_created
 
@@ -362,6 +359,7 @@ async def run_dataset(
     on_progress: Callable[[DatasetProgress], None] | None = None,
     estimates: Mapping[str, Decimal] | None = None,
     retry_failed: bool = False,
+    card: CardSource | None = None,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
 
@@ -370,6 +368,7 @@ async def run_dataset(
     downloaded image (a larger one is a ``DownloadError``; its run stays collectable).
     ``retry_failed`` creates the items that failed (e.g. runs that failed
     server-side, which are not billed) again; without it they stay failed.
+    With ``card``, the folder's dataset card (``README.md``) is written at the end.
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -395,5 +394,5 @@ async def run_dataset(
         try:
             await runner.run(estimates or {})
         finally:  # also when cancelled: the folder always matches the journal
-            images, _ = write_outputs(out_dir, journal, items)
+            images, _ = write_outputs(out_dir, journal, items, card)
         return summarize(out_dir, journal, items, images=images)
