@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from runflow_async._dataset.card import redact_command, sha256_of
+from runflow_async._dataset.preview import write_preview
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY
 from tests.test_dataset_cli import cli_args, failures, manifest, prompts_file, run_cli
@@ -97,6 +98,7 @@ async def test_the_card_loads_the_folder_on_its_own_and_counts_every_session(
     assert "5 succeeded, 0 failed, 0 not finished (of 5)" in body
     assert f"Total billed: ${billed}" in body  # both sessions
     assert meta["dataset_info"]["splits"][0]["num_examples"] == 5
+    write_preview(out)  # hidden in .preview/: no loader takes the sheet for data
     import datasets  # heavy: imported only here
 
     def load() -> Any:  # the README's configs, no builder named
