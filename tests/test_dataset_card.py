@@ -135,3 +135,24 @@ def test_secret_flags_and_known_secrets_are_hidden() -> None:
         "x --base-url 'https://u:***@h' '***'"
     )
     assert redact_command(["x", "--api-key"]) == "x --api-key"
+
+
+async def test_a_card_that_cannot_be_written_leaves_the_dataset_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    (out / "README.md").mkdir(parents=True)  # in the card's way
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001) as emu:
+        assert await run_cli(cli_args(prompts_file(tmp_path, 2), out, emu.url)) == 0
+    assert len(manifest(out)) == 2
+    assert (out / "README.md").is_dir()
+    assert not list(out.glob(".README.md.*"))
+    assert "the dataset card was not written" in caplog.text
+
+
+def test_images_held_as_bytes_are_counted_without_a_file() -> None:
+    from runflow_async._dataset.card import _columns
+    from runflow_async._dataset.listing import Entry
+
+    rows, types, suffixes, size = _columns([Entry(row={"prompt": "p", "seed": None}, data=b"x")])
+    assert (rows, types, suffixes, size) == (1, {"prompt": "string", "seed": "string"}, set(), 0)

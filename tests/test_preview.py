@@ -125,6 +125,7 @@ async def test_the_preview_follows_file_name_into_subfolders(tmp_path: Path) -> 
         lines.append(json.dumps({**row, "file_name": f"{shard.name}/{row['file_name']}"}))
     lines.append(json.dumps({**rows[0], "file_name": "../outside.png"}))  # never read
     lines.append("not json")
+    lines.append(json.dumps({"prompt": "a row without an image"}))
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     found = list(entries(out))
     assert [e.path for e in found] == [(out / json.loads(x)["file_name"]) for x in lines[:4]]
@@ -190,3 +191,20 @@ def test_the_demo_ends_with_the_sheet(tmp_path: Path, capsys: pytest.CaptureFixt
     with Image.open(tmp_path / "demo" / ".preview" / "contact-sheet.png") as sheet:
         assert sheet.size == sheet_size(2, 6)[:2]
     assert (tmp_path / "demo" / "README.md").is_file()
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    def fail(_: object) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        preview._atomic(tmp_path / "index.html", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_inside_a_shard_has_no_link() -> None:
+    from runflow_async._dataset.preview_html import Tile, render_html
+
+    page = render_html("t", [Tile(b"jpeg", 1, 1, "p", [("seed", "1")])], total=3)
+    assert "<a " not in page
+    assert "The first 1 of 3 images." in page
