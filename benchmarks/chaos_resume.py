@@ -251,7 +251,7 @@ def audit_folder(
         run = by_id.get(row["run_id"] or "", {})
         bad_rows += row["run_id"] is not None and run.get("status_code") != "failed"
     listed = {row["file_name"] for row in rows}
-    skip = {"metadata.jsonl", "failures.jsonl", ".runflow"}
+    skip = {"metadata.jsonl", "failures.jsonl", "README.md", ".runflow"}  # README: the card
     extra = [p.name for p in out.iterdir() if p.name not in skip and p.name not in listed]
     # A download killed mid-write leaves its hidden temp file (``.<name>.<random>``);
     # `datasets` skips hidden files, so these are reported apart from stray files.

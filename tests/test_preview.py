@@ -123,13 +123,20 @@ async def test_the_preview_follows_file_name_into_subfolders(tmp_path: Path) -> 
         shard.mkdir(exist_ok=True)
         (out / row["file_name"]).rename(shard / row["file_name"])
         lines.append(json.dumps({**row, "file_name": f"{shard.name}/{row['file_name']}"}))
-    lines.append(json.dumps({**rows[0], "file_name": "../outside.png"}))  # never read
+    for outside in ("../outside.png", "/etc/passwd", "", "a/../../b.png", "C:/x.png"):
+        lines.append(json.dumps({**rows[0], "file_name": outside}))  # never read
     lines.append("not json")
     lines.append(json.dumps({"prompt": "a row without an image"}))
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     found = list(entries(out))
     assert [e.path for e in found] == [(out / json.loads(x)["file_name"]) for x in lines[:4]]
+    (out / ".preview").mkdir()
+    (out / ".preview" / ".index.html.0123.tmp").write_text("a killed preview's")
     made = write_preview(out, count=10, columns=2)
+    assert sorted(p.name for p in (out / ".preview").iterdir()) == [
+        "contact-sheet.png",
+        "index.html",
+    ]
     assert (made.images, made.columns, made.rows) == (4, 2, 2)
     assert Entry(row={}, data=b"png").read() == b"png"
 

@@ -13,6 +13,7 @@ JSON string, which YAML reads as a double-quoted scalar.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from runflow_async._dataset.journal import ItemState, Journal
 from runflow_async._dataset.journal_hooks import FIRST_CREATE_META
 from runflow_async._dataset.listing import Entry, entries
 from runflow_async._dataset.manifest import MANIFEST
+from runflow_async._http.download import TEMP_SUFFIX
 
 __all__ = ["CARD", "CardSource", "redact_command", "sha256_of", "write_card"]
 
@@ -97,7 +99,7 @@ def write_card(out_dir: Path, journal: Journal, source: CardSource, models: Iter
     """Write ``out_dir/README.md`` atomically (temporary file, then rename); return its path."""
     dest = out_dir / CARD
     text = _render(out_dir, journal, source, sorted(set(models)), _license(dest))
-    tmp = dest.with_name(f".{CARD}.{secrets.token_hex(6)}.tmp")
+    tmp = dest.with_name(f".{CARD}.{secrets.token_hex(6)}{TEMP_SUFFIX}")  # a kill's: swept
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, dest)
@@ -128,7 +130,8 @@ def _columns(found: Iterable[Entry]) -> tuple[int, dict[str, str], set[str], int
                 types[name] = None if value is None else _TYPES.get(type(value), "string")
         if entry.path is not None:
             suffixes.add(entry.path.suffix)
-            size += entry.path.stat().st_size if entry.path.is_file() else 0
+            with contextlib.suppress(OSError):  # an image removed meanwhile: not counted
+                size += entry.path.stat().st_size
     return rows, {n: t or "string" for n, t in types.items()}, suffixes, size
 
 

@@ -106,6 +106,8 @@ def write_preview(out_dir: Path, *, count: int = 24, columns: int = 6) -> Previe
     font = ImageFont.load_default(size=_FONT_SIZE)
     dest = out_dir / PREVIEW_DIR
     dest.mkdir(exist_ok=True)
+    for stale in dest.glob(".*.tmp"):  # what a killed preview left
+        stale.unlink(missing_ok=True)
     tiles = []
     for index, entry in enumerate(shown):
         x = PAD + (index % columns) * (THUMB + PAD)
