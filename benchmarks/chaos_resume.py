@@ -251,9 +251,10 @@ def audit_folder(
         run = by_id.get(row["run_id"] or "", {})
         bad_rows += row["run_id"] is not None and run.get("status_code") != "failed"
     listed = {row["file_name"] for row in rows}
-    skip = {"metadata.jsonl", "failures.jsonl", ".runflow"}
+    skip = {"metadata.jsonl", "failures.jsonl", "README.md"}  # README: the dataset card
     # Images sit in their shard's subfolder (``00000/KEY-0.png``, as ``file_name`` says).
-    files = (p for p in out.rglob("*") if p.is_file() and ".runflow" not in p.parts)
+    ours = {".runflow", ".preview"}
+    files = (p for p in out.rglob("*") if p.is_file() and not ours.intersection(p.parts))
     names = (p.relative_to(out).as_posix() for p in files)
     extra = [name for name in names if name not in skip and name not in listed]
     # A download killed mid-write leaves its hidden temp file (``.<name>.<random>``);

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from runflow_async._client.client import RunflowClient
 from runflow_async._core.config import ENV_API_KEY, PollPolicy, RetryPolicy, resolve_api_key
 from runflow_async._core.errors import ConfigurationError, RunflowError
 from runflow_async._core.estimate import Estimate
+from runflow_async._dataset.card import CardSource, redact_command, sha256_of
 from runflow_async._dataset.estimate import estimate_items
 from runflow_async._dataset.input import (
     DatasetItem,
@@ -233,6 +235,7 @@ async def _run(
             handled.append(sig)
     try:
         async with _client(args, api_key) as client:
+            card = _card_source(args, str(client.base_url), api_key)
             summary = await run_dataset(
                 client,
                 args.out,
@@ -244,6 +247,7 @@ async def _run(
                 retry_failed=args.retry_failed,
                 dataset_format=args.dataset_format,
                 shard_size=args.shard_size,
+                card=card,
             )
     except asyncio.CancelledError:
         printer.close()
@@ -268,6 +272,17 @@ async def _run(
     if args.json:
         print(json.dumps(summary.to_json()))
     return summary.exit_code
+
+
+def _card_source(args: argparse.Namespace, endpoint: str, api_key: str) -> CardSource:
+    """What the dataset card says made the folder: the command without its secrets."""
+    try:
+        digest: str | None = sha256_of(args.input)
+    except OSError:
+        digest = None
+    argv = ["runflow-async", *getattr(args, "argv", [args.command])]
+    command = redact_command(argv, (api_key, os.environ.get(ENV_API_KEY, "")))
+    return CardSource(args.command, command, endpoint, digest)
 
 
 def _estimated(summary: DatasetSummary) -> str:

@@ -25,6 +25,7 @@ from runflow_async._cli.options import (
     out_problem,
     verbose,
 )
+from runflow_async._cli.preview import add_preview_command, run_preview
 from runflow_async._core.config import ENV_API_KEY
 from runflow_async._version import __version__
 from runflow_async.emulator._cli import add_emulator_command, run_emulator_command
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=4, help="how many images (1-100)")
 
     add_dataset_commands(sub)
+    add_preview_command(sub)
 
     add_emulator_command(sub)
     for command in sub.choices.values():
@@ -78,12 +80,15 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Manifest: {report.out_dir / 'metadata.jsonl'}")
     print(f"Estimated cost: {_money(report.estimated_usd)}")
     print(f"Billed cost:    {_money(report.billed_usd)}")
+    assert report.preview is not None  # noqa: S101 - set by run_demo
+    print(f"Contact sheet: {report.preview.sheet}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the dataset card
     if args.command in {"demo", "generate", "edit"} and (problem := out_problem(args.out)):
         print(f"runflow-async {args.command}: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -101,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
+    if args.command == "preview":
+        return run_preview(args)
     if args.command == "emulator":
         return run_emulator_command(args)
     return run_command(args)

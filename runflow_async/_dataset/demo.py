@@ -2,7 +2,7 @@
 
 A few prompts go through the real client over real HTTP on loopback: estimate,
 batch, downloads, journal, ``metadata.jsonl``. Re-running it on the same folder
-resumes (nothing is generated twice).
+resumes (nothing is generated twice). It ends with the folder's card and preview.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pathlib import Path
 from runflow_async._client.client import RunflowClient
 from runflow_async._core.config import PollPolicy, RetryPolicy
 from runflow_async._core.estimate import estimate_requests
+from runflow_async._dataset.card import CardSource, sha256_of
 from runflow_async._dataset.input import Defaults, read_generate_file
 from runflow_async._dataset.outputs import MANIFEST, DatasetSummary
 from runflow_async._dataset.pipeline import run_dataset
+from runflow_async._dataset.preview import Preview, write_preview
 from runflow_async._pricing import PricingPolicy
 
 __all__ = ["DemoFile", "DemoReport", "run_demo"]
@@ -50,6 +52,7 @@ class DemoReport:
     files: list[DemoFile] = field(default_factory=list)
     estimated_usd: Decimal = Decimal(0)
     billed_usd: Decimal = Decimal(0)
+    preview: Preview | None = None
 
 
 async def run_demo(out_dir: Path, *, count: int = 4, time_scale: float = 0.01) -> DemoReport:
@@ -67,6 +70,7 @@ async def run_demo(out_dir: Path, *, count: int = 4, time_scale: float = 0.01) -
         lines = [f"{DEMO_PROMPTS[i % len(DEMO_PROMPTS)]} (#{i + 1})" for i in range(count)]
         prompts.write_text("\n".join(lines) + "\n")
         items = read_generate_file(prompts, Defaults(image_size="landscape_4_3", base_seed=1000))
+        digest = sha256_of(prompts)
     policy = PricingPolicy()
     async with Emulator(time_scale=time_scale, seed=2026, pricing=policy) as emu:
         report = DemoReport(out_dir=out_dir, emulator_url=emu.url)
@@ -79,10 +83,13 @@ async def run_demo(out_dir: Path, *, count: int = 4, time_scale: float = 0.01) -
             retry=RetryPolicy(time_scale=time_scale),
             poll=PollPolicy(time_scale=time_scale),
         ) as client:
-            report.summary = await run_dataset(client, out_dir, items, concurrency=4)
+            command = f"runflow-async demo --out {out_dir} --count {count}"
+            card = CardSource("generate", command, emu.url, digest)
+            report.summary = await run_dataset(client, out_dir, items, concurrency=4, card=card)
     report.billed_usd = report.summary.spent_usd
     for line in (out_dir / MANIFEST).read_text().splitlines():
         row = json.loads(line)
         path = out_dir / row["file_name"]
         report.files.append(DemoFile(path, path.stat().st_size, row["sha256"]))
+    report.preview = write_preview(out_dir)  # the emulator needs Pillow: so does this
     return report

@@ -9,6 +9,7 @@ of a run the manifest is reconciled with the journal and rewritten in order.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runflow_async._core.models import ImageOutput, Run
+from runflow_async._dataset.card import CardSource, write_card
 from runflow_async._dataset.failures import FAILURES, FailureList
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import ItemState, Journal, JournalItem
@@ -31,8 +33,11 @@ __all__ = [
     "split_cost",
     "summarize",
     "unfinished",
+    "write_card_quietly",
     "write_outputs",
 ]
+
+logger = logging.getLogger("runflow_async")
 
 _MICRO = Decimal("0.000001")
 _AGAIN = "run the same command again to finish (nothing is billed twice)"
@@ -177,14 +182,32 @@ def unfinished(
     return [i for i in items if i.key not in done], spent
 
 
-def write_outputs(out_dir: Path, journal: Journal, items: Sequence[DatasetItem]) -> tuple[int, int]:
+def write_outputs(
+    out_dir: Path, journal: Journal, items: Sequence[DatasetItem], card: CardSource | None = None
+) -> tuple[int, int]:
     """Reconcile the folder with the journal, then rewrite ``failures.jsonl`` (atomically).
+
+    With ``card``, the dataset card (``README.md``) is written last; a card that
+    cannot be written is logged, never an error (the dataset is whole without it).
 
     Returns:
         ``(images, failures)`` written.
     """
     images = reconcile(out_dir, journal)
-    return images, FailureList(out_dir, items).rewrite(journal)
+    written = images, FailureList(out_dir, items).rewrite(journal)
+    if card is not None:
+        write_card_quietly(out_dir, journal, items, card)
+    return written
+
+
+def write_card_quietly(
+    out_dir: Path, journal: Journal, items: Sequence[DatasetItem], card: CardSource
+) -> None:
+    """Write the dataset card; one that cannot be written is logged (the dataset is whole)."""
+    try:
+        write_card(out_dir, journal, card, (item.request.model for item in items))
+    except OSError as exc:
+        logger.warning("the dataset card was not written: %s", exc)
 
 
 def summarize(

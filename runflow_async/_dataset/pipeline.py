@@ -12,10 +12,9 @@ is sent and its run id as soon as the create returns, so after any crash
   resubmitted (with the same ``client_ref`` and ``Idempotency-Key``);
 * submits only items never submitted.
 
-Images are downloaded as soon as their run finishes (signed URLs expire), with
-bounded concurrency, streamed and atomically, under a name derived from the
-item's stable key and the suffix of the image's real type; a failed download
-re-reads the run once for fresh URLs and tries again. One item never takes the
+Images are downloaded as soon as their run finishes (signed URLs expire),
+atomically, named by the item's stable key and the image's real type; a failed
+download re-reads the run once for fresh URLs and tries again. One item never takes the
 run down: whatever goes wrong while one item is recorded (a download that is
 not an image, a disk error) ends that item alone; if its run exists it stays
 collectable (``failures.jsonl`` lists it with ``"collectable": true``) and the
@@ -56,6 +55,7 @@ from runflow_async._core.errors import (
 )
 from runflow_async._core.estimate import estimate_requests
 from runflow_async._core.requests import EditRequest, RunRequest
+from runflow_async._dataset.card import CardSource
 from runflow_async._dataset.costs import as_reserved, refresh_unknown_costs
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.folder_lock import exclusive_folder
@@ -362,15 +362,15 @@ async def run_dataset(
     retry_failed: bool = False,
     dataset_format: DatasetFormat | None = None,
     shard_size: int | None = None,
+    card: CardSource | None = None,
 ) -> DatasetSummary:
     """Run (or resume) a dataset into ``out_dir`` and return its summary.
 
-    ``estimates`` (USD by item key), when given, are the reservations used for
-    those items instead of estimating them again. ``max_image_bytes`` caps each
-    downloaded image (a larger one is a ``DownloadError``; its run stays collectable).
-    ``retry_failed`` creates the items that failed (e.g. runs that failed
-    server-side, which are not billed) again; without it they stay failed.
+    ``estimates`` (USD by item key): reservations used instead of estimating again.
+    ``max_image_bytes`` caps each image (a larger one is a ``DownloadError``; its run
+    stays collectable). ``retry_failed`` creates the items that failed again.
     ``dataset_format``/``shard_size``: a new folder's layout (default imagefolder, 1,000).
+    With ``card``, the folder's dataset card (``README.md``) is written at the end.
 
     Cancellation (Ctrl-C) stops submitting at once and propagates; the journal
     already holds every created run, and the manifest is rewritten first.
@@ -396,5 +396,5 @@ async def run_dataset(
         try:
             await runner.run(estimates or {})
         finally:  # also when cancelled: the folder always matches the journal
-            images = placement.write_outputs(items)
+            images = placement.write_outputs(items, card)
         return summarize(out_dir, journal, items, images=images)

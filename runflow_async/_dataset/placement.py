@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runflow_async._dataset.card import CardSource
 from runflow_async._dataset.failures import FailureList
 from runflow_async._dataset.input import DatasetItem
 from runflow_async._dataset.journal import Journal
 from runflow_async._dataset.manifest import MANIFEST, reconcile
+from runflow_async._dataset.outputs import write_card_quietly
 from runflow_async._dataset.packed import finalise, reconcile_packed, require_writer
 from runflow_async._dataset.shards import DatasetFormat, Shards, adopt_unplaced, resolve_layout
 from runflow_async._http.download import TEMP_SUFFIX
@@ -68,8 +70,8 @@ class Placement:
         """After an item's success is recorded: finalise the packed shards now complete."""
         self._finalise(self.shards.complete())
 
-    def write_outputs(self, items: Sequence[DatasetItem]) -> int:
-        """Finalise the last shard, reconcile, rewrite ``failures.jsonl``; the images' count."""
+    def write_outputs(self, items: Sequence[DatasetItem], card: CardSource | None = None) -> int:
+        """Finalise the last shard, reconcile, rewrite failures and the card; the images' count."""
         self._finalise(self.shards.complete(ending=True))
         images = reconcile(self.images_dir, self.journal)
         if self.layout.packed:  # the manifest beside the shards: one row per packed image
@@ -77,6 +79,8 @@ class Placement:
             shutil.copyfile(self.images_dir / MANIFEST, tmp)
             tmp.replace(self.out_dir / MANIFEST)
         FailureList(self.out_dir, items).rewrite(self.journal)
+        if card is not None:
+            write_card_quietly(self.out_dir, self.journal, items, card)
         return images
 
     def _finalise(self, shards: Sequence[int]) -> None:
