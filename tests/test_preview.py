@@ -119,10 +119,11 @@ async def test_the_preview_follows_file_name_into_subfolders(tmp_path: Path) -> 
     rows = manifest(out)
     lines = []
     for number, row in enumerate(rows):
-        shard = out / f"{number // 2:05d}"
+        shard = out / f"{10 + number // 2:05d}"  # other subfolders than the writer's own
         shard.mkdir(exist_ok=True)
-        (out / row["file_name"]).rename(shard / row["file_name"])
-        lines.append(json.dumps({**row, "file_name": f"{shard.name}/{row['file_name']}"}))
+        base = Path(row["file_name"]).name
+        (out / row["file_name"]).rename(shard / base)
+        lines.append(json.dumps({**row, "file_name": f"{shard.name}/{base}"}))
     for outside in ("../outside.png", "/etc/passwd", "", "a/../../b.png", "C:/x.png"):
         lines.append(json.dumps({**rows[0], "file_name": outside}))  # never read
     lines.append("not json")
