@@ -71,12 +71,8 @@ from runflow_async._dataset.journal import (
 )
 from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
 from runflow_async._dataset.manifest import Appender, publish, reconcile
-from runflow_async._dataset.outputs import (
-    DatasetSummary,
-    summarize,
-    write_outputs,
-)
-from runflow_async._dataset.progress import DatasetProgress
+from runflow_async._dataset.outputs import DatasetSummary, summarize, write_outputs
+from runflow_async._dataset.progress import DatasetProgress, session_progress
 from runflow_async._http.retry import not_created
 
 if TYPE_CHECKING:
@@ -145,6 +141,8 @@ class _Runner:
         self.failures.rewrite(self.journal)  # failures are listed as they happen from here on
         if await refresh_unknown_costs(self.client, self.journal, self.downloads):
             reconcile(self.out_dir, self.journal)  # their rows now show the costs
+        self.progress = session_progress(self.out_dir, self.journal, self.items)  # as summarized
+        self._tick()  # the first line shows where earlier sessions left the folder
         engine = self.client.engine(
             hooks=JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
@@ -217,13 +215,12 @@ class _Runner:
     ) -> WorkItem | None:
         """The engine's work for ``item`` (as ``entry`` records it), or ``None`` for none now."""
         if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
-            self.progress.done += entry.state is ItemState.SUCCEEDED
-            self.progress.failed += entry.state is ItemState.FAILED
-            return None
+            return None  # counted in the session's progress from the start
         fresh = entry.state in (ItemState.PENDING, ItemState.NOT_SUBMITTED)
         if stopped is not None and fresh and not entry.attempts:
             # Created or possibly created runs are still collected.
             self.journal.mark_not_submitted(item.key, reason=stopped)
+            self.progress.deferred += 1
             return None
         # One client_ref per run of an item: the journal keeps the first one (a
         # retry of a failed run starts a new one, numbered by the retry count).
@@ -286,7 +283,7 @@ class _Runner:
         logger.warning(
             "item %s (line %s, run %s) not finished: %s", item.key, item.line, run_id, reason
         )
-        self.progress.failed += 1
+        self.progress.deferred += 1  # left for a later run (and out of the ETA)
         # A journal that cannot be written raises here and stops the run: it is
         # the source of truth, and runs it cannot record must not be created.
         if run_id is not None:
@@ -319,14 +316,16 @@ class _Runner:
             self.progress.spent_usd += cost if cost is not None else reserved or 0
         elif isinstance(error, NotSubmittedError):
             self.journal.mark_not_submitted(item.key, reason=error.reason)
+            self.progress.deferred += 1
         elif isinstance(error, CreateOutcomeUnknownError | RunAbandonedError | ClientClosedError):
             # Stays "submitting" or "created": the next run reconciles it by
             # client_ref, or collects its run by id.
-            pass
+            self.progress.deferred += 1
         elif outcome.run_id is None and isinstance(error, APIError) and not_created(error):
             # Refused before anything was created (a 429 given up, the API
             # unreachable, the model unavailable): a re-run submits it again.
             self.journal.mark_not_submitted(item.key, reason=f"server: {type(error).__name__}")
+            self.progress.deferred += 1
         elif outcome.run_id is not None and isinstance(error, APIError | RunTimeoutError):
             # Its run exists and may be (or was) billed, but could not be read
             # to the end: it stays "created" and the next run reads it again.
