@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from runflow_async._dataset.pipeline import run_dataset
 from runflow_async._dataset.progress import DatasetProgress
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, make_client
-from tests.test_dataset_cli import prompts_file
+from tests.test_dataset_cli import cli_args, prompts_file, run_cli
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -80,7 +83,7 @@ def test_the_live_line_fits_the_terminal_and_never_wraps(width: int) -> None:
     last = lines[-1].rstrip()
     assert "606000/1000000" in last  # done is always shown
     assert "ETA " in last
-    assert "$13.938" in last  # spent (earlier sessions included) is always shown
+    assert "$13.938000" in last  # spent (earlier sessions included) is always shown
     if width >= 80:
         assert "3021 failed" in last
         assert "390979 pending" in last
@@ -166,9 +169,8 @@ def test_close_shows_the_latest_progress_even_between_redraws() -> None:
 
 def test_money_is_written_like_the_summary() -> None:
     assert money(Decimal("0.000092")) == "$0.000092"
-    assert money(Decimal("1.5")) == "$1.50"
-    assert money(Decimal(0)) == "$0.00"
-    assert money(Decimal("12.34567891")) == "$12.345679"
+    assert money(Decimal("1.5")) == "$1.500000"
+    assert money(Decimal("0.092000")) == "$0.092000"  # as the summary prints $0.092000
 
 
 async def test_a_resumed_dataset_shows_earlier_spend_and_ends_on_the_summary(
@@ -205,6 +207,7 @@ async def test_a_resumed_dataset_shows_earlier_spend_and_ends_on_the_summary(
     assert seen[-1].finished_now == 4
     assert lines[-1].startswith("8/8 done")
     assert f"{money(summary.spent_usd)} spent" in lines[-1]
+    assert f"${summary.spent_usd} spent" in lines[-1]  # the very text of the summary line
 
 
 async def test_a_session_after_ctrl_c_starts_from_what_was_finished(tmp_path: Path) -> None:
@@ -240,3 +243,65 @@ async def test_a_session_after_ctrl_c_starts_from_what_was_finished(tmp_path: Pa
     assert resumed[0].rate() is None  # no rate (nor ETA) from the earlier session's items
     assert resumed[-1].finished_now == 60 - resumed[0].done
     assert resumed[-1].spent_usd == summary.spent_usd
+
+
+async def test_the_cli_prints_plain_lines_from_where_earlier_sessions_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp = prompts_file(tmp_path, 4)  # 64x64 images: $0.000023 each
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001) as emu:
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+        with inp.open("a") as fh:
+            fh.write("".join(f"one more {i}\n" for i in range(4)))
+        capsys.readouterr()
+        assert await run_cli(cli_args(inp, out, emu.url)) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err  # not a terminal: plain lines
+    assert not ANSI.search(err)
+    # The first line (before this session finished anything) has the earlier spend.
+    assert "4/8 done  0 failed  4 pending  0 running  ?/s  ETA ?  $0.000092 spent\n" in err
+    assert "8/8 done, 0 failed, 0 not finished, spent $0.000184 " in err
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+@pytest.mark.parametrize("columns", [40, 80])
+def test_on_a_real_terminal_the_line_follows_its_width(tmp_path: Path, columns: int) -> None:
+    # A pseudo-terminal of `columns` columns: the width tqdm reads, as a person's terminal.
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    inp = prompts_file(tmp_path, 60)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    args = ["generate", str(inp), "--out", str(tmp_path / "out"), "--emulator", "--yes"]
+    args += ["--image-size", "64x64", "--api-key", API_KEY]
+    with subprocess.Popen(  # noqa: S603 - this interpreter, our arguments
+        [sys.executable, "-m", "runflow_async", *args],
+        env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+    ) as proc:  # fmt: skip
+        os.close(slave)
+        text = _read_all(master).decode()
+        assert proc.wait(timeout=60) == 0
+    os.close(master)
+    live = [part for part in re.split(r"[\r\n]", text) if re.match(r"\d+/60( done)?  ", part)]
+    assert live  # the live line was drawn
+    assert all(len(part) < columns for part in live)
+    assert "60/60 done, 0 failed, 0 not finished" in text
+    assert not ANSI.search(text)

@@ -34,10 +34,8 @@ _KEY = "rf_"  # our fields' names in tqdm's format (apart from its own: rate, n,
 
 
 def money(usd: Decimal) -> str:
-    """``usd`` as the summary shows it, at most 6 decimals (``$0.000092``, ``$1.50``)."""
-    text = f"{usd:.6f}".rstrip("0")
-    whole, _, cents = text.partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
+    """``usd`` as the summary line shows it: to the $0.000001 costs are rounded to."""
+    return f"${usd:.6f}"
 
 
 def _duration(seconds: float | None) -> str:
