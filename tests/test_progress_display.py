@@ -305,3 +305,13 @@ def test_on_a_real_terminal_the_line_follows_its_width(tmp_path: Path, columns: 
     assert all(len(part) < columns for part in live)
     assert "60/60 done, 0 failed, 0 not finished" in text
     assert not ANSI.search(text)
+
+
+def test_a_terminal_of_unknown_width_gets_every_field_and_no_bar() -> None:
+    clock = Clock()
+    stream = FakeTTY()  # no file descriptor: tqdm cannot read a width
+    printer = ProgressPrinter(stream, live=True, every=0.0, clock=clock)
+    printer(states(clock)[-1])
+    printer.close()
+    (line,) = set(drawn(stream))
+    assert line == ProgressPrinter.line(states(clock)[-1], now=clock.now)

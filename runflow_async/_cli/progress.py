@@ -110,8 +110,11 @@ class _LiveBar(tqdm):  # type: ignore[misc]  # tqdm ships no type information
             total=progress.total,
             initial=progress.done + progress.failed,
             file=stream,
-            ncols=width,
+            # One column spare: a line exactly as wide as the terminal wraps on some
+            # (tqdm keeps that column when it reads the terminal's width itself).
+            ncols=None if width is None else max(1, width - 1),
             dynamic_ncols=width is None,  # the terminal's width, at every redraw
+            position=0,  # the one line: never moved to by terminal codes
             mininterval=0,
             leave=True,
             ascii=True,
@@ -123,15 +126,12 @@ class _LiveBar(tqdm):  # type: ignore[misc]  # tqdm ships no type information
         values: dict[str, Any] = super().format_dict
         p, now = self.progress, self.clock()
         texts = fields(p, now)
-        # One column spare: a line exactly as wide as the terminal wraps on some.
-        ncols = None if values["ncols"] is None else max(1, values["ncols"] - 1)
         values.update(
             n=p.done + p.failed,
             total=p.total,
             initial=p.done_before + p.failed_before,
             elapsed=max(0.0, now - p.started),
-            ncols=ncols,
-            bar_format=layout(texts, ncols),
+            bar_format=layout(texts, values["ncols"]),  # None: not known
             **{_KEY + k: v for k, v in texts.items()},
         )
         return values
