@@ -359,10 +359,10 @@ def test_progress_lines_live_and_plain() -> None:
     from runflow_async._dataset.pipeline import DatasetProgress
 
     progress = DatasetProgress(total=10, done=4, failed=1, in_flight=3)
-    assert ProgressPrinter.line(progress).startswith("done 4/10  failed 1  in flight 3")
+    assert ProgressPrinter.line(progress).startswith("4/10 done  1 failed  5 pending  3 running")
     live, plain = io.StringIO(), io.StringIO()
     for stream, is_live in ((live, True), (plain, False)):
-        printer = ProgressPrinter(stream, live=is_live, every=0.0)
+        printer = ProgressPrinter(stream, live=is_live, every=0.0, width=80)
         printer(progress)
         printer.close()
     assert live.getvalue().startswith("\r")

@@ -1,15 +1,13 @@
 """Datasets: items in; images, ``metadata.jsonl`` and ``failures.jsonl`` out; resumable.
 
 The SQLite journal (:mod:`runflow_async._dataset.journal`) is the source of truth. The
-engine's write-ahead hooks record an item's ``client_ref`` *before* its create
-is sent and its run id as soon as the create returns, so after any crash
-(even ``kill -9``) a re-run:
+engine's write-ahead hooks record an item's ``client_ref`` *before* its create is sent
+and its run id as soon as the create returns, so after any crash (``kill -9``) a re-run:
 
 * skips items that finished (succeeded or failed);
 * re-attaches runs already created, by id, and collects them (never re-creates);
-* reconciles creates whose answer was lost, by ``client_ref`` over the
-  visibility window counted from this run's start, before anything is
-  resubmitted (with the same ``client_ref`` and ``Idempotency-Key``);
+* reconciles creates whose answer was lost, by ``client_ref`` over the visibility
+  window from this run's start, before resubmitting (same ``Idempotency-Key``);
 * submits only items never submitted.
 
 Images are downloaded as soon as their run finishes (signed URLs expire),
@@ -23,9 +21,8 @@ item's manifest rows are appended as it finishes, before its images take
 their names (:mod:`runflow_async._dataset.manifest`), so the folder loads at
 every instant; the folder is reconciled with the journal when a run starts
 and when it ends, so it never holds duplicates or stale rows.
-``retry_failed`` creates failed items again under a new ``client_ref``
-(``rfa-<dataset>-<key>-r<N>``, ``N`` the retry count). Shards and formats:
-:mod:`runflow_async._dataset.placement`.
+``retry_failed`` creates failed items again under a new ``client_ref`` (``rfa-<dataset>-
+<key>-r<N>``). Shards and formats: :mod:`runflow_async._dataset.placement`.
 """
 
 from __future__ import annotations
@@ -72,7 +69,7 @@ from runflow_async._dataset.journal_hooks import JournalHooks, client_ref_of
 from runflow_async._dataset.manifest import Appender, publish, reconcile
 from runflow_async._dataset.outputs import DatasetSummary, summarize
 from runflow_async._dataset.placement import Placement
-from runflow_async._dataset.progress import DatasetProgress
+from runflow_async._dataset.progress import DatasetProgress, session_progress
 from runflow_async._dataset.shards import DatasetFormat
 from runflow_async._http.retry import not_created
 
@@ -143,6 +140,8 @@ class _Runner:
         self.failures.rewrite(self.journal)  # failures are listed as they happen from here on
         if await refresh_unknown_costs(self.client, self.journal, self.downloads):
             reconcile(self.images_dir, self.journal)  # their rows now show the costs
+        self.progress = session_progress(self.out_dir, self.journal, self.items)  # as summarized
+        self._tick()  # the first line shows where earlier sessions left the folder
         engine = self.client.engine(
             hooks=JournalHooks(self.journal, self.items),
             # A budget covers the whole folder: what earlier runs spent counts too.
@@ -213,13 +212,12 @@ class _Runner:
     ) -> WorkItem | None:
         """The engine's work for ``item`` (as ``entry`` records it), or ``None`` for none now."""
         if entry.state in (ItemState.SUCCEEDED, ItemState.FAILED):
-            self.progress.done += entry.state is ItemState.SUCCEEDED
-            self.progress.failed += entry.state is ItemState.FAILED
-            return None
+            return None  # counted in the session's progress from the start
         fresh = entry.state in (ItemState.PENDING, ItemState.NOT_SUBMITTED)
         if stopped is not None and fresh and not entry.attempts:
             # Created or possibly created runs are still collected.
             self.journal.mark_not_submitted(item.key, reason=stopped)
+            self.progress.deferred += 1
             return None
         # One client_ref per run of an item: the journal keeps the first one (a
         # retry of a failed run starts a new one, numbered by the retry count).
@@ -282,7 +280,7 @@ class _Runner:
         logger.warning(
             "item %s (line %s, run %s) not finished: %s", item.key, item.line, run_id, reason
         )
-        self.progress.failed += 1
+        self.progress.deferred += 1  # left for a later run (and out of the ETA)
         # A journal that cannot be written raises here and stops the run: it is
         # the source of truth, and runs it cannot record must not be created.
         if run_id is not None:
@@ -317,14 +315,16 @@ class _Runner:
             self.progress.spent_usd += cost if cost is not None else reserved or 0
         elif isinstance(error, NotSubmittedError):
             self.journal.mark_not_submitted(item.key, reason=error.reason)
+            self.progress.deferred += 1
         elif isinstance(error, CreateOutcomeUnknownError | RunAbandonedError | ClientClosedError):
             # Stays "submitting" or "created": the next run reconciles it by
             # client_ref, or collects its run by id.
-            pass
+            self.progress.deferred += 1
         elif outcome.run_id is None and isinstance(error, APIError) and not_created(error):
             # Refused before anything was created (a 429 given up, the API
             # unreachable, the model unavailable): a re-run submits it again.
             self.journal.mark_not_submitted(item.key, reason=f"server: {type(error).__name__}")
+            self.progress.deferred += 1
         elif outcome.run_id is not None and isinstance(error, APIError | RunTimeoutError):
             # Its run exists and may be (or was) billed, but could not be read
             # to the end: it stays "created" and the next run reads it again.
