@@ -155,4 +155,4 @@ def test_images_held_as_bytes_are_counted_without_a_file() -> None:
     from runflow_async._dataset.listing import Entry
 
     rows, types, suffixes, size = _columns([Entry(row={"prompt": "p", "seed": None}, data=b"x")])
-    assert (rows, types, suffixes, size) == (1, {"prompt": "string", "seed": "string"}, set(), 0)
+    assert (rows, types, suffixes, size) == (1, {"prompt": "string", "seed": "string"}, set(), 1)

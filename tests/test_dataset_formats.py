@@ -149,3 +149,42 @@ async def test_an_edit_dataset_of_local_inputs_killed_then_resumed_each_item_onc
         assert record["image"].size == (row["width"], row["height"]) == (96, 64)
         if fmt == "webdataset":  # the sample's JSON names its inputs
             assert record["inputs"], record
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+async def test_a_sharded_folder_has_a_card_that_loads_it_and_a_preview(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from runflow_async._dataset.preview import write_preview
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001) as emu:
+        args = cli_args(prompts_file(tmp_path, 7), out, emu.url, "--format", fmt)
+        assert await run_cli([*args, "--shard-size", "3"]) == 0
+    header = (out / "README.md").read_text().split("---\n")[1]
+    meta = yaml.safe_load(header)
+    pattern = {"parquet": "train-*.parquet", "webdataset": "shard-*.tar"}[fmt]
+    assert meta["configs"][0]["data_files"][0]["path"] == [pattern]
+    assert meta["dataset_info"]["splits"][0]["num_examples"] == 7
+    assert meta["dataset_info"]["splits"][0]["num_bytes"] > 0
+    made = write_preview(out, count=5, columns=5)
+    assert made.images == 5
+    import datasets  # heavy: imported only here
+
+    def load() -> Any:  # the README's configs, no builder named
+        return datasets.load_dataset(str(out), split="train")
+
+    table = await anyio.to_thread.run_sync(load)
+    assert table.num_rows == 7
+    prompts = sorted(r["prompt"] for r in manifest(out))
+    if fmt == "parquet":
+        assert sorted(table["prompt"]) == prompts
+        assert {record["image"].size for record in table} == {(64, 64)}
+    else:
+        assert sorted(r["json"]["prompt"] for r in table) == prompts
+        assert {r["png"].size for r in table} == {(64, 64)}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from runflow_async._dataset.journal import ItemState, Journal
 from runflow_async._dataset.journal_hooks import FIRST_CREATE_META
-from runflow_async._dataset.listing import Entry, entries
+from runflow_async._dataset.listing import PACKED_FILES, Entry, entries, layout
 from runflow_async._dataset.manifest import MANIFEST
 from runflow_async._http.download import TEMP_SUFFIX
 
@@ -126,12 +126,15 @@ def _columns(found: Iterable[Entry]) -> tuple[int, dict[str, str], set[str], int
     for entry in found:
         rows += 1
         for name, value in entry.row.items():
-            if name != "file_name" and types.get(name) is None:
+            # imagefolder makes file_name the image; a Parquet shard keeps it as a column
+            if (name != "file_name" or entry.path is None) and types.get(name) is None:
                 types[name] = None if value is None else _TYPES.get(type(value), "string")
         if entry.path is not None:
             suffixes.add(entry.path.suffix)
             with contextlib.suppress(OSError):  # an image removed meanwhile: not counted
                 size += entry.path.stat().st_size
+        elif entry.data is not None:  # inside a shard
+            size += len(entry.data)
     return rows, {n: t or "string" for n, t in types.items()}, suffixes, size
 
 
@@ -153,13 +156,20 @@ def _seconds(when: str | None) -> str | None:
 def _render(
     out_dir: Path, journal: Journal, source: CardSource, models: list[str], license_: str
 ) -> str:
+    kind = layout(out_dir)
     rows, types, suffixes, size = _columns(entries(out_dir))
     raw = journal.summary()
     counts = raw["counts"]
     q = json.dumps
-    features = "".join(f"  - name: {q(n)}\n    dtype: {t}\n" for n, t in types.items())
+    columns = "".join(f"  - name: {q(n)}\n    dtype: {t}\n" for n, t in types.items())
+    features = f"  features:\n  - name: image\n    dtype: image\n{columns}"
+    if kind == "webdataset":  # its loader makes the columns (__key__, json, png...) itself
+        features = ""
     # The manifest too: without it the Hub's loader reads the images alone.
-    paths = "".join(f"    - {q(p)}\n" for p in [MANIFEST, *(f"**/*{s}" for s in sorted(suffixes))])
+    files = [MANIFEST, *(f"**/*{s}" for s in sorted(suffixes))]  # imagefolder
+    if kind in PACKED_FILES:  # the shards hold the rows too; the manifest is not theirs
+        files = [PACKED_FILES[kind]]
+    paths = "".join(f"    - {q(p)}\n" for p in files)
     task = "image-to-image" if source.kind == "edit" else "text-to-image"
     first, last = _span(journal)
     pending = raw["total"] - counts["succeeded"] - counts["failed"]
@@ -172,7 +182,7 @@ def _render(
         f"task_categories:\n- {task}\nsize_categories:\n- {_size_category(rows)}\n"
         "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path:\n"
         f"{paths}"
-        f"dataset_info:\n  features:\n  - name: image\n    dtype: image\n{features}"
+        f"dataset_info:\n{features}"
         f"  splits:\n  - name: train\n    num_bytes: {size}\n    num_examples: {rows}\n"
         f"  download_size: {size}\n  dataset_size: {size}\n"
         "---\n\n"

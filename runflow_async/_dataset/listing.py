@@ -3,14 +3,18 @@
 The dataset card (:mod:`~runflow_async._dataset.card`) and the preview
 (:mod:`~runflow_async._dataset.preview`) read a folder only through
 :func:`entries`, so a new layout (shards whose images are bytes inside a tar or
-a Parquet file) is one more branch here. Today's layout is ``imagefolder``:
+a Parquet file) is one more branch here. The layouts: ``imagefolder``,
 ``metadata.jsonl`` rows whose ``file_name`` is the image's path relative to the
-folder (a flat folder, or numbered subfolders).
+folder (a flat folder, or numbered subfolders); ``parquet`` (``train-*.parquet``:
+the rows and the image bytes in each shard) and ``webdataset`` (``shard-*.tar``:
+``KEY.png`` beside ``KEY.json``, the row), read shard by shard in their order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,7 +22,10 @@ from typing import Any
 
 from runflow_async._dataset.manifest import MANIFEST
 
-__all__ = ["Entry", "NotADatasetError", "entries", "layout"]
+__all__ = ["PACKED_FILES", "Entry", "NotADatasetError", "entries", "layout"]
+
+PACKED_FILES = {"parquet": "train-*.parquet", "webdataset": "shard-*.tar"}
+"""The shard files of each packed layout (:mod:`runflow_async._dataset.packed` names them)."""
 
 
 class NotADatasetError(ValueError):
@@ -48,7 +55,7 @@ class Entry:
 
 
 def layout(out_dir: Path) -> str:
-    """The folder's layout (``"imagefolder"``).
+    """The folder's layout: ``"imagefolder"``, or ``"parquet"``/``"webdataset"`` (shards).
 
     Raises:
         NotADatasetError: ``out_dir`` is missing or is not a dataset folder.
@@ -56,6 +63,9 @@ def layout(out_dir: Path) -> str:
     if not out_dir.is_dir():
         raise NotADatasetError(f"{out_dir} is not a folder")
     if (out_dir / MANIFEST).is_file():
+        for kind, pattern in PACKED_FILES.items():
+            if next(out_dir.glob(pattern), None) is not None:
+                return kind
         return "imagefolder"
     raise NotADatasetError(f"{out_dir} is not a dataset folder (no {MANIFEST})")
 
@@ -69,7 +79,16 @@ def entries(out_dir: Path, *, limit: int | None = None) -> Iterator[Entry]:
     Raises:
         NotADatasetError: As :func:`layout`.
     """
-    layout(out_dir)
+    kind = layout(out_dir)
+    if kind != "imagefolder":
+        shards = sorted(out_dir.glob(PACKED_FILES[kind]))
+        read = _parquet if kind == "parquet" else _tar
+        found = (entry for shard in shards for entry in read(shard))
+        for count, entry in enumerate(found):
+            if limit is not None and count >= limit:
+                return
+            yield entry
+        return
     count = 0
     with (out_dir / MANIFEST).open(encoding="utf-8") as fh:
         for line in fh:
@@ -91,3 +110,33 @@ def _leaves(name: str) -> bool:
     """Whether the relative path ``name`` is absolute, empty or climbs out (``..``)."""
     parts = PurePosixPath(name.replace("\\", "/")).parts
     return not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]
+
+
+def _parquet(shard: Path) -> Iterator[Entry]:
+    """A Parquet shard's rows, a batch at a time, each with its image's bytes."""
+    import pyarrow.parquet as pq  # the parquet extra: a folder of this layout was made with it
+
+    with pq.ParquetFile(shard) as table:
+        for batch in table.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                image = row.pop("image", None) or {}
+                yield Entry(row=row, data=image.get("bytes") or b"")
+
+
+def _tar(shard: Path) -> Iterator[Entry]:
+    """A tar shard's samples: each ``KEY.json`` row with the image stored before it."""
+    with tarfile.open(shard) as tar:
+        images: dict[str, bytes] = {}
+        for member in tar:
+            stem, _, suffix = member.name.rpartition(".")
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is None:
+                continue
+            data = extracted.read()
+            if suffix != "json":
+                images[stem] = data
+                continue
+            with contextlib.suppress(ValueError):
+                row = json.loads(data)
+                if isinstance(row, dict) and stem in images:
+                    yield Entry(row=row, data=images.pop(stem))
