@@ -74,6 +74,7 @@ class Settings:
     median: float = 2.0
     size: str = "64x64"
     seed: int = 12
+    format: str = "imagefolder"
 
 
 def prompt(i: int) -> str:
@@ -182,6 +183,7 @@ def cli_argv(settings: Settings, prompts: Path, out: Path) -> list[str]:
         "--concurrency", str(settings.concurrency),
         "--time-scale", str(settings.time_scale),
         "--image-size", settings.size,
+        "--format", settings.format,
     ]  # fmt: skip
 
 
@@ -272,16 +274,20 @@ def run_contender(name: str, settings: Settings, url: str, work: Path) -> dict[s
 
 def audit_folder(out: Path, prompts: int) -> dict[str, Any]:
     """Every prompt once in ``metadata.jsonl``, its image on disk with that SHA-256."""
-    rows = []
-    manifest = out / "metadata.jsonl"
-    if manifest.exists():
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line]
+    from runflow_async._dataset.listing import NotADatasetError, entries
+
+    rows, bad = [], 0
+    try:  # every layout: loose files by file_name, or the bytes inside the shards
+        for entry in entries(out):
+            rows.append(entry.row)
+            try:
+                data = entry.read()
+            except OSError:
+                data = b""
+            bad += hashlib.sha256(data).hexdigest() != entry.row.get("sha256")
+    except NotADatasetError:
+        pass
     seen = {row["prompt"] for row in rows}
-    bad = 0
-    for row in rows:
-        path = out / row["file_name"]
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
-            bad += 1
     failures = out / "failures.jsonl"
     failed = len(failures.read_text().splitlines()) if failures.exists() else 0
     expected = {prompt(i) for i in range(prompts)}
@@ -366,6 +372,9 @@ def main() -> int:
     parser.add_argument("--time-scale", type=float, default=Settings.time_scale)
     parser.add_argument("--median", type=float, default=Settings.median, help="run seconds")
     parser.add_argument("--image-size", default=Settings.size)
+    parser.add_argument(
+        "--format", choices=["imagefolder", "webdataset", "parquet"], default=Settings.format
+    )
     parser.add_argument("--repeat", type=int, default=1, help="pairs to run; medians reported")
     parser.add_argument(
         "--only",
@@ -385,6 +394,7 @@ def main() -> int:
         time_scale=args.time_scale,
         median=args.median,
         size=args.image_size,
+        format=args.format,
     )
     contenders = ["cli"] if args.only == "rss" else ["baseline", "cli"]
     return orchestrate(settings, contenders, args.repeat, args.keep)
