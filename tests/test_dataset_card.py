@@ -102,7 +102,9 @@ async def test_the_card_loads_the_folder_on_its_own_and_counts_every_session(
     import datasets  # heavy: imported only here
 
     def load() -> Any:  # the README's configs, no builder named
-        return datasets.load_dataset(str(out), split="train")
+        return datasets.load_dataset(
+            str(out), split="train", cache_dir=str(out.parent / "hf-cache")
+        )
 
     table = await anyio.to_thread.run_sync(load)
     assert table.num_rows == 5

@@ -194,7 +194,9 @@ async def test_the_folder_loads_with_the_datasets_library(
     import datasets  # heavy: imported only here
 
     def load() -> Any:
-        return datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+        return datasets.load_dataset(
+            "imagefolder", data_dir=str(out), split="train", cache_dir=str(out.parent / "hf-cache")
+        )
 
     table = await anyio.to_thread.run_sync(load)
     rows = {r["file_name"]: r for r in manifest(out)}

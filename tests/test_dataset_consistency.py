@@ -74,7 +74,9 @@ async def load_with_datasets(out: Path) -> dict[str, tuple[str, str]]:
     import datasets
 
     def load() -> dict[str, tuple[str, str]]:
-        table = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+        table = datasets.load_dataset(
+            "imagefolder", data_dir=str(out), split="train", cache_dir=str(out.parent / "hf-cache")
+        )
         table = table.cast_column("image", datasets.Image(decode=False))
         seen = {}
         for record in table:

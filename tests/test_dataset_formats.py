@@ -26,9 +26,15 @@ def load(fmt: str, out: Path) -> list[dict[str, Any]]:
 
     if fmt == "webdataset":
         files = sorted(str(p) for p in out.glob("shard-*.tar"))
-        table = datasets.load_dataset("webdataset", data_files=files, split="train")
+        table = datasets.load_dataset(
+            "webdataset", data_files=files, split="train", cache_dir=str(out.parent / "hf-cache")
+        )
         return [{**r["json"], "image": r["png"]} for r in table]
-    return list(datasets.load_dataset(fmt, data_dir=str(out), split="train"))
+    return list(
+        datasets.load_dataset(
+            fmt, data_dir=str(out), split="train", cache_dir=str(out.parent / "hf-cache")
+        )
+    )
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "parquet", "webdataset"])
@@ -177,7 +183,9 @@ async def test_a_sharded_folder_has_a_card_that_loads_it_and_a_preview(
     import datasets  # heavy: imported only here
 
     def load() -> Any:  # the README's configs, no builder named
-        return datasets.load_dataset(str(out), split="train")
+        return datasets.load_dataset(
+            str(out), split="train", cache_dir=str(out.parent / "hf-cache")
+        )
 
     table = await anyio.to_thread.run_sync(load)
     assert table.num_rows == 7
@@ -188,3 +196,22 @@ async def test_a_sharded_folder_has_a_card_that_loads_it_and_a_preview(
     else:
         assert sorted(r["json"]["prompt"] for r in table) == prompts
         assert {r["png"].size for r in table} == {(64, 64)}
+
+
+async def test_the_layout_is_the_one_the_journal_recorded_else_read_from_the_files(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from runflow_async._dataset.listing import layout
+
+    folder, packed = tmp_path / "folder", tmp_path / "packed"
+    async with Emulator(api_keys=frozenset({API_KEY}), time_scale=0.001) as emu:
+        assert await run_cli(cli_args(prompts_file(tmp_path, 2), folder, emu.url)) == 0
+        args = cli_args(prompts_file(tmp_path, 2), packed, emu.url, "--format", "parquet")
+        assert await run_cli(args) == 0
+    (folder / "shard-000000.tar").write_bytes(b"a user's own file, not a shard")
+    assert layout(folder) == "imagefolder"  # as its journal says
+    assert layout(packed) == "parquet"
+    shutil.rmtree(packed / ".runflow")  # a folder copied without its journal
+    assert layout(packed) == "parquet"

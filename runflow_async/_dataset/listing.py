@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runflow_async._dataset.journal import JOURNAL_PATH
 from runflow_async._dataset.manifest import MANIFEST
 
 __all__ = ["PACKED_FILES", "Entry", "NotADatasetError", "entries", "layout"]
@@ -63,7 +65,10 @@ def layout(out_dir: Path) -> str:
     if not out_dir.is_dir():
         raise NotADatasetError(f"{out_dir} is not a folder")
     if (out_dir / MANIFEST).is_file():
-        for kind, pattern in PACKED_FILES.items():
+        recorded = _recorded_format(out_dir)
+        if recorded is not None:
+            return recorded
+        for kind, pattern in PACKED_FILES.items():  # a folder copied without its journal
             if next(out_dir.glob(pattern), None) is not None:
                 return kind
         return "imagefolder"
@@ -140,3 +145,20 @@ def _tar(shard: Path) -> Iterator[Entry]:
                 row = json.loads(data)
                 if isinstance(row, dict) and stem in images:
                     yield Entry(row=row, data=images.pop(stem))
+
+
+def _recorded_format(out_dir: Path) -> str | None:
+    """The format the folder's journal recorded (read only), if it has one we know."""
+    path = out_dir / JOURNAL_PATH
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # an older or damaged journal: judged by the files
+        return None
+    value = None if row is None else str(row[0])
+    return value if value == "imagefolder" or value in PACKED_FILES else None
