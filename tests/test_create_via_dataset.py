@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
-import anyio
 import pytest
 
 from runflow_async._cli.main import main
 from runflow_async.emulator import Emulator, Fault
 from tests.conftest import API_KEY
-from tests.test_dataset_cli import ROOT, cli_args, journal_counts, manifest, prompts_file, run_cli
+from tests.test_dataset_cli import cli_args, kill_when, manifest, prompts_file, run_cli
 
 SCALE = 0.01
 
@@ -49,33 +44,21 @@ async def test_kill_minus_nine_during_batch_creates_then_resume_makes_every_item
     n = 120
     inp = prompts_file(tmp_path, n)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     async with Emulator(
         api_keys=frozenset({API_KEY}), time_scale=SCALE, median_duration=5.0, seed=9
     ) as emu:
         args = [*cli_args(inp, out, emu.url, scale=SCALE), "--create-via", "batches"]
         args += ["--concurrency", "50"]
-        argv = [sys.executable, "-m", "runflow_async", *args]
         # 1: killed while its first batch create is held at the server (made, not answered);
         # 2: once some runs exist; 3: once some finished.
-        points = [("submitting", 1), ("created", 20), ("succeeded", 30)]
-        for number, (state, count) in enumerate(points):
-            if number == 0:
-                emu.faults.next("batch_create", Fault.late_commit(20.0, answer=True))
-            quiet = subprocess.DEVNULL
-            proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
-            try:
-                with anyio.fail_after(60):
-                    while journal_counts(out).get(state, 0) < count:
-                        assert proc.returncode is None, "finished before the kill point"
-                        await anyio.sleep(0.005)
-                    if number == 0:  # the batch reached the server: kill it while it waits
-                        while emu.counters.requests_by_route["batch_create"] < 1:
-                            assert proc.returncode is None, "finished before its batch create"
-                            await anyio.sleep(0.005)
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                await proc.wait()
+        emu.faults.next("batch_create", Fault.late_commit(20.0, answer=True))
+
+        def sent() -> bool:  # the batch reached the server: killed while it waits there
+            return emu.counters.requests_by_route["batch_create"] >= 1
+
+        await kill_when(args, out, "submitting", 1, also=sent)
+        await kill_when(args, out, "created", 20)
+        await kill_when(args, out, "succeeded", 30)
         code = await run_cli(args)
         emu.advance(60.0)
         counters = emu.counters

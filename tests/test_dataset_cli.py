@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -86,29 +87,42 @@ def journal_counts(out: Path) -> dict[str, int]:
     return dict(rows)
 
 
+async def kill_when(
+    args: list[str],
+    out: Path,
+    state: str,
+    count: int,
+    *,
+    also: Callable[[], bool] = lambda: True,
+) -> None:
+    """Run the CLI ``args`` in its own process; ``kill -9`` it once the journal holds
+    ``count`` items in ``state`` (and ``also()`` is true). It must not finish first."""
+    argv = [sys.executable, "-m", "runflow_async", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    quiet = subprocess.DEVNULL
+    proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
+    try:
+        with anyio.fail_after(60):
+            while journal_counts(out).get(state, 0) < count or not also():
+                assert proc.returncode is None, "finished before the kill point"
+                await anyio.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        await proc.wait()
+
+
 async def test_kill_minus_nine_at_any_point_never_bills_twice(tmp_path: Path) -> None:
     n = 60
     inp = prompts_file(tmp_path, n)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # Kill once runs exist, once some finished, once most finished.
     points = [("created", 1), ("succeeded", 10), ("succeeded", 40)]
     async with Emulator(
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=9
     ) as emu:
         args = cli_args(inp, out, emu.url, scale=0.01)
-        argv = [sys.executable, "-m", "runflow_async", *args]
         for state, count in points:
-            quiet = subprocess.DEVNULL
-            proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
-            try:
-                with anyio.fail_after(60):
-                    while journal_counts(out).get(state, 0) < count:
-                        assert proc.returncode is None, "finished before the kill point"
-                        await anyio.sleep(0.005)
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                await proc.wait()
+            await kill_when(args, out, state, count)
         code = await run_cli(args)
         counters = emu.counters
     assert code == 0

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,7 @@ import pytest
 
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY
-from tests.test_dataset_cli import ROOT, cli_args, journal_counts, manifest, prompts_file, run_cli
+from tests.test_dataset_cli import cli_args, kill_when, manifest, prompts_file, run_cli
 
 N = 24
 
@@ -41,22 +37,11 @@ def load(fmt: str, out: Path) -> list[dict[str, Any]]:
 async def test_killed_then_resumed_each_item_once(tmp_path: Path, fmt: str) -> None:
     inp = prompts_file(tmp_path, N)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     async with Emulator(
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=3
     ) as emu:
         args = cli_args(inp, out, emu.url, "--format", fmt, "--shard-size", "5", scale=0.01)
-        argv = [sys.executable, "-m", "runflow_async", *args]
-        quiet = subprocess.DEVNULL
-        proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
-        try:
-            with anyio.fail_after(60):
-                while journal_counts(out).get("succeeded", 0) < 8:
-                    assert proc.returncode is None, "finished before the kill point"
-                    await anyio.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            await proc.wait()
+        await kill_when(args, out, "succeeded", 8)
         assert await run_cli(args) == 0
         assert emu.counters.runs_created == N  # nothing created twice
     rows = manifest(out)
@@ -122,24 +107,13 @@ async def test_an_edit_dataset_of_local_inputs_killed_then_resumed_each_item_onc
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("".join(f"{line}\n" for line in lines))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     async with Emulator(
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=4
     ) as emu:
         args = ["edit", *cli_args(jobs, out, emu.url, "--format", fmt, "--shard-size", "5")[1:]]
         args[args.index("--image-size") : args.index("--image-size") + 2] = []  # follows input
         args[args.index("--time-scale") + 1] = "0.01"
-        argv = [sys.executable, "-m", "runflow_async", *args]
-        quiet = subprocess.DEVNULL
-        proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
-        try:
-            with anyio.fail_after(60):
-                while journal_counts(out).get("succeeded", 0) < 4:
-                    assert proc.returncode is None, "finished before the kill point"
-                    await anyio.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            await proc.wait()
+        await kill_when(args, out, "succeeded", 4)
         assert await run_cli(args) == 0
         assert emu.counters.runs_created == count  # nothing created twice
         uploads = emu.counters.requests_by_route["upload_put"]

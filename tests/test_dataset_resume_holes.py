@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -30,11 +27,10 @@ from runflow_async._dataset.pipeline import run_dataset
 from runflow_async.emulator import Emulator
 from tests.conftest import API_KEY, TIME_SCALE, make_client
 from tests.test_dataset_cli import (
-    ROOT,
     SCALE,
     cli_args,
     failures,
-    journal_counts,
+    kill_when,
     prompts_file,
     run_cli,
 )
@@ -192,23 +188,12 @@ async def test_failures_are_listed_as_they_happen_so_a_kill_leaves_them(tmp_path
     n = 60
     inp = prompts_file(tmp_path, n)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     async with Emulator(
         api_keys=frozenset({API_KEY}), time_scale=0.01, median_duration=5.0, seed=9,
         failure_rate=0.4,
     ) as emu:  # fmt: skip
         args = cli_args(inp, out, emu.url, scale=0.01)
-        quiet = subprocess.DEVNULL
-        argv = [sys.executable, "-m", "runflow_async", *args]
-        proc = await anyio.open_process(argv, env=env, stdin=quiet, stdout=quiet, stderr=quiet)
-        try:
-            with anyio.fail_after(60):
-                while journal_counts(out).get("failed", 0) < 5:
-                    assert proc.returncode is None, "finished before the kill point"
-                    await anyio.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            await proc.wait()
+        await kill_when(args, out, "failed", 5)
         failed = journal_keys(out, "failed")
         unfinished = journal_keys(out, "created") | journal_keys(out, "submitting")
         listed = {row["key"] for row in failures(out)}
