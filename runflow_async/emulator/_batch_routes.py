@@ -20,6 +20,7 @@ page's ``next_pq`` (also sent as ``next_cursor``), ``prev_pq`` to walk back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from aiohttp import web
 
@@ -100,10 +101,12 @@ def _make(
     find, image_size = state.store.by_id.get, state.assets.image_size
     limit = state.config.data_uri_max_bytes
     runs = []
+    refs = state.config.batch_child_refs
     for item in parsed.items:
         sizes = edit_input_sizes(item, request.host, find, image_size, limit)
+        child = item if refs else dataclasses.replace(item, client_ref=None)
         run = state.create_run(
-            item, request_id, forced_failure=forced, inputs=sizes, base=base, commit_after=delay
+            child, request_id, forced_failure=forced, inputs=sizes, base=base, commit_after=delay
         )
         run.batch_id = batch_id
         runs.append(run)
@@ -120,6 +123,7 @@ def _make(
         request_id=request_id,
         idempotency_key=key,
         fingerprint=digest,
+        item_refs=None if refs else [item.client_ref for item in parsed.items],
     )
     state.batches.add(batch)
     if batch.callback_url is not None:

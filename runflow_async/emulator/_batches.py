@@ -81,6 +81,8 @@ class BatchRecord:
         idempotency_key: The ``Idempotency-Key`` it was created with, if any.
         fingerprint: Digest of the create body, kept with its key.
         deliveries: Its callback deliveries, oldest first.
+        item_refs: Each item's ``client_ref`` (its child run's too, unless
+            ``EmulatorConfig.batch_child_refs`` is off).
     """
 
     id: str
@@ -95,6 +97,13 @@ class BatchRecord:
     idempotency_key: str | None = None
     fingerprint: bytes = b""
     deliveries: list[Delivery] | None = None
+    item_refs: list[str | None] | None = None
+
+    def item_ref(self, index: int) -> str | None:
+        """Item ``index``'s ``client_ref``: its own, whether or not its run carries it."""
+        return (
+            self.runs[index].request.client_ref if self.item_refs is None else self.item_refs[index]
+        )
 
     @property
     def end(self) -> float:
@@ -195,7 +204,7 @@ def lean_item(batch: BatchRecord, index: int, now: float) -> dict[str, Any]:
         "sequence_index": index,
         "run_id": run.id,
         "status_code": run.status(now),
-        "client_ref": run.request.client_ref,
+        "client_ref": batch.item_ref(index),
     }
 
 
@@ -210,7 +219,7 @@ def full_item(batch: BatchRecord, index: int, view: dict[str, Any]) -> dict[str,
         "sequence_index": index,
         "run_id": run.id,
         "created_at": view["created_at"],
-        "client_ref": run.request.client_ref,
+        "client_ref": batch.item_ref(index),
         "status_code": view["status_code"],
         "input": run.request.input,
         "cost": view["cost"],

@@ -114,6 +114,17 @@ def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
         help="share of the organisation's runs made by another client, 0 <= x < 1 "
         "(0.5: one per create); listed, counted apart",
     )
+    _add_batch_flags(emu)
+    emu.add_argument(
+        "--idempotency-mode",
+        choices=IDEMPOTENCY_MODES,
+        default="at_receipt",
+        help="how Idempotency-Key is honoured while a late commit is pending (default at_receipt)",
+    )
+
+
+def _add_batch_flags(emu: argparse.ArgumentParser) -> None:
+    """What the batch route takes and where its children's client_refs are kept."""
     emu.add_argument(
         "--batch-body",
         choices=BATCH_BODIES,
@@ -129,10 +140,10 @@ def _add_server_fault_flags(emu: argparse.ArgumentParser) -> None:
         "batch route 422 BATCH_NOT_SUPPORTED (default all)",
     )
     emu.add_argument(
-        "--idempotency-mode",
-        choices=IDEMPOTENCY_MODES,
-        default="at_receipt",
-        help="how Idempotency-Key is honoured while a late commit is pending (default at_receipt)",
+        "--batch-children-without-refs",
+        action="store_true",
+        help="a batch's child runs do not carry their item's client_ref (only the batch "
+        "items show it), so q=client_ref: does not list them",
     )
 
 
@@ -319,6 +330,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         callback_null_output_rate=args.callback_null_output_rate,
         batch_body=args.batch_body,
         batch_models=args.batch_models,
+        batch_child_refs=not args.batch_children_without_refs,
         faults=faults,
         **fidelity_options(args),
     )

@@ -162,6 +162,10 @@ class EmulatorConfig:
             the edit model) or ``none``; the others answer the batch route ``422
             BATCH_NOT_SUPPORTED`` ("only binding-capable models support batches"),
             nothing created.
+        batch_child_refs: Whether a batch's child runs carry their item's
+            ``client_ref`` (so ``q=client_ref:`` lists them), as the emulator
+            assumes; off, only the batch items show it (the docs say the ref is
+            "stripped before validation", not where it is kept).
         tls: Serve HTTPS with a certificate generated at start-up for 127.0.0.1,
             ::1 and localhost by a CA of its own (``Emulator.ca_file``, the path
             the CLI prints); ``url`` and every presigned URL are then ``https://``.
@@ -220,6 +224,7 @@ class EmulatorConfig:
     callback_null_output_rate: float = 0.0
     batch_body: str = "openapi"
     batch_models: str = "all"
+    batch_child_refs: bool = True
     tls: bool = False
     clock_anchor: datetime | None = None
     reject_unknown_input_fields: bool = False

@@ -129,6 +129,8 @@ async def test_the_cli_flags_reach_the_emulator() -> None:
     assert (config.batch_body, config.batch_models) == ("guide", "text-to-image")
     defaults = _parsed()
     assert (defaults.batch_body, defaults.batch_models) == ("openapi", "all")
+    assert defaults.batch_child_refs
+    assert not _parsed("--batch-children-without-refs").batch_child_refs
     assert "batch_create" in defaults.faults.applies_to
     fast = dataclasses.replace(config, **FAST)
     async with Emulator(fast) as emu, aiohttp.ClientSession(emu.url) as http:

@@ -284,3 +284,15 @@ async def test_a_key_used_by_an_invalid_batch_is_not_remembered() -> None:
         await h.post(BATCHES, {"input": [{"prompt": ""}]}, headers=key, expect=422)
         await h.post(BATCHES, {"input": items(1)}, headers=key)
         assert h.emu.counters.batches_created == 1
+
+
+async def test_children_without_refs_are_not_listed_by_client_ref_but_items_keep_them() -> None:
+    async with running(batch_child_refs=False) as h:
+        created = await h.post(BATCHES, {"input": items(3)})
+        run = await h.get(f"/v1/runs/{created['items'][1]['run_id']}")
+        by_ref = await h.get("/v1/runs", params={"q": "client_ref:item-1"})
+        page = await h.get(f"/v1/batches/{created['id']}/items")
+    assert [item["client_ref"] for item in created["items"]] == ["item-0", "item-1", "item-2"]
+    assert [item["client_ref"] for item in page["items"]] == ["item-0", "item-1", "item-2"]
+    assert run["client_ref"] is None
+    assert by_ref["items"] == []
