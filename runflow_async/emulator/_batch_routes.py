@@ -27,7 +27,7 @@ from aiohttp import web
 from runflow_async.emulator._access import unauthorized
 from runflow_async.emulator._batch_input import BatchRequest, batch_capable, parse_batch
 from runflow_async.emulator._batches import BatchRecord, render_items
-from runflow_async.emulator._handlers import _admission, base_url
+from runflow_async.emulator._handlers import admission, base_url
 from runflow_async.emulator._inputs import edit_input_sizes
 from runflow_async.emulator._listing import Cursor
 from runflow_async.emulator._middleware import FORCED_FAILURE, LATE_COMMIT, REQUEST_ID
@@ -163,7 +163,7 @@ async def create_batch(request: web.Request) -> web.Response:
     parsed, errors = parse_batch(body, model, config.batch_body, state.input_rules, state.assets)
     if parsed is None:
         return invalid(errors)
-    if (refused := _admission(state, state.clock.now())) is not None:
+    if (refused := admission(state, state.clock.now())) is not None:
         return refused
     delay, hold = LATE_COMMIT.get()
     batch = _make(state, request, parsed, (key, digest), delay)

@@ -23,6 +23,7 @@ from runflow_async.emulator._store import RunStore
 from runflow_async.emulator._validation import field_error, validate_create
 
 __all__ = [
+    "admission",
     "base_url",
     "counters",
     "create_run",
@@ -42,7 +43,7 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def _admission(state: EmulatorState, now: float) -> web.Response | None:
+def admission(state: EmulatorState, now: float) -> web.Response | None:
     """Refuse a valid create for lack of credit (402) or by rate limit (429), or admit it."""
     store = state.store
     in_flight = store.in_flight(now)  # settles, so the billed total is current
@@ -83,7 +84,7 @@ async def create_run(request: web.Request) -> web.Response:
         count = len(errors)
         message = f"The request has {count} invalid field{'s' if count > 1 else ''}."
         return error_response(422, "VALIDATION_ERROR", message, errors)
-    if (refused := _admission(state, state.clock.now())) is not None:
+    if (refused := admission(state, state.clock.now())) is not None:
         return refused
     delay, hold = LATE_COMMIT.get()
     run = state.create_run(
